@@ -1,0 +1,3 @@
+from devprof.cli import main
+
+main()
