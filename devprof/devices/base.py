@@ -1,0 +1,90 @@
+"""The one small interface every device backend implements (local host, Android, iOS).
+
+A backend knows how to identify itself, put files on the device (cached by content), run one
+process while sampling its memory, read thermal state, and bring files back. It knows nothing
+about models or workloads: the session decides what to run.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devprof.results import DeviceInfo, ProcessOutcome
+
+
+@dataclass
+class StageReport:
+    """What staging a set of files did: where they are on the device and what it cost."""
+
+    paths: dict[str, str]  # logical name -> path on the device
+    bytes_pushed: int = 0
+    files_pushed: int = 0
+    files_skipped: int = 0
+    seconds: float = 0.0
+    remote_dir: str = ""
+
+
+@dataclass
+class RunRequest:
+    """One process to run on the device."""
+
+    argv: list[str]
+    sample_ms: int = 10  # 0 disables sampling
+    timeout_s: float = 900.0
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    cpu_mask: str | None = None  # taskset mask, e.g. "f0"
+    #: set by the caller to stop the process early (Ctrl-C); the backend kills it and returns
+    cancel: threading.Event | None = None
+
+
+class Device(ABC):
+    """A place to run runtimes. Instances are cheap; ``close()`` releases connections."""
+
+    kind: str = ""
+
+    @abstractmethod
+    def info(self) -> DeviceInfo:
+        """Identify the device (model, OS version, memory, ...)."""
+
+    @abstractmethod
+    def stage(self, files: dict[str, Path], group: str) -> StageReport:
+        """Make local ``files`` available on the device under a folder named by ``group``
+        (a content hash); skip files the device already has with the same hash."""
+
+    @abstractmethod
+    def scratch_path(self, name: str) -> str:
+        """A device path for one output file of the next run (trace, samples, ...)."""
+
+    @abstractmethod
+    def run(self, req: RunRequest) -> ProcessOutcome:
+        """Run ``req.argv`` to completion (or timeout/cancel), sampling its memory."""
+
+    @abstractmethod
+    def pull(self, device_path: str, local_path: Path) -> bool:
+        """Copy a device file here; False when it does not exist."""
+
+    def drop_page_cache(self, device_path: str) -> tuple[str, str]:
+        """Try to evict a file from the page cache; returns (state, how) where state is
+        cold | warm | unknown, describing the file's cache state before the next run."""
+        return "unknown", "not supported on this device"
+
+    def thermal(self) -> dict[str, float]:
+        """Temperatures in degrees C by zone name (empty when the device exposes none)."""
+        return {}
+
+    def cpu_freqs(self) -> dict[str, float]:
+        """Current CPU frequencies in MHz by cpu name (empty when unknown)."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

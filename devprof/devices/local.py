@@ -1,0 +1,251 @@
+"""The embedded default device: this host.
+
+Processes are started with subprocess in their own process group, sampled from
+``/proc/PID/status`` by a thread that keeps the file open and re-reads it with pread (the way
+Perfetto's poller does), and reaped with ``os.wait4`` so that the kernel's own peak resident set
+(ru_maxrss, the VmHWM at exit) is kept even though /proc/PID is gone by then.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from devprof import pagecache
+from devprof.devices.base import Device, RunRequest, StageReport
+from devprof.errors import DeviceError
+from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
+
+_FIELDS = {b"VmRSS:": "rss", b"RssAnon:": "anon", b"RssFile:": "file", b"VmHWM:": "hwm"}
+
+
+def parse_status(raw: bytes) -> dict[str, int]:
+    """Pick VmRSS/RssAnon/RssFile/VmHWM (kB) out of /proc/PID/status text."""
+    out: dict[str, int] = {}
+    for line in raw.split(b"\n"):
+        key, _, rest = line.partition(b"\t") if b"\t" in line else line.partition(b" ")
+        name = _FIELDS.get(key.strip())
+        if name:
+            try:
+                out[name] = int(rest.split()[0])
+            except (IndexError, ValueError):
+                pass
+    return out
+
+
+class StatusSampler(threading.Thread):
+    """Reads /proc/PID/status every ``interval_ms`` until stopped or the process is gone."""
+
+    def __init__(self, pid: int, interval_ms: int, t0: float) -> None:
+        super().__init__(daemon=True, name=f"sampler-{pid}")
+        self.pid, self.interval, self.t0 = pid, interval_ms / 1000.0, t0
+        self.samples: list[MemorySample] = []
+        self._stop_evt = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+
+    def run(self) -> None:
+        try:
+            fd = os.open(f"/proc/{self.pid}/status", os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            nxt = time.monotonic()
+            while not self._stop_evt.is_set():
+                try:
+                    raw = os.pread(fd, 8192, 0)
+                except OSError:
+                    break
+                now = time.monotonic()
+                v = parse_status(raw)
+                if "rss" not in v:  # a zombie: memory fields are gone
+                    break
+                self.samples.append(MemorySample(
+                    t_ms=round((now - self.t0) * 1000.0, 3), rss_kb=v["rss"], anon_kb=v.get("anon"),
+                    file_kb=v.get("file"), hwm_kb=v.get("hwm")))
+                nxt += self.interval
+                delay = nxt - time.monotonic()
+                if delay < 0:  # fell behind (machine busy): skip, don't burst
+                    nxt = time.monotonic()
+                    delay = 0
+                self._stop_evt.wait(delay)
+        finally:
+            os.close(fd)
+
+
+class LocalDevice(Device):
+    kind = "local"
+
+    def __init__(self, scratch_dir: Path | None = None) -> None:
+        self._scratch = Path(scratch_dir) if scratch_dir else Path(tempfile.mkdtemp(prefix="devprof-local-"))
+        self._own_scratch = scratch_dir is None
+
+    # -- identity ------------------------------------------------------------------------
+    def info(self) -> DeviceInfo:
+        cpu = _cpu_model()
+        vm = psutil.virtual_memory()
+        return DeviceInfo(
+            kind="local", serial="local", name=socket.gethostname(), model=cpu,
+            os_version=f"{platform.system()} {platform.release()}", memory_metric="VmHWM",
+            extra={
+                "cpu_count": os.cpu_count(), "mem_total_mb": round(vm.total / 2**20),
+                "python": platform.python_version(), "machine": platform.machine(),
+            },
+        )
+
+    # -- files -----------------------------------------------------------------------------
+    def stage(self, files: dict[str, Path], group: str) -> StageReport:
+        """Local files are already here: nothing is copied."""
+        paths = {}
+        for name, p in files.items():
+            if not Path(p).exists():
+                raise DeviceError(f"file to stage does not exist: {p}")
+            paths[name] = str(Path(p).resolve())
+        return StageReport(paths=paths, files_skipped=len(files), remote_dir="")
+
+    def scratch_path(self, name: str) -> str:
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        return str(self._scratch / name)
+
+    def pull(self, device_path: str, local_path: Path) -> bool:
+        src = Path(device_path)
+        if not src.exists():
+            return False
+        local_path = Path(local_path)
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        if src.resolve() != local_path.resolve():
+            shutil.move(str(src), str(local_path))
+        return True
+
+    def drop_page_cache(self, device_path: str) -> tuple[str, str]:
+        return pagecache.evict(device_path)
+
+    def cache_state(self, device_path: str) -> tuple[str, str]:
+        return pagecache.state(device_path)
+
+    # -- state -----------------------------------------------------------------------------
+    def thermal(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+            try:
+                name = (zone / "type").read_text().strip() or zone.name
+                out[f"{zone.name}:{name}"] = int((zone / "temp").read_text().strip()) / 1000.0
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def cpu_freqs(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq")):
+            try:
+                out[f.parent.parent.name] = int(f.read_text().strip()) / 1000.0
+            except (OSError, ValueError):
+                continue
+        return out
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, req: RunRequest) -> ProcessOutcome:
+        argv = list(req.argv)
+        if req.cpu_mask:
+            if not shutil.which("taskset"):
+                raise DeviceError("--cpu-mask needs `taskset` (util-linux) on this host")
+            argv = ["taskset", req.cpu_mask, *argv]
+        env = {**os.environ, **req.env}
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            start_wall = time.time() * 1000.0
+            t0 = time.monotonic()
+            try:
+                proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                        env=env, cwd=req.cwd, start_new_session=True)
+            except OSError as e:
+                raise DeviceError(f"cannot start {argv[0]}: {e.strerror}") from None
+            sampler = StatusSampler(proc.pid, req.sample_ms, t0) if req.sample_ms > 0 else None
+            if sampler:
+                sampler.start()
+            waited: dict = {}
+            done = threading.Event()
+
+            def _reap() -> None:
+                _, status, usage = os.wait4(proc.pid, 0)
+                waited.update(status=status, maxrss=usage.ru_maxrss)
+                done.set()
+
+            threading.Thread(target=_reap, daemon=True).start()
+            status, note = "ok", ""
+            deadline = t0 + req.timeout_s
+            try:
+                while not done.wait(0.05):
+                    if req.cancel is not None and req.cancel.is_set():
+                        status, note = "interrupted", "stopped by the user"
+                        break
+                    if time.monotonic() > deadline:
+                        status, note = "timeout", f"killed after the {req.timeout_s:g} s timeout"
+                        break
+            except KeyboardInterrupt:
+                status, note = "interrupted", "stopped by the user (Ctrl-C)"
+            if status != "ok":
+                _kill_group(proc.pid, done)
+            done.wait(10)
+            wall_ms = (time.monotonic() - t0) * 1000.0
+            if sampler:
+                sampler.stop()
+                sampler.join(2)
+            raw_status = waited.get("status")
+            exit_code = None
+            if raw_status is not None:
+                exit_code = os.waitstatus_to_exitcode(raw_status)
+            proc.returncode = exit_code if exit_code is not None else -9  # we reaped it ourselves
+            if status == "ok" and exit_code is not None and exit_code < 0:
+                status = "oom" if exit_code == -signal.SIGKILL else "failed"
+                note = f"killed by signal {-exit_code}"
+            elif status == "ok" and exit_code not in (0, None):
+                status, note = "failed", f"exit code {exit_code}"
+            out.seek(0)
+            err.seek(0)
+            stdout = out.read().decode("utf-8", "replace")
+            stderr = err.read().decode("utf-8", "replace")
+        samples = sampler.samples if sampler else []
+        maxrss = waited.get("maxrss")
+        peak = int(maxrss) if maxrss else (max((s.hwm_kb or s.rss_kb) for s in samples) if samples else None)
+        if status == "oom" and samples:
+            note += f"; last sampled RSS {samples[-1].rss_kb / 1024:.0f} MiB"
+        return ProcessOutcome(
+            exit_code=exit_code if status not in ("interrupted", "timeout") else None,
+            stdout=stdout, stderr=stderr, start_wall_ms=start_wall, wall_ms=wall_ms,
+            samples=samples, peak_rss_kb=peak, memory_metric="VmHWM", status=status, note=note,
+        )
+
+    def close(self) -> None:
+        if self._own_scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _kill_group(pid: int, done: threading.Event) -> None:
+    for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        if done.wait(wait):
+            return
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

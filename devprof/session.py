@@ -1,0 +1,270 @@
+"""One profiling session: stage, run every (model, workload, context) repeatedly, store each result.
+
+Data flows one way: the device runs and samples a process, the runtime adapter parses what it
+printed, and each repetition is written to the store the moment it is finished, so an
+interruption (Ctrl-C, a device that disappears, a runtime that fails) loses nothing measured.
+Repetitions of the subject and the baseline are interleaved so that drift on a shared, noisy
+machine falls on both alike and the ratio between them stays honest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from devprof import workloads as wl
+from devprof.catalog import ModelSpec, check_context
+from devprof.devices.base import Device, RunRequest
+from devprof.errors import DeviceLost, DevprofError, ParseError, RuntimeFailed
+from devprof.results import ProcessOutcome, Repetition, RunMeta
+from devprof.runtimes import base as rt
+from devprof.store import Store
+
+
+@dataclass
+class Plan:
+    """What to run: every field is a user choice from the command line."""
+
+    models: list[ModelSpec]  # models[0] is the subject, the rest baselines
+    workloads: list[str]
+    contexts: list[int]
+    new_tokens: int = 128
+    reps: int = 3
+    warmup: int = 1
+    sample_ms: int = 10
+    runtime: str = "reference"
+    cache: str = "cold"  # cold: evict the weights file before every repetition; warm: leave it
+    seed: int = 0
+    threads: int = -1
+    timeout_s: float = 900.0
+    cpu_mask: str | None = None
+    settings: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for m in self.models:
+            for c in self.contexts:
+                check_context(m, c)
+
+
+class Observer(Protocol):
+    """Progress callbacks (the CLI draws them with rich; tests may ignore them)."""
+
+    def stage(self, message: str) -> None: ...
+    def total(self, n: int) -> None: ...
+    def repetition(self, rep: Repetition, done: int) -> None: ...
+
+
+class _Quiet:
+    def stage(self, message: str) -> None:
+        pass
+
+    def total(self, n: int) -> None:
+        pass
+
+    def repetition(self, rep: Repetition, done: int) -> None:
+        pass
+
+
+class Interrupted(DevprofError):
+    """Ctrl-C during a run: what was measured is kept."""
+
+    exit_code = 130
+
+
+@dataclass
+class _Staged:
+    model: ModelSpec
+    model_path: str  # on the device
+    tokenizer_path: str | None
+    weights_path: str  # on the device, for page-cache control
+    binary: str
+
+
+class Session:
+    def __init__(self, device: Device, store: Store, plan: Plan, artifacts_root: Path,
+                 observer: Observer | None = None) -> None:
+        self.device, self.store, self.plan = device, store, plan
+        self.artifacts_root = Path(artifacts_root)
+        self.obs = observer or _Quiet()
+        self.adapter = rt.get_adapter(plan.runtime)
+        self.cancel = threading.Event()
+        self.meta: RunMeta | None = None
+        self.kept = 0
+
+    # ------------------------------------------------------------------------------------
+    def run(self) -> RunMeta:
+        plan = self.plan
+        plan.validate()
+        info = self.device.info()
+        meta = RunMeta(
+            run_id="", created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            device=info, runtime=plan.runtime, models=[m.name for m in plan.models],
+            baseline=plan.models[1].name if len(plan.models) > 1 else None,
+            workloads=list(plan.workloads), contexts=list(plan.contexts),
+            new_tokens=plan.new_tokens, reps=plan.reps, warmup=plan.warmup, sample_ms=plan.sample_ms,
+            settings={**plan.settings, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
+                      "cpu_mask": plan.cpu_mask, "timeout_s": plan.timeout_s,
+                      "prompt_sources": wl.source_report()},
+        )
+        run_id = self.store.create_run(meta)
+        self.meta = meta
+        run_dir = self.artifacts_root / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.store.update_run(run_id, artifacts_dir=str(run_dir))
+        meta.artifacts_dir = str(run_dir)
+        per_cell = plan.warmup + plan.reps
+        self.obs.total(len(plan.models) * len(plan.workloads) * len(plan.contexts) * per_cell)
+        try:
+            staged = [self._stage_model(m) for m in plan.models]
+            for context in plan.contexts:
+                for workload in plan.workloads:
+                    self._run_cell(run_id, run_dir, staged, workload, context)
+        except KeyboardInterrupt:
+            self._finish(run_id, "interrupted", "stopped by the user (Ctrl-C)")
+            raise Interrupted(
+                f"interrupted: kept {self.kept} finished repetition(s) in run {run_id}") from None
+        except DeviceLost as e:
+            self._finish(run_id, "lost", e.message)
+            raise DeviceLost(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
+        except DevprofError as e:
+            self._finish(run_id, "failed", e.message)
+            raise type(e)(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
+        self._finish(run_id, "complete", "")
+        return meta
+
+    def _finish(self, run_id: str, status: str, note: str) -> None:
+        self.store.finish_run(run_id, status, note)
+        if self.meta:
+            self.meta.status, self.meta.note = status, note
+
+    # ------------------------------------------------------------------------------------
+    def _stage_model(self, spec: ModelSpec) -> _Staged:
+        from devprof.refruntime.bundle import build_bundle  # torch-free import
+
+        self.obs.stage(f"building the {spec.display} bundle (seeded random weights, cached)")
+        bundle = build_bundle(spec, seed=self.plan.seed)
+        files = {p.name: p for p in sorted(bundle.iterdir()) if p.is_file()}
+        binary = self.plan.settings.get("binary") or ""
+        if binary and Path(binary).exists():
+            files["__binary__"] = Path(binary)
+        group = json.loads((bundle / "config.json").read_text()).get("bundle_id") or bundle.name
+        self.obs.stage(f"staging {spec.display} on {self.device.kind}")
+        rep = self.device.stage(files, group)
+        if rep.bytes_pushed:
+            self.obs.stage(f"pushed {rep.bytes_pushed / 2**20:.1f} MiB in {rep.seconds:.1f} s "
+                           f"({rep.files_pushed} pushed, {rep.files_skipped} unchanged)")
+        weights = rep.paths["weights.bin"]
+        return _Staged(model=spec, model_path=str(Path(weights).parent) if not rep.remote_dir else rep.remote_dir,
+                       tokenizer_path=rep.paths.get("tokenizer.json"), weights_path=weights,
+                       binary=rep.paths.get("__binary__", binary))
+
+    def _stage_prompt(self, run_dir: Path, workload: str, context: int) -> tuple[wl.Prompt, dict[str, str]]:
+        prompt = wl.build_prompt(workload, context, seed=self.plan.seed)
+        pdir = run_dir / "prompts"
+        pdir.mkdir(parents=True, exist_ok=True)
+        stem = f"{workload.replace(':', '-')}-c{context}"
+        ids_file = pdir / f"{stem}.ids"
+        txt_file = pdir / f"{stem}.txt"
+        ids_file.write_text("\n".join(map(str, prompt.token_ids)) + "\n")
+        txt_file.write_text(prompt.text, encoding="utf-8")
+        digest = hashlib.sha256(ids_file.read_bytes()).hexdigest()[:16]
+        staged = self.device.stage({"prompt.ids": ids_file, "prompt.txt": txt_file}, f"prompt-{digest}")
+        return prompt, staged.paths
+
+    def _run_cell(self, run_id: str, run_dir: Path, staged: list[_Staged], workload: str, context: int) -> None:
+        plan = self.plan
+        self.obs.stage(f"{workload} prompt, {context} tokens")
+        _, ppaths = self._stage_prompt(run_dir, workload, context)
+        schedule = [(s, -(w + 1), True) for w in range(plan.warmup) for s in staged]
+        schedule += [(s, i, False) for i in range(plan.reps) for s in staged]
+        for s, index, warm in schedule:
+            rep = self._one(run_dir, s, workload, context, index, warm, ppaths)
+            self.store.add_repetition(run_id, rep)
+            if not warm and rep.outcome.status == "ok":
+                self.kept += 1
+            self.obs.repetition(rep, self.kept)
+            self._raise_for(rep)
+
+    def _one(self, run_dir: Path, s: _Staged, workload: str, context: int, index: int, warm: bool,
+             ppaths: dict[str, str]) -> Repetition:
+        plan, dev = self.plan, self.device
+        label = f"warmup{-index}" if warm else f"rep{index}"
+        rdir = run_dir / s.model.name / f"{workload.replace(':', '-')}-c{context}" / label
+        rdir.mkdir(parents=True, exist_ok=True)
+        trace_dev = dev.scratch_path(f"{s.model.name}-{workload.replace(':', '-')}-{context}-{label}.npz")
+        inv = rt.Invocation(
+            binary=s.binary, model_path=s.model_path, tokenizer_path=s.tokenizer_path,
+            prompt_file=ppaths["prompt.txt"], max_new_tokens=plan.new_tokens, threads=plan.threads,
+            extra={"prompt_ids_file": ppaths["prompt.ids"], "routing_trace": trace_dev},
+        )
+        if plan.cache == "cold":
+            cache_state, cache_note = dev.drop_page_cache(s.weights_path)
+        else:
+            cache_state, cache_note = getattr(dev, "cache_state", lambda p: ("unknown", "not measurable"))(s.weights_path)
+        thermal_before = dev.thermal()
+        freqs_before = dev.cpu_freqs()
+        outcome = dev.run(RunRequest(argv=self.adapter.argv(inv), sample_ms=plan.sample_ms,
+                                     timeout_s=plan.timeout_s, cpu_mask=plan.cpu_mask, cancel=self.cancel))
+        thermal_after = dev.thermal()
+        freqs_after = dev.cpu_freqs()
+        artifacts = _save_outputs(rdir, run_dir, outcome)
+        result = None
+        if outcome.status == "ok":
+            try:
+                result = self.adapter.parse(outcome.stdout, outcome.stderr)
+            except ParseError as e:
+                outcome.status, outcome.note = "failed", e.message
+        if result is not None:
+            result.extra.setdefault("cpu_freq_mhz_before", freqs_before)
+            result.extra.setdefault("cpu_freq_mhz_after", freqs_after)
+            (rdir / "stats.json").write_text(json.dumps(result.to_dict(), indent=1))
+            artifacts["stats"] = str((rdir / "stats.json").relative_to(run_dir))
+        routing = None
+        if s.model.is_moe and outcome.status == "ok":
+            local_trace = rdir / "routing.npz"
+            if dev.pull(trace_dev, local_trace):
+                from devprof.routing import summarize
+
+                routing = summarize(local_trace)
+                artifacts["routing"] = str(local_trace.relative_to(run_dir))
+        return Repetition(
+            model=s.model.name, workload=workload, context=context, index=index, warmup=warm,
+            result=result, outcome=outcome, cache_state=cache_state, cache_note=cache_note,
+            routing=routing, thermal_before=thermal_before, thermal_after=thermal_after,
+            artifacts=artifacts,
+        )
+
+    def _raise_for(self, rep: Repetition) -> None:
+        o = rep.outcome
+        where = f"{rep.model} on {rep.workload} at {rep.context} tokens"
+        if o.status == "ok":
+            return
+        if o.status == "interrupted":
+            raise KeyboardInterrupt
+        if o.status == "lost":
+            raise DeviceLost(f"device lost while running {where}: {o.note}")
+        if o.status == "oom":
+            raise RuntimeFailed(f"{where} was killed for memory (OOM): {o.note}")
+        last = _last_line(o.stderr) or _last_line(o.stdout) or o.note
+        if o.status == "timeout":
+            raise RuntimeFailed(f"{where}: {o.note}")
+        if o.exit_code not in (0, None):
+            raise RuntimeFailed(f"runtime exited with code {o.exit_code} on {where}: {last}")
+        raise RuntimeFailed(f"runtime printed no usable stats on {where}: {o.note}")
+
+
+def _save_outputs(rdir: Path, run_dir: Path, outcome: ProcessOutcome) -> dict[str, str]:
+    (rdir / "stdout.txt").write_text(outcome.stdout, encoding="utf-8")
+    (rdir / "stderr.txt").write_text(outcome.stderr, encoding="utf-8")
+    return {"stdout": str((rdir / "stdout.txt").relative_to(run_dir)),
+            "stderr": str((rdir / "stderr.txt").relative_to(run_dir))}
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
