@@ -20,7 +20,7 @@ from typing import Protocol
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
 from devprof.devices.base import Device, RunRequest
-from devprof.errors import DeviceLost, DevprofError, ParseError, RuntimeFailed
+from devprof.errors import DeviceLost, DevprofError, ParseError, RuntimeFailed, UsageError
 from devprof.results import ProcessOutcome, Repetition, RunMeta
 from devprof.runtimes import base as rt
 from devprof.store import Store
@@ -43,6 +43,11 @@ class Plan:
     threads: int = -1
     timeout_s: float = 900.0
     cpu_mask: str | None = None
+    cooldown_c: float | None = None  # wait before each repetition until the hottest zone is below this
+    cooldown_timeout_s: float = 300.0
+    binary_name: str | None = None  # a registered binary by name (else chosen by runtime/platform/ABI)
+    #: model name -> (model file, tokenizer file or None): user bundles (.pte, .gguf) for prebuilt runtimes
+    model_files: dict[str, tuple[Path, Path | None]] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -83,6 +88,7 @@ class _Staged:
     tokenizer_path: str | None
     weights_path: str  # on the device, for page-cache control
     binary: str
+    command: str = ""  # the registered binary's command template, if any
 
 
 class Session:
@@ -95,6 +101,7 @@ class Session:
         self.cancel = threading.Event()
         self.meta: RunMeta | None = None
         self.kept = 0
+        self.pushed_bytes = 0
 
     # ------------------------------------------------------------------------------------
     def run(self) -> RunMeta:
@@ -120,7 +127,10 @@ class Session:
         per_cell = plan.warmup + plan.reps
         self.obs.total(len(plan.models) * len(plan.workloads) * len(plan.contexts) * per_cell)
         try:
-            staged = [self._stage_model(m) for m in plan.models]
+            binary = self._binary()
+            staged = [self._stage_model(m, binary) for m in plan.models]
+            self.store.update_run(run_id, settings={**meta.settings, "bytes_pushed": self.pushed_bytes,
+                                                    "binary": binary.name if binary else "python -m devprof.refruntime"})
             for context in plan.contexts:
                 for workload in plan.workloads:
                     self._run_cell(run_id, run_dir, staged, workload, context)
@@ -143,25 +153,60 @@ class Session:
             self.meta.status, self.meta.note = status, note
 
     # ------------------------------------------------------------------------------------
-    def _stage_model(self, spec: ModelSpec) -> _Staged:
-        from devprof.refruntime.bundle import build_bundle  # torch-free import
+    def _binary(self):
+        """The runtime binary for this device: none for the reference runtime on this host,
+        else the registered one for (runtime, platform, ABI), checked against its hash."""
+        from devprof import bins
 
-        self.obs.stage(f"building the {spec.display} bundle (seeded random weights, cached)")
-        bundle = build_bundle(spec, seed=self.plan.seed)
-        files = {p.name: p for p in sorted(bundle.iterdir()) if p.is_file()}
-        binary = self.plan.settings.get("binary") or ""
-        if binary and Path(binary).exists():
-            files["__binary__"] = Path(binary)
-        group = json.loads((bundle / "config.json").read_text()).get("bundle_id") or bundle.name
+        plan, kind = self.plan, self.device.kind
+        if kind == "local" and plan.runtime == "reference" and not plan.binary_name:
+            return None
+        info = self.device.info()
+        platform = "host" if kind == "local" else kind
+        abi = str(info.extra.get("abi") or info.extra.get("machine") or "")
+        b = bins.select(plan.runtime, platform, abi, name=plan.binary_name)
+        b.verify()
+        return b
+
+    def _stage_model(self, spec: ModelSpec, binary) -> _Staged:
+        plan = self.plan
+        files: dict[str, Path] = {}
+        if spec.name in plan.model_files:
+            model_file, tok = plan.model_files[spec.name]
+            files["model"] = Path(model_file)
+            if tok:
+                files["tokenizer"] = Path(tok)
+            digest = hashlib.sha256(
+                "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files.values()).encode()
+            ).hexdigest()[:16]
+            group = f"{spec.name}-{digest}"
+        elif plan.runtime == "reference":
+            from devprof.refruntime.bundle import build_bundle  # torch-free import
+
+            self.obs.stage(f"building the {spec.display} bundle (seeded random weights, cached)")
+            bundle = build_bundle(spec, seed=plan.seed)
+            files = {p.name: p for p in sorted(bundle.iterdir()) if p.is_file()}
+            group = json.loads((bundle / "config.json").read_text()).get("bundle_id") or bundle.name
+        else:
+            raise UsageError(f"--runtime {plan.runtime} runs a prebuilt model file: give {spec.name}'s with "
+                             "--model-bundle (and the baseline's with --baseline-bundle)")
+        if binary is not None:
+            files["__binary__"] = binary.file()
         self.obs.stage(f"staging {spec.display} on {self.device.kind}")
         rep = self.device.stage(files, group)
-        if rep.bytes_pushed:
-            self.obs.stage(f"pushed {rep.bytes_pushed / 2**20:.1f} MiB in {rep.seconds:.1f} s "
-                           f"({rep.files_pushed} pushed, {rep.files_skipped} unchanged)")
-        weights = rep.paths["weights.bin"]
-        return _Staged(model=spec, model_path=str(Path(weights).parent) if not rep.remote_dir else rep.remote_dir,
-                       tokenizer_path=rep.paths.get("tokenizer.json"), weights_path=weights,
-                       binary=rep.paths.get("__binary__", binary))
+        self.pushed_bytes += rep.bytes_pushed
+        self.obs.stage(f"{spec.display}: pushed {rep.bytes_pushed / 2**20:.1f} MiB in {rep.seconds:.1f} s "
+                       f"({rep.files_pushed} pushed, {rep.files_skipped} unchanged)"
+                       if self.device.kind != "local" else f"{spec.display}: bundle ready")
+        if "model" in rep.paths:
+            model_path = weights = rep.paths["model"]
+            tok = rep.paths.get("tokenizer")
+        else:
+            weights = rep.paths["weights.bin"]
+            model_path = rep.remote_dir or str(Path(weights).parent)
+            tok = rep.paths.get("tokenizer.json")
+        return _Staged(model=spec, model_path=model_path, tokenizer_path=tok, weights_path=weights,
+                       binary=rep.paths.get("__binary__", ""), command=binary.command if binary else "")
 
     def _stage_prompt(self, run_dir: Path, workload: str, context: int) -> tuple[wl.Prompt, dict[str, str]]:
         prompt = wl.build_prompt(workload, context, seed=self.plan.seed)
@@ -202,13 +247,16 @@ class Session:
             prompt_file=ppaths["prompt.txt"], max_new_tokens=plan.new_tokens, threads=plan.threads,
             extra={"prompt_ids_file": ppaths["prompt.ids"], "routing_trace": trace_dev},
         )
+        argv = self._argv(s, inv)
+        if plan.cooldown_c is not None:
+            self._cool_down(plan.cooldown_c, plan.cooldown_timeout_s)
         if plan.cache == "cold":
             cache_state, cache_note = dev.drop_page_cache(s.weights_path)
         else:
             cache_state, cache_note = getattr(dev, "cache_state", lambda p: ("unknown", "not measurable"))(s.weights_path)
         thermal_before = dev.thermal()
         freqs_before = dev.cpu_freqs()
-        outcome = dev.run(RunRequest(argv=self.adapter.argv(inv), sample_ms=plan.sample_ms,
+        outcome = dev.run(RunRequest(argv=argv, sample_ms=plan.sample_ms,
                                      timeout_s=plan.timeout_s, cpu_mask=plan.cpu_mask, cancel=self.cancel))
         thermal_after = dev.thermal()
         freqs_after = dev.cpu_freqs()
@@ -238,6 +286,33 @@ class Session:
             routing=routing, thermal_before=thermal_before, thermal_after=thermal_after,
             artifacts=artifacts,
         )
+
+    def _argv(self, s: _Staged, inv: rt.Invocation) -> list[str]:
+        if not s.command:
+            return self.adapter.argv(inv)
+        from devprof.bins import Binary
+
+        values = {"binary": s.binary, "model": s.model_path, "tokenizer": s.tokenizer_path or "",
+                  "prompt_file": inv.prompt_file, "prompt_ids_file": inv.extra.get("prompt_ids_file", ""),
+                  "max_new_tokens": inv.max_new_tokens, "threads": inv.threads,
+                  "routing_trace": inv.extra.get("routing_trace", "")}
+        return Binary("", "", "", "", "", "", command=s.command).argv(values)
+
+    def _cool_down(self, limit_c: float, timeout_s: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            zones = self.device.thermal()
+            hottest = max(zones.values()) if zones else None
+            if hottest is None or hottest < limit_c:
+                return
+            if time.monotonic() > deadline:
+                self.obs.stage(f"still {hottest:.1f} C after {timeout_s:g} s of cool-down; going on")
+                return
+            self.obs.stage(f"cooling down: hottest zone {hottest:.1f} C >= {limit_c:g} C")
+            if self.cancel.wait(5.0):
+                raise KeyboardInterrupt
 
     def _raise_for(self, rep: Repetition) -> None:
         o = rep.outcome
