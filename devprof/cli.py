@@ -28,6 +28,13 @@ def default_db() -> Path:
     return Path(env) if env else REPO_ROOT / "reports" / "devprof.db"
 
 
+adb_server_option = click.option(
+    "--adb-server", default=None, metavar="HOST:PORT",
+    help="adb server to use (a device farm's remote adb) [default: local, $ANDROID_ADB_SERVER_PORT].")
+devices_file_option = click.option(
+    "--devices-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="TOML file of device aliases [default: ~/.config/devprof/devices.toml].")
+
 db_option = click.option(
     "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="SQLite store of results [default: reports/devprof.db, or $DEVPROF_DB].")
@@ -82,9 +89,22 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the model weights and prompt choice.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Where to write the HTML report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (as `show --json`).")
+@click.option("--model-bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The subject's prebuilt model file (.pte for executorch, .gguf for llamacpp).")
+@click.option("--baseline-bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The baseline's prebuilt model file.")
+@click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Tokenizer file pushed with --model-bundle (and --baseline-bundle unless --baseline-tokenizer).")
+@click.option("--baseline-tokenizer", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--binary", "binary_name", default=None, help="A registered binary by name (`devprof bins list`).")
+@click.option("--cooldown-c", type=float, default=None, help="Before each repetition, wait until the hottest thermal zone is below this (C).")
+@click.option("--cooldown-timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="Longest cool-down wait (s).")
+@adb_server_option
+@devices_file_option
 @db_option
 def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sample_ms, runtime, cache,
-        threads, cpu_mask, timeout_s, seed, out_path, as_json, db_path) -> None:
+        threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
+        baseline_tokenizer, binary_name, cooldown_c, cooldown_timeout, adb_server, devices_file, db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
     from devprof.catalog import get_model
@@ -94,35 +114,95 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
     models = [get_model(model)]
     if baseline and baseline.lower() != "none":
         models.append(get_model(baseline))
+    model_files = {}
+    if model_bundle:
+        model_files[models[0].name] = (model_bundle, tokenizer)
+    if baseline_bundle:
+        if len(models) < 2:
+            raise UsageError("--baseline-bundle needs a --baseline model")
+        model_files[models[1].name] = (baseline_bundle, baseline_tokenizer or tokenizer)
     plan = Plan(
         models=models, workloads=workloads.parse_workloads(workload), contexts=_int_list(context, "--context"),
         new_tokens=new_tokens, reps=reps, warmup=warmup, sample_ms=sample_ms, runtime=runtime, cache=cache,
-        seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask,
+        seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
+        cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
     )
     get_adapter(runtime)
     plan.validate()
     store = _open_store(db_path)
-    targets = devices.resolve(device)
-    if len(targets) > 1:
-        raise UsageError("several devices matched; parallel runs arrive with the Android backend")
-    dev = targets[0]
+    targets = devices.resolve(device, adb_server=adb_server, devices_file=devices_file)
     started = time.monotonic()
-    with dev, _RichObserver(console, enabled=not as_json) as obs:
-        session = Session(dev, store, plan, store.path.parent / "runs", observer=obs)
-        meta = session.run()
+    if len(targets) == 1:
+        with targets[0] as dev, _RichObserver(console, enabled=not as_json) as obs:
+            metas = [Session(dev, store, plan, store.path.parent / "runs", observer=obs).run()]
+    else:
+        metas = _run_parallel(targets, store, plan, quiet=as_json)
     elapsed = time.monotonic() - started
-    record = store.load_run(meta.run_id)
-    report_path = _write_report(record, out_path or store.path.parent / f"{meta.run_id}.html")
+    records = [store.load_run(m.run_id) for m in metas]
+    paths = [_write_report(r, (out_path if len(records) == 1 and out_path else None)
+                           or store.path.parent / f"{r.meta.run_id}.html") for r in records]
     if as_json:
         from devprof.report import JsonRenderer
 
-        out.print_json(JsonRenderer().render(record))
+        docs = [json.loads(JsonRenderer().render(r)) for r in records]
+        out.print_json(json.dumps(docs[0] if len(docs) == 1 else docs))
     else:
         from devprof.report import TerminalRenderer
 
-        TerminalRenderer(console=out).print(record)
-        out.print(f"run [bold]{meta.run_id}[/] finished in {elapsed:.0f} s")
-    console.print(f"report: {report_path}")
+        for r in records:
+            TerminalRenderer(console=out).print(r)
+        out.print(f"{len(records)} run(s) finished in {elapsed:.0f} s: " + ", ".join(m.run_id for m in metas))
+    for p in paths:
+        console.print(f"report: {p}")
+
+
+def _run_parallel(targets, store, plan, quiet: bool):
+    """One worker thread per device, each with its own store connection; failures on one device
+    do not stop the others, and are reported together at the end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devprof.session import Session
+    from devprof.store import Store
+
+    def work(dev):
+        with dev:
+            own = Store(store.path)
+            obs = _LineObserver(console, dev.serial, enabled=not quiet)
+            return Session(dev, own, plan, store.path.parent / "runs", observer=obs).run()
+
+    metas, errors = [], []
+    with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+        futures = {pool.submit(work, d): d for d in targets}
+        for fut, dev in futures.items():
+            try:
+                metas.append(fut.result())
+            except DevprofError as e:
+                errors.append(f"{dev.serial}: {e.message}")
+    if errors and not metas:
+        raise DevprofError("; ".join(errors))
+    for e in errors:
+        console.print(f"[red]error:[/] {e}", highlight=False)
+    return metas
+
+
+class _LineObserver:
+    """Progress of one device among several: plain log lines prefixed with its serial."""
+
+    def __init__(self, console: Console, serial: str, enabled: bool = True) -> None:
+        self.console, self.serial, self.enabled, self.n = console, serial, enabled, 0
+
+    def stage(self, message: str) -> None:
+        if self.enabled:
+            self.console.log(f"[{self.serial}] {message}")
+
+    def total(self, n: int) -> None:
+        self.n = n
+
+    def repetition(self, rep, done: int) -> None:
+        if self.enabled and not rep.warmup:
+            r = rep.result
+            dec = f" decode {r.decode_tok_s:.1f} tok/s" if r is not None and r.decode_tok_s else ""
+            self.console.log(f"[{self.serial}] {rep.model} {rep.workload} {rep.context} rep {rep.index + 1}:{dec}")
 
 
 class _RichObserver:
@@ -264,23 +344,74 @@ def models(as_json, context) -> None:
 
 @cli.command(name="devices")
 @click.option("--json", "as_json", is_flag=True)
-def devices_cmd(as_json) -> None:
+@adb_server_option
+@devices_file_option
+def devices_cmd(as_json, adb_server, devices_file) -> None:
     """Devices devprof can profile now (this host is always there as `local`)."""
     from dataclasses import asdict
 
     from devprof import devices
 
-    found = devices.discover()
+    found = devices.discover(adb_server=adb_server, devices_file=devices_file)
     if as_json:
         out.print_json(json.dumps([asdict(d) for d in found]))
         return
     t = Table(title="devices")
-    for col in ("serial", "kind", "name", "model", "OS", "ABI", "RAM", "state"):
+    for col in ("serial", "alias", "kind", "name", "model", "OS", "ABI", "RAM", "state"):
         t.add_column(col)
     for d in found:
         ram = d.extra.get("mem_total_mb")
-        t.add_row(d.serial, d.kind, d.name, d.model, d.os_version, str(d.extra.get("abi") or d.extra.get("machine", "")),
+        alias = "local" if d.kind == "local" else ", ".join(d.extra.get("aliases") or [])
+        t.add_row(d.serial, alias, d.kind, d.name, d.model, d.os_version,
+                  str(d.extra.get("abi") or d.extra.get("machine", "")),
                   f"{ram / 1024:.1f} GiB" if ram else "", str(d.extra.get("state", "ready")))
+    out.print(t)
+
+
+@cli.group()
+def bins() -> None:
+    """Prebuilt runtime binaries devprof pushes to devices (device_bins/manifest.toml)."""
+
+
+@bins.command(name="add")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--runtime", required=True, type=click.Choice(["reference", "executorch", "llamacpp"]))
+@click.option("--platform", required=True, type=click.Choice(["android", "ios", "host"]))
+@click.option("--abi", default="arm64-v8a", show_default=True, help="arm64-v8a, x86_64, ... or any.")
+@click.option("--name", default=None, help="Name to refer to it by [default: derived].")
+@click.option("--command", "command", default="", help="Command template, e.g. '{binary} --model_path {model} ...'.")
+@click.option("--notes", default="")
+def bins_add(path, runtime, platform, abi, name, command, notes) -> None:
+    """Register a binary: record its path, runtime, platform/ABI and sha256."""
+    from devprof import bins as b
+
+    entry = b.add(path, runtime, platform, abi, name=name, command=command, notes=notes)
+    out.print(f"registered [bold]{entry.name}[/] ({entry.runtime}, {entry.platform}/{entry.abi}, sha256 {entry.sha256[:12]}) "
+              f"in {b.manifest_path()}")
+
+
+@bins.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+def bins_list(as_json) -> None:
+    """List registered binaries and whether each still matches its hash."""
+    from dataclasses import asdict
+
+    from devprof import bins as b
+
+    entries = b.load()
+    if as_json:
+        out.print_json(json.dumps([asdict(e) for e in entries]))
+        return
+    t = Table(title=str(b.manifest_path()))
+    for col in ("name", "runtime", "platform", "abi", "path", "sha256", "ok"):
+        t.add_column(col)
+    for e in entries:
+        try:
+            e.verify()
+            ok = "[green]yes[/]"
+        except DevprofError as err:
+            ok = f"[red]{err.message}[/]"
+        t.add_row(e.name, e.runtime, e.platform, e.abi, e.path, e.sha256[:12], ok)
     out.print(t)
 
 
