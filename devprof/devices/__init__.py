@@ -41,8 +41,18 @@ def resolve(spec: str, **opts) -> list[Device]:
 
 
 def _phone_backends() -> list:
+    if not BACKENDS:
+        from devprof.devices import android
+
+        BACKENDS.append(android)
+        try:
+            from devprof.devices import ios
+        except ImportError:  # the iOS backend module itself is optional
+            pass
+        else:
+            BACKENDS.append(ios)
     return list(BACKENDS)
 
 
-#: Phone backends (modules or objects with discover(**opts) and resolve(spec, **opts)).
+#: Phone backends (modules with discover(**opts) and resolve(spec, **opts) and last_errors).
 BACKENDS: list = []
