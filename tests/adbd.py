@@ -950,8 +950,28 @@ class Daemon:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
         except OSError:
             pass
+        self._maybe_corrupt(path)
         out.write(b"OKAY" + bytes(4))
         return True
+
+    def _maybe_corrupt(self, path: str) -> None:
+        """Test hook: a marker file ``.adbd/corrupt-push`` holding a file-name suffix makes the
+        next push of a matching file arrive with its first byte flipped (a transfer gone bad);
+        the marker is one-shot."""
+        marker = self.sandbox / ".adbd" / "corrupt-push"
+        try:
+            suffix = marker.read_text().strip()
+        except OSError:
+            return
+        if not suffix or not path.endswith(suffix):
+            return
+        marker.unlink(missing_ok=True)
+        with open(path, "r+b") as f:
+            first = f.read(1)
+            if first:
+                f.seek(0)
+                f.write(bytes([first[0] ^ 0xFF]))
+        log(f"corrupted the push of {path} (test hook)")
 
     def sync_recv(self, out: "SyncWriter", path: str) -> bool:
         try:

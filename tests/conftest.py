@@ -1,0 +1,25 @@
+"""Shared test set-up: an isolated bundle cache, alias file and store for the whole session."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_devprof_env(tmp_path_factory):
+    """Bundles are built once per test session into a private cache; no user config leaks in."""
+    base = tmp_path_factory.mktemp("devprof-env")
+    saved = {k: os.environ.get(k) for k in ("DEVPROF_CACHE", "DEVPROF_PYTHON", "DEVPROF_DEVICES_FILE", "DEVPROF_DB")}
+    os.environ["DEVPROF_CACHE"] = os.environ.get("DEVPROF_TEST_CACHE") or str(base / "cache")
+    os.environ["DEVPROF_PYTHON"] = sys.executable  # what the fake phones' runtime launcher runs
+    os.environ["DEVPROF_DEVICES_FILE"] = str(base / "devices.toml")
+    os.environ["DEVPROF_DB"] = str(base / "default-store" / "devprof.db")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
