@@ -164,7 +164,12 @@ class Session:
         info = self.device.info()
         platform = "host" if kind == "local" else kind
         abi = str(info.extra.get("abi") or info.extra.get("machine") or "")
-        b = bins.select(plan.runtime, platform, abi, name=plan.binary_name)
+        try:
+            b = bins.select(plan.runtime, platform, abi, name=plan.binary_name)
+        except UsageError:
+            if kind == "ios" and not plan.binary_name:
+                return None  # the benchmark app already installed on the phone (DEVPROF_IOS_APP)
+            raise
         b.verify()
         return b
 

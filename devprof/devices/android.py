@@ -109,6 +109,13 @@ def resolve(spec: str, adb_server: str | None = None, devices_file: Path | None 
         return [AndroidDevice(client, spec, devices_file=devices_file)]
     if alias is None:
         return []
+    if alias.serial is not None and alias.platform == "any":
+        # a user alias naming one serial/UDID: ours only if adb lists it
+        found = [d for d in listed if d.serial == alias.serial]
+        if not found:
+            return []
+        _raise_for_unusable(found, spec)
+        return [AndroidDevice(client, alias.serial, devices_file=devices_file)]
     matches = []
     for d in ready:
         model = _getprop(client, d.serial, "ro.product.model")
