@@ -153,7 +153,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
             TerminalRenderer(console=out).print(r)
         out.print(f"{len(records)} run(s) finished in {elapsed:.0f} s: " + ", ".join(m.run_id for m in metas))
     for p in paths:
-        console.print(f"report: {p}")
+        click.echo(f"report: {p}", err=True)
 
 
 def _run_parallel(targets, store, plan, quiet: bool):
@@ -283,7 +283,7 @@ def report(run_ref, out_path, open_it, db_path) -> None:
     store = _open_store(db_path, must_exist=True)
     record = store.load_run(run_ref)
     path = _write_report(record, out_path or store.path.parent / f"{record.meta.run_id}.html")
-    out.print(str(path))
+    click.echo(str(path))
     if open_it:
         import webbrowser
 
