@@ -19,7 +19,7 @@ from rich.table import Table
 from devprof import REPO_ROOT, __version__
 from devprof.errors import DevprofError, UsageError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
@@ -357,12 +357,13 @@ def devices_cmd(as_json, adb_server, devices_file) -> None:
         out.print_json(json.dumps([asdict(d) for d in found]))
         return
     t = Table(title="devices")
-    for col in ("serial", "alias", "kind", "name", "model", "OS", "ABI", "RAM", "state"):
+    for col in ("serial", "alias", "name", "OS", "ABI", "RAM", "state"):
         t.add_column(col)
     for d in found:
         ram = d.extra.get("mem_total_mb")
         alias = "local" if d.kind == "local" else ", ".join(d.extra.get("aliases") or [])
-        t.add_row(d.serial, alias, d.kind, d.name, d.model, d.os_version,
+        name = d.name if d.kind == "android" else f"{d.name} ({d.model})" if d.model else d.name
+        t.add_row(d.serial, alias, name, d.os_version,
                   str(d.extra.get("abi") or d.extra.get("machine", "")),
                   f"{ram / 1024:.1f} GiB" if ram else "", str(d.extra.get("state", "ready")))
     out.print(t)
@@ -421,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="devprof", standalone_mode=False)
     except click.exceptions.Abort:
+        if os.environ.get("DEVPROF_DEBUG"):
+            raise
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except click.ClickException as e:

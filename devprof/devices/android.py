@@ -53,7 +53,7 @@ def _client(adb_server: str | None):
 def _adb_errors():
     import adbutils
 
-    return (adbutils.AdbError, ConnectionError, OSError, TimeoutError)
+    return (adbutils.AdbError, ConnectionError, OSError, TimeoutError, EOFError)
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class AndroidDevice(Device):
         try:
             r = self.dev.shell2(cmd, timeout=timeout, v2=True)
         except _adb_errors() as e:
-            raise DeviceLost(f"lost contact with {self.serial}: {e or type(e).__name__}") from None
+            raise DeviceLost(f"lost contact with {self.serial}: {_why(e)}") from None
         return r.returncode, r.output
 
     def _check(self, cmd: str | list[str], what: str, timeout: float = 60.0) -> str:
@@ -221,10 +221,12 @@ class AndroidDevice(Device):
         return str(self.info().extra.get("abi", ""))
 
     # -- files -----------------------------------------------------------------------------
-    def _remote_hashes(self, paths: list[str]) -> dict[str, str]:
-        if not paths:
+    def _remote_hashes(self, remote_dir: str, names: list[str]) -> dict[str, str]:
+        """sha256 of files in one device folder, by file name (missing files are absent)."""
+        if not names:
             return {}
-        _, out = self.sh("sha256sum " + " ".join(shlex.quote(p) for p in paths) + " 2>/dev/null", timeout=600)
+        cmd = f"cd {shlex.quote(remote_dir)} && sha256sum " + " ".join(shlex.quote(n) for n in names) + " 2>/dev/null"
+        _, out = self.sh(cmd, timeout=600)
         found = {}
         for line in out.splitlines():
             parts = line.split(None, 1)
@@ -240,13 +242,14 @@ class AndroidDevice(Device):
         for name, p in local.items():
             if not p.is_file():
                 raise DeviceError(f"file to push does not exist: {p}")
-        remote = {name: f"{remote_dir}/{_remote_name(name, p)}" for name, p in local.items()}
+        fname = {name: _remote_name(name, p) for name, p in local.items()}
+        remote = {name: f"{remote_dir}/{fname[name]}" for name in local}
         want = {name: sha256_file(p) for name, p in local.items()}
-        have = self._remote_hashes(list(remote.values()))
+        have = self._remote_hashes(remote_dir, list(fname.values()))
         report = StageReport(paths=dict(remote), remote_dir=remote_dir)
         for name, p in local.items():
             dst = remote[name]
-            if have.get(dst) == want[name]:
+            if have.get(fname[name]) == want[name]:
                 report.files_skipped += 1
                 continue
             mode = 0o755 if (p.stat().st_mode & 0o111 or name == "__binary__") else 0o644
@@ -254,7 +257,7 @@ class AndroidDevice(Device):
                 self.dev.sync.push(p, dst, mode=mode)
             except _adb_errors() as e:
                 raise DeviceLost(f"push of {p.name} to {self.serial} failed: {e}") from None
-            got = self._remote_hashes([dst]).get(dst)
+            got = self._remote_hashes(remote_dir, [fname[name]]).get(fname[name])
             if got != want[name]:
                 self.sh(["rm", "-f", dst])
                 raise DeviceError(f"push of {p.name} to {self.serial} is corrupt: sha256 on the device "
@@ -367,7 +370,7 @@ class AndroidDevice(Device):
         if "error" in result and status == "ok":
             err = result["error"]
             return ProcessOutcome(exit_code=None, stdout="", stderr="", start_wall_ms=start_wall, wall_ms=wall_ms,
-                                  status="lost", note=f"lost contact with {self.serial} during the run: {err or type(err).__name__}")
+                                  status="lost", note=f"lost contact with {self.serial} during the run: {_why(err)}")
         try:
             stdout, stderr, mem = self._read(base + ".stdout"), self._read(base + ".stderr"), self._read(base + ".mem")
             self.sh(["rm", "-f", base + ".stdout", base + ".stderr", base + ".mem", base + ".pid"], timeout=20)
@@ -399,6 +402,12 @@ class AndroidDevice(Device):
 
     def close(self) -> None:
         pass
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, EOFError):
+        return "the adb connection closed (device unplugged or adbd gone?)"
+    return str(e) or type(e).__name__
 
 
 def _remote_name(name: str, p: Path) -> str:
