@@ -1,0 +1,140 @@
+"""What every renderer shares: the Renderer interface and the analysis of a run record.
+
+A renderer only reads a ``RunRecord`` (pyinstrument's renderers only read a Session): the numbers
+come from ``devprof.stats`` once, in ``analyse(record)``, and each renderer formats them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from devprof import stats
+from devprof.store import RunRecord
+
+
+class Renderer:
+    """One output format. Subclasses implement ``render(record) -> str``."""
+
+    output_file_extension = "txt"
+
+    def render(self, record: RunRecord) -> str:
+        raise NotImplementedError
+
+    def write(self, record: RunRecord, path: Path | str) -> Path:
+        """Render into ``path`` (written to a temporary file first, then renamed into place)."""
+        path = Path(path)
+        text = self.render(record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+@dataclass
+class Analysis:
+    """A run record with its statistics computed once."""
+
+    record: RunRecord
+    rows: list[stats.SummaryRow]
+    ratios: list[stats.RatioRow]
+    planned: int  # measured repetitions the run set out to do
+    measured: int  # measured repetitions that finished ok
+    failed: int  # measured repetitions that did not finish ok
+    missing: int  # planned - measured (never run, or failed)
+    level: float
+
+    @property
+    def status(self) -> str:
+        return self.record.meta.status
+
+    @property
+    def problem(self) -> str | None:
+        """One sentence on what is wrong with the run, or None when it is complete and whole."""
+        m = self.record.meta
+        head = None
+        if m.status == "running":
+            head = "Run still running (or its writer cannot be checked from this host)"
+        elif m.status != "complete":
+            head = f"Run {m.status}"
+        detail = None
+        if self.missing:
+            detail = f"{self.missing} of {self.planned} planned measured repetitions missing"
+            if self.failed:
+                detail += f" ({self.failed} failed)"
+        elif self.failed:
+            detail = f"{self.failed} measured repetitions failed"
+        if head is None and detail is None:
+            return None
+        text = ": ".join(x for x in (head, detail) if x) + "."
+        if m.note:
+            text += f" Note: {m.note}"
+        return text
+
+    @property
+    def verdicts(self) -> list[str]:
+        return [r.verdict for r in self.ratios if r.verdict]
+
+
+def analyse(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Analysis:
+    rows = stats.summarize(record, level=level, n_boot=n_boot, seed=seed)
+    ratio_rows = stats.ratios(record, level=level, n_boot=n_boot, seed=seed, rows=rows)
+    measured = len(record.measured())
+    return Analysis(record=record, rows=rows, ratios=ratio_rows, planned=record.planned_reps, measured=measured,
+                    failed=len(record.failed_reps), missing=record.missing_reps, level=level)
+
+
+# ---- formatting --------------------------------------------------------------------------------
+def rounded(x: float | None, decimals: int) -> float | None:
+    """A float rounded for output; None for unknown, NaN or infinite values."""
+    if x is None:
+        return None
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return round(x, decimals)
+
+
+def fmt(x: float | None, decimals: int = 1, unknown: str = "—") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return unknown
+    return f"{x:,.{decimals}f}"
+
+
+def fmt_cv(cv: float | None) -> str:
+    return "" if cv is None else f"±{cv * 100:.1f}%"
+
+
+def when(created: str) -> str:
+    """ISO-8601 -> "2026-09-21 14:05 UTC" (unchanged when it does not parse)."""
+    try:
+        t = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return str(created)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def memory_metric_note(metric: str) -> str:
+    if metric == "physFootprint":
+        return ("physFootprint: the memory iOS charges the app (what Xcode shows), sampled with "
+                "sysmontap; not RSS, and without a file/anon split")
+    if metric == "VmHWM":
+        return ("VmHWM: the kernel's high-water mark of the process's resident set "
+                "(/proc/PID/status), which also catches spikes between two samples")
+    return metric
+
+
+def rep_label(rep) -> str:
+    return f"warm-up {-rep.index}" if rep.warmup else f"rep {rep.index + 1}"

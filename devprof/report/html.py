@@ -1,0 +1,727 @@
+"""The self-contained HTML report of a run: one file, plotly.js embedded once, works offline.
+
+Layout (top to bottom):
+
+1. header: run id, date, device, status; a banner when the run is interrupted/failed or
+   repetitions are missing (how many);
+2. Summary: the verdicts in words, the table per (model, workload, context) with n, cache state,
+   median, 95% bootstrap CI and CV, and the MoE ÷ dense ratio table;
+3. Setup: device (and what its peak-memory metric means), runtime, settings, model shapes from
+   the catalog (total/active parameters, INT4 GiB, "(3rd)" marks);
+4. Speed: one figure per context (prefill tok/s, decode tok/s, TTFT; bars with CI whiskers);
+5. Memory: one figure per context of peak memory, templated vs real per model (peak, RssFile,
+   RssAnon; CI whiskers), then one timeline per (model, workload, context): VmRSS, RssFile,
+   RssAnon and VmHWM of a representative repetition (median peak) over time, the other
+   repetitions' VmRSS (hidden until clicked), load/prefill/decode spans shaded from the
+   runtime's timestamps minus the process start, the reported peak as a line; the cache state
+   is printed with every memory figure;
+6. Routing: one figure per context: distinct (layer, expert) pairs vs tokens processed
+   (templated vs real), and distinct experts per layer;
+7. Thermal: before/after readings per repetition (when any were recorded);
+8. Repetitions: every repetition, warm-ups and failures included;
+9. Prompt sources and licences (from ``meta.settings["prompt_sources"]``);
+10. the JSON of `devprof show --json` in a ``<script type="application/json" id="devprof-data">``.
+
+Every text that comes from a prompt, a run or a device is escaped. Timelines are reduced to at
+most ``max_points`` points per trace, keeping each bucket's minimum and maximum so peaks survive.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import plotly.io as pio
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
+
+from devprof import __version__, stats
+from devprof.report.base import (
+    Analysis, Renderer, analyse, fmt, fmt_cv, memory_metric_note, rep_label, when,
+)
+from devprof.report.jsonout import JSONRenderer
+from devprof.results import Repetition
+from devprof.store import RunRecord
+
+GIB = 1024**3
+
+#: series colours, shared by every memory figure
+C_RSS, C_FILE, C_ANON, C_HWM = "#2b2d42", "#e08e0b", "#1f78b4", "#8d99ae"
+SPAN_COLORS = {"load": "#adb5bd", "prefill": "#74c0fc", "decode": "#ffc078"}
+MODEL_COLORS = ["#d9480f", "#1864ab", "#2b8a3e", "#862e9c", "#c2255c", "#5c940d", "#0b7285", "#e67700"]
+
+# Figures are plain dicts handed to plotly.js (plotly.graph_objects validation costs seconds).
+_AXIS = {"gridcolor": "#e9ecef", "linecolor": "#adb5bd", "zeroline": False, "ticks": "outside", "automargin": True}
+_TEMPLATE = {"layout": {
+    "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12, "color": "#212529"},
+    "paper_bgcolor": "white", "plot_bgcolor": "white", "colorway": MODEL_COLORS,
+    "xaxis": _AXIS, "yaxis": _AXIS,
+    "legend": {"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
+    "margin": {"l": 60, "r": 20, "t": 60, "b": 80}, "hoverlabel": {"namelength": -1},
+    "title": {"x": 0.01, "font": {"size": 15}},
+}}
+_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
+
+h = html.escape
+
+
+def t(text: Any) -> str:
+    """Text for plotly labels: plotly reads a small HTML subset, so escape like HTML."""
+    return html.escape(str(text), quote=False)
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def downsample(xs: Sequence[float], ys: Sequence[float | None], max_points: int = 2000) -> tuple[list, list]:
+    """At most ``max_points`` points, keeping each bucket's min and max (peaks survive); None dropped."""
+    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    n = len(pts)
+    if n <= max_points:
+        return [p[0] for p in pts], [p[1] for p in pts]
+    buckets = max(1, max_points // 2)
+    keep: list[int] = []
+    for b in range(buckets):
+        lo, hi = b * n // buckets, (b + 1) * n // buckets
+        if hi <= lo:
+            continue
+        seg = range(lo, hi)
+        i_min = min(seg, key=lambda i: pts[i][1])
+        i_max = max(seg, key=lambda i: pts[i][1])
+        keep.extend(sorted({i_min, i_max}))
+    return [pts[i][0] for i in keep], [pts[i][1] for i in keep]
+
+
+def representative(reps: list[Repetition]) -> Repetition:
+    """The repetition with the median peak memory (the lower one for an even count)."""
+    keyed = sorted(reps, key=lambda r: (stats.peak_rss_kb(r) or 0, r.index))
+    return keyed[(len(keyed) - 1) // 2]
+
+
+def phase_spans(rep: Repetition) -> list[tuple[str, float, float]]:
+    """(name, start s, end s) of load / prefill / decode relative to the process start.
+
+    From the runtime's wall-clock timestamps minus ``outcome.start_wall_ms`` (both must come from the
+    device's clock). Empty when the runtime printed none, or when they do not fall within the
+    process's lifetime (clocks that disagree): better no shading than shading in the wrong place.
+    """
+    r, o = rep.result, rep.outcome
+    if r is None or not o.start_wall_ms:
+        return []
+    marks = [("load", r.model_load_start_ms, r.inference_start_ms),
+             ("prefill", r.inference_start_ms, r.prompt_eval_end_ms),
+             ("decode", r.prompt_eval_end_ms, r.inference_end_ms)]
+    out = []
+    for name, a, b in marks:
+        if a is None or b is None or b <= a:
+            continue
+        out.append((name, (a - o.start_wall_ms) / 1000.0, (b - o.start_wall_ms) / 1000.0))
+    lifetime = max(o.wall_ms, o.samples[-1].t_ms if o.samples else 0.0) / 1000.0
+    slack = 0.5 + 0.05 * lifetime
+    if any(a < -slack or b > lifetime + slack for _, a, b in out):
+        return []
+    return out
+
+
+def phase_spans_from_durations(rep: Repetition) -> list[tuple[str, float, float]]:
+    """Approximate spans from durations alone (llama.cpp prints no timestamps): load from the start."""
+    r = rep.result
+    if r is None or not r.prefill_ms or not r.decode_ms:
+        return []
+    t0 = (r.load_ms or 0.0) / 1000.0
+    spans = [("load", 0.0, t0)] if t0 > 0 else []
+    t1 = t0 + r.prefill_ms / 1000.0
+    return spans + [("prefill", t0, t1), ("decode", t1, t1 + r.decode_ms / 1000.0)]
+
+
+def _err(m: stats.Metric | None) -> tuple[float | None, float, float]:
+    if m is None:
+        return None, 0.0, 0.0
+    return m.median, max(0.0, m.ci_high - m.median), max(0.0, m.median - m.ci_low)
+
+
+def _grid(titles: Sequence[str], widths: Sequence[float] | None = None, gap: float = 0.07) -> dict[str, Any]:
+    """Layout of side-by-side subplots: axes x, x2, ... with a title above each."""
+    n = len(titles)
+    widths = list(widths or [1.0 / n] * n)
+    usable = 1.0 - gap * (n - 1)
+    layout: dict[str, Any] = {"annotations": []}
+    x = 0.0
+    for i, (title, w) in enumerate(zip(titles, widths)):
+        a, b = x, min(1.0, x + w * usable)
+        x = b + gap
+        sfx = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{sfx}"] = {"domain": [a, b], "anchor": f"y{sfx}"}
+        layout[f"yaxis{sfx}"] = {"anchor": f"x{sfx}", "rangemode": "tozero"}
+        layout["annotations"].append({"text": title, "x": (a + b) / 2, "y": 1.0, "xref": "paper", "yref": "paper",
+                                      "xanchor": "center", "yanchor": "bottom", "showarrow": False,
+                                      "font": {"size": 13}})
+    return layout
+
+
+def _axes(col: int) -> dict[str, str]:
+    return {"xaxis": "x" if col == 1 else f"x{col}", "yaxis": "y" if col == 1 else f"y{col}"}
+
+
+def _error(up: Sequence[float], down: Sequence[float]) -> dict[str, Any]:
+    return {"type": "data", "symmetric": False, "array": list(up), "arrayminus": list(down),
+            "thickness": 1.2, "width": 4}
+
+
+def _json_script(data: Any) -> str:
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e") \
+        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _rss_label(metric: str) -> str:
+    return "VmRSS" if metric == "VmHWM" else metric
+
+
+# ---- the renderer ------------------------------------------------------------------------------
+class HTMLRenderer(Renderer):
+    """One self-contained HTML file per run."""
+
+    output_file_extension = "html"
+
+    def __init__(self, max_points: int = 2000, plot_height: int = 420) -> None:
+        self.max_points = max_points
+        self.plot_height = plot_height
+
+    def render(self, record: RunRecord | Analysis) -> str:
+        a = record if isinstance(record, Analysis) else analyse(record)
+        return _Page(self, a).html()
+
+
+HtmlRenderer = HTMLRenderer
+
+
+class _Page:
+    def __init__(self, renderer: HTMLRenderer, a: Analysis) -> None:
+        self.r = renderer
+        self.a = a
+        self.rec = a.record
+        self.meta = a.record.meta
+        self.n_figures = 0
+        self.colors = {m: MODEL_COLORS[i % len(MODEL_COLORS)] for i, m in enumerate(self.rec.models())}
+        self.display = {m: stats.model_info(m)[0] for m in self.rec.models()}
+
+    # ---- page -------------------------------------------------------------------------------
+    def html(self) -> str:
+        sections = [
+            ("summary", "Summary", self.summary()),
+            ("setup", "Setup", self.setup()),
+            ("speed", "Speed", self.speed()),
+            ("memory", "Memory", self.memory()),
+            ("routing", "Routing", self.routing()),
+            ("thermal", "Thermal", self.thermal()),
+            ("repetitions", "Repetitions", self.repetitions()),
+            ("sources", "Prompt sources", self.sources()),
+        ]
+        nav = " · ".join(f'<a href="#{sid}">{h(title)}</a>' for sid, title, _ in sections)
+        body = "\n".join(f'<section id="{sid}">\n<h2>{h(title)}</h2>\n{content}\n</section>'
+                         for sid, title, content in sections)
+        data = JSONRenderer().data(self.a)
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="devprof {h(__version__)}">
+<meta name="devprof-figures" content="{self.n_figures}">
+<title>devprof · {h(self.meta.run_id)} · {h(" vs ".join(self.display.values()))}</title>
+<style>{_CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head>
+<body>
+{self.header()}
+<nav>{nav}</nav>
+<main>
+{body}
+</main>
+<footer>devprof {h(__version__)} · report written {h(now)} · plotly.js {h(get_plotlyjs_version())} embedded:
+this file needs no network.</footer>
+<script type="application/json" id="devprof-data">{_json_script(data)}</script>
+</body>
+</html>
+"""
+
+    def figure(self, data: list[dict], layout: dict[str, Any], caption: str = "", height: int | None = None) -> str:
+        """One plotly figure as a div (plotly.js is on the page once); ``caption`` is HTML."""
+        self.n_figures += 1
+        layout = {"template": _TEMPLATE, **layout, "height": height or self.r.plot_height}
+        div = pio.to_html({"data": data, "layout": layout}, include_plotlyjs=False, full_html=False,
+                          div_id=f"fig-{self.n_figures}", config=_CONFIG, default_width="100%", validate=False)
+        cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+        return f'<figure class="plot">{div}{cap}</figure>'
+
+    # ---- header -----------------------------------------------------------------------------
+    def header(self) -> str:
+        m, d = self.meta, self.meta.device
+        status_class = {"complete": "ok", "running": "info", "interrupted": "warn"}.get(m.status, "bad")
+        banner = ""
+        if self.a.problem:
+            cls = "warn" if m.status in ("interrupted", "running", "complete") else "bad"
+            banner = f'<p class="banner {cls}">{h(self.a.problem)}</p>'
+        models = " vs ".join(h(self.display[x]) for x in m.models)
+        return f"""<header>
+<h1>{models} on {h(d.name or d.serial)}</h1>
+<p class="meta">Run <code>{h(m.run_id)}</code> · {h(when(m.created))} ·
+<span class="status {status_class}">{h(m.status)}</span> · runtime {h(m.runtime)} ·
+{self.a.measured} of {self.a.planned} measured repetitions
+({m.reps} per model, workload and context, after {m.warmup} warm-up)</p>
+{banner}
+</header>"""
+
+    # ---- summary ----------------------------------------------------------------------------
+    def summary(self) -> str:
+        a = self.a
+        parts = []
+        if a.verdicts:
+            parts.append("<ul class=\"verdicts\">" + "".join(f"<li>{h(v)}</li>" for v in a.verdicts) + "</ul>")
+        elif a.ratios:
+            parts.append("<p>No difference between the models is clear at 95% confidence with these repetitions.</p>")
+        if not a.rows:
+            parts.append("<p>No repetitions were recorded.</p>")
+            return "\n".join(parts)
+        metric = "/".join(sorted({r.memory_metric for r in a.rows if r.n})) or self.meta.device.memory_metric
+        head = ["model", "workload", "context", "n", "cache", "prefill tok/s", "decode tok/s", "TTFT ms",
+                f"peak {metric} MiB", "peak RssFile MiB", "peak RssAnon MiB", "distinct (layer, expert)"]
+        rows = []
+        for r in a.rows:
+            n = f"{r.n}" + (f' <span class="bad">({r.n_failed} failed)</span>' if r.n_failed else "")
+            cells = [h(r.display), h(r.workload), str(r.context), n, h(", ".join(r.cache_states) or "—")]
+            for name in stats.METRICS:
+                cells.append(self._metric_cell(r.metric(name), 0 if name == "distinct_experts" else
+                                               (2 if name == "decode_tok_s" else 1)))
+            cls = ' class="short"' if r.n < self.meta.reps else ""
+            rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append(f"""<div class="wide"><table class="summary" id="summary-table">
+<caption>Median over the n measured repetitions; below it the {int(a.level * 100)}% bootstrap interval of the
+median and ± the coefficient of variation. Memory in MiB; peak = {h(metric)} as the device reports it, not the
+largest sample.</caption>
+<thead><tr>{"".join(f"<th>{h(x)}</th>" for x in head)}</tr></thead>
+<tbody>{"".join(rows)}</tbody></table></div>""")
+        if a.ratios:
+            parts.append(self._ratio_table())
+        return "\n".join(parts)
+
+    def _metric_cell(self, m: stats.Metric | None, decimals: int) -> str:
+        if m is None:
+            return '<span class="na">—</span>'
+        if m.n < 2:
+            spread = "n = 1: no interval"
+        else:
+            spread = f"{fmt(m.ci_low, decimals)}–{fmt(m.ci_high, decimals)} {fmt_cv(m.cv)}"
+        title = f"min {fmt(m.min, decimals)}, max {fmt(m.max, decimals)}, n {m.n}"
+        return f'<span class="v" title="{h(title)}">{fmt(m.median, decimals)}</span><span class="ci">{h(spread)}</span>'
+
+    def _ratio_table(self) -> str:
+        r0 = self.a.ratios[0]
+        s, b = self.display.get(r0.subject, r0.subject), self.display.get(r0.baseline, r0.baseline)
+        rows = []
+        for r in self.a.ratios:
+            ci = "n &lt; 2" if r.degenerate else f"{r.ci_low:.3f}–{r.ci_high:.3f}"
+            clear = '<span class="ok">yes</span>' if r.verdict else '<span class="na">no</span>'
+            rows.append(f"<tr><td>{h(r.workload)}</td><td>{r.context}</td><td>{h(stats.ratio_name(r.metric))}</td>"
+                        f"<td><b>{r.ratio:.3f}×</b></td><td>{ci}</td><td>{r.n_subject} / {r.n_baseline}</td>"
+                        f"<td>{clear}</td></tr>")
+        return f"""<table class="ratios" id="ratio-table">
+<caption>{h(s)} ÷ {h(b)}: ratio of the medians with a 95% bootstrap interval (resampling both models'
+repetitions). A speedup above 1 and a memory or TTFT ratio below 1 favour {h(s)}; "clear" when the interval
+excludes 1.0 (the findings above say it in words).</caption>
+<thead><tr><th>workload</th><th>context</th><th>ratio of</th><th>ratio</th><th>95% CI</th>
+<th>n</th><th>clear</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>"""
+
+    # ---- setup ------------------------------------------------------------------------------
+    def setup(self) -> str:
+        m, d = self.meta, self.meta.device
+        metrics = sorted({r.outcome.memory_metric for r in self.rec.repetitions}) or [d.memory_metric]
+        dev_rows = [("name", d.name), ("kind", d.kind), ("model", d.model), ("OS", d.os_version),
+                    ("serial", d.serial)]
+        dev_rows += [(k, _plain(v)) for k, v in d.extra.items()]
+        dev_rows.append(("peak memory metric", "; ".join(memory_metric_note(x) for x in metrics)))
+        run_rows = [("runtime", m.runtime), ("models", ", ".join(m.models)), ("baseline", m.baseline or "—"),
+                    ("workloads", ", ".join(m.workloads)), ("contexts", ", ".join(map(str, m.contexts))),
+                    ("new tokens", m.new_tokens), ("repetitions", f"{m.reps} measured + {m.warmup} warm-up"),
+                    ("memory sampling", f"every {m.sample_ms} ms" if m.sample_ms else "off"),
+                    ("artifacts", m.artifacts_dir or "—")]
+        run_rows += [(k, _plain(v)) for k, v in m.settings.items() if k != "prompt_sources"]
+        return (f'<div class="cols"><div><h3>Device</h3>{_kv(dev_rows)}</div>'
+                f'<div><h3>Run</h3>{_kv(run_rows)}</div></div>\n<h3>Models</h3>\n{self._models_table()}')
+
+    def _models_table(self) -> str:
+        from devprof.catalog import get_model
+        from devprof.errors import UsageError
+
+        rows = []
+        for name in self.rec.models():
+            try:
+                s = get_model(name)
+            except UsageError:
+                rows.append(f"<tr><td>{h(name)}</td><td colspan=\"8\" class=\"na\">not in devprof's catalog</td></tr>")
+                continue
+
+            def mark(field: str, s=s) -> str:
+                return ' <span class="third" title="from a third-party summary">(3rd)</span>' \
+                    if field in s.third_party else ""
+
+            experts = (f"{s.n_experts} × {s.expert_ffn}, top-{s.top_k}"
+                       + (f", {s.n_shared} shared × {s.shared_ffn}" if s.n_shared else "")) if s.is_moe \
+                else f"dense FFN {s.ffn}"
+            pub = s.published.get("int4_gib")
+            int4 = f"{s.weight_bytes('int4') / GIB:.3f}" + (f" (published {pub}{mark('int4_gib')})" if pub else "")
+            rows.append(
+                f"<tr><td>{h(s.display)}</td><td>{h(s.kind)}</td><td>{s.n_layers}{mark('n_layers')}</td>"
+                f"<td>{s.hidden}</td><td>{s.n_heads} / {s.n_kv_heads} / {s.head_dim}</td><td>{h(experts)}</td>"
+                f"<td>{s.total_params / 1e6:,.1f} M{mark('total_params')}</td>"
+                f"<td>{s.active_params / 1e6:,.1f} M{mark('active_params')}</td><td>{int4}</td></tr>")
+        return ("<table class=\"models\"><thead><tr><th>model</th><th>kind</th><th>layers</th><th>hidden</th>"
+                "<th>heads / kv / dim</th><th>FFN</th><th>total params</th><th>active params</th>"
+                "<th>INT4 weights GiB</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+                "<p class=\"note\">Shapes and parameter arithmetic from devprof's model catalog; "
+                "(3rd) marks a figure taken from a third-party summary of the paper.</p>")
+
+    # ---- speed ------------------------------------------------------------------------------
+    def speed(self) -> str:
+        out = []
+        for ctx in self.rec.contexts():
+            rows = [r for r in self.a.rows if r.context == ctx and r.n]
+            if not rows:
+                continue
+            data: list[dict] = []
+            for model in self.rec.models():
+                mrows = [r for r in rows if r.model == model]
+                if not mrows:
+                    continue
+                for col, name in enumerate(("prefill_tok_s", "decode_tok_s", "ttft_ms"), start=1):
+                    ys, up, down = zip(*[_err(r.metric(name)) for r in mrows])
+                    data.append({
+                        "type": "bar", **_axes(col), "x": [t(r.workload) for r in mrows], "y": list(ys),
+                        "name": t(self.display[model]), "legendgroup": model, "showlegend": col == 1,
+                        "marker": {"color": self.colors[model]}, "error_y": _error(up, down),
+                        "customdata": [[r.n] for r in mrows],
+                        "hovertemplate": "%{y:.2f} (n=%{customdata[0]})<extra>%{fullData.name}</extra>",
+                    })
+            layout = _grid(["prefill (tok/s)", "decode (tok/s)", "time to first token (ms)"])
+            layout.update(barmode="group", title={"text": f"Speed at {ctx} tokens of context"})
+            out.append(self.figure(data, layout, "Bars: median of the measured repetitions; whiskers: 95% bootstrap "
+                                                 "interval of the median. Higher is better for tok/s, lower for TTFT."))
+        return "\n".join(out) or "<p>No measured repetitions.</p>"
+
+    # ---- memory -----------------------------------------------------------------------------
+    def memory(self) -> str:
+        out = []
+        for ctx in self.rec.contexts():
+            fig_html = self._peak_figure(ctx)
+            if fig_html:
+                out.append(fig_html)
+        out.append("<h3>Memory over time</h3>")
+        n_before = len(out)
+        for ctx in self.rec.contexts():
+            for model in self.rec.models():
+                for workload in self.rec.workloads():
+                    fig_html = self._timeline(model, workload, ctx)
+                    if fig_html:
+                        out.append(fig_html)
+        if len(out) == n_before:
+            out.append("<p>No memory samples were recorded (sampling off, or no repetition finished).</p>")
+        return "\n".join(out)
+
+    def _peak_figure(self, ctx: int) -> str | None:
+        rows = [r for r in self.a.rows if r.context == ctx and r.n and r.peak_rss_mb]
+        if not rows:
+            return None
+        metric = "/".join(sorted({r.memory_metric for r in rows}))
+        x = [[t(r.display) for r in rows], [t(f"{r.workload} · {'/'.join(r.cache_states) or '?'}") for r in rows]]
+        data = []
+        for name, label, color in (("peak_rss_mb", f"peak ({metric})", C_RSS),
+                                   ("peak_rss_file_mb", "peak RssFile (weights paged in)", C_FILE),
+                                   ("peak_rss_anon_mb", "peak RssAnon (activations, KV cache)", C_ANON)):
+            vals = [_err(r.metric(name)) for r in rows]
+            if all(v[0] is None for v in vals):
+                continue
+            ys, up, down = zip(*vals)
+            data.append({"type": "bar", "x": x, "y": list(ys), "name": t(label), "marker": {"color": color},
+                         "error_y": _error(up, down), "customdata": [[r.n] for r in rows],
+                         "hovertemplate": "%{y:.1f} MiB (n=%{customdata[0]})<extra>%{fullData.name}</extra>"})
+        layout = {"barmode": "group", "title": {"text": f"Peak memory at {ctx} tokens: templated vs real prompts"},
+                  "yaxis": {"title": {"text": "MiB"}, "rangemode": "tozero"}}
+        caption = ["Per model and workload, with the page-cache state of the weights file before the runs "
+                   "(cold = evicted, warm = cached): the device's reported peak, and the largest sampled RssFile and "
+                   "RssAnon. Whiskers: 95% bootstrap interval of the median."]
+        caption += self._workload_sentences(ctx)
+        return self.figure(data, layout, " ".join(caption))
+
+    def _workload_sentences(self, ctx: int) -> list[str]:
+        workloads = self.rec.workloads()
+        ref = next((w for w in workloads if w.startswith("templated")), None)
+        if ref is None:
+            return []
+        out = []
+        for model in self.rec.models():
+            for w in workloads:
+                if w == ref:
+                    continue
+                bits = []
+                for name, what in (("peak_rss_mb", "peak memory"), ("peak_rss_file_mb", "RssFile")):
+                    ci = stats.workload_ratio(self.rec, model, name, w, ref, ctx)
+                    if ci is None:
+                        continue
+                    spread = "" if ci.degenerate else f" (95% CI {ci.low:.2f}–{ci.high:.2f})"
+                    bits.append(f"{what} {ci.estimate:.2f}×{spread}")
+                if bits:
+                    out.append(h(f"{self.display[model]}: {w} ÷ {ref} prompts: " + ", ".join(bits) + "."))
+        return out
+
+    def _timeline(self, model: str, workload: str, ctx: int) -> str | None:
+        reps = [r for r in self.rec.repetitions if (r.model, r.workload, r.context) == (model, workload, ctx)
+                and not r.warmup and r.outcome.samples]
+        ok = [r for r in reps if r.outcome.status == "ok"]
+        pool = ok or reps
+        if not pool:
+            return None
+        rep = representative(pool)
+        o = rep.outcome
+        metric = o.memory_metric
+        mp = self.r.max_points
+        ts = [s.t_ms / 1000.0 for s in o.samples]
+        data: list[dict] = []
+        for name, attr, color, dash in ((_rss_label(metric), "rss_kb", C_RSS, "solid"),
+                                        ("RssFile", "file_kb", C_FILE, "solid"),
+                                        ("RssAnon", "anon_kb", C_ANON, "solid"),
+                                        ("VmHWM (running peak)" if metric == "VmHWM" else f"{metric} peak", "hwm_kb",
+                                         C_HWM, "dot")):
+            ys = [getattr(s, attr) for s in o.samples]
+            if all(y is None for y in ys):
+                continue
+            x, y = downsample(ts, [None if v is None else v / 1024.0 for v in ys], mp)
+            data.append({"type": "scatter", "mode": "lines", "x": x, "y": y, "name": t(name),
+                         "line": {"color": color, "dash": dash, "width": 2},
+                         "hovertemplate": "%{y:.1f} MiB<extra>%{fullData.name}</extra>"})
+        for other in pool:
+            if other is rep:
+                continue
+            x, y = downsample([s.t_ms / 1000.0 for s in other.outcome.samples],
+                              [s.rss_kb / 1024.0 for s in other.outcome.samples], mp)
+            data.append({"type": "scatter", "mode": "lines", "x": x, "y": y,
+                         "name": t(f"{_rss_label(metric)} {rep_label(other)}"), "visible": "legendonly",
+                         "line": {"color": C_RSS, "width": 1, "dash": "dash"}, "opacity": 0.6})
+        shapes: list[dict] = []
+        notes: list[dict] = []
+        spans, approx = phase_spans(rep), False
+        if not spans:
+            spans, approx = phase_spans_from_durations(rep), True
+        for name, a, b in spans:
+            shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": a, "x1": b, "y0": 0, "y1": 1,
+                           "fillcolor": SPAN_COLORS[name], "opacity": 0.25, "layer": "below", "line": {"width": 0}})
+            notes.append({"x": a, "y": 1, "xref": "x", "yref": "paper", "text": name, "showarrow": False,
+                          "xanchor": "left", "yanchor": "top", "font": {"size": 11, "color": "#495057"}})
+        peak = stats.peak_rss_kb(rep)
+        if peak is not None:
+            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": peak / 1024.0,
+                           "y1": peak / 1024.0, "line": {"color": "#c92a2a", "dash": "dash", "width": 1}})
+            notes.append({"x": 1, "y": peak / 1024.0, "xref": "paper", "yref": "y", "showarrow": False,
+                          "xanchor": "right", "yanchor": "bottom", "font": {"size": 11, "color": "#c92a2a"},
+                          "text": t(f"reported peak ({metric}) {peak / 1024:.1f} MiB")})
+        status = "" if rep.outcome.status == "ok" else f" · {rep.outcome.status}"
+        layout = {
+            "title": {"text": t(f"{self.display.get(model, model)} · {workload} · {ctx} tokens · "
+                                f"{rep_label(rep)} · cache {rep.cache_state}{status}")},
+            "xaxis": {"title": {"text": "seconds since the process started"}},
+            "yaxis": {"title": {"text": "MiB"}, "rangemode": "tozero"},
+            "hovermode": "x unified", "shapes": shapes, "annotations": notes,
+        }
+        max_rss = max(s.rss_kb for s in o.samples) / 1024.0
+        cap = [f"<b>Cache: {h(rep.cache_state)}</b>" + (f" ({h(rep.cache_note)})" if rep.cache_note else "") + ".",
+               f"Shown: {h(rep_label(rep))}" + (f", the median peak of {len(pool)} repetitions; the others' "
+                                                 f"{h(_rss_label(metric))} can be switched on in the legend"
+                                                 if len(pool) > 1 else "") + ".",
+               f"Reported peak ({h(metric)}) {fmt(peak / 1024.0 if peak else None)} MiB; largest sample "
+               f"{fmt(max_rss)} MiB; {len(o.samples)} samples"
+               + (f" (drawn: at most {mp} per line, keeping minima and maxima)" if len(o.samples) > mp else "") + ".",
+               ("Shaded: load, prefill, decode from the runtime's timestamps minus the process start."
+                if not approx else "Shaded: load, prefill, decode placed from the runtime's durations alone "
+                "(approximate: it printed no usable timestamps).")
+               if spans else "Prefill/decode spans unknown: the runtime printed no timestamps or durations."]
+        return self.figure(data, layout, " ".join(cap), height=380)
+
+    # ---- routing ----------------------------------------------------------------------------
+    def routing(self) -> str:
+        out = []
+        for ctx in self.rec.contexts():
+            fig_html = self._coverage(ctx)
+            if fig_html:
+                out.append(fig_html)
+        if not out:
+            return ("<p>No routing traces in this run (dense models have none; the runtime "
+                    f"<code>{h(self.meta.runtime)}</code> may not emit them).</p>")
+        return "\n".join(out)
+
+    def _coverage(self, ctx: int) -> str | None:
+        groups = []
+        for model in self.rec.models():
+            for w in self.rec.workloads():
+                reps = [r for r in self.rec.measured(model, w, ctx) if r.routing is not None]
+                if reps:
+                    reps.sort(key=lambda r: (r.routing.distinct_pairs, r.index))
+                    groups.append((model, w, reps[(len(reps) - 1) // 2]))
+        if not groups:
+            return None
+        layout = _grid(["distinct (layer, expert) pairs vs tokens processed", "distinct experts per layer"],
+                       widths=[0.58, 0.42])
+        data: list[dict] = []
+        shapes: list[dict] = []
+        totals: dict[str, int] = {}
+        caps = []
+        for model, w, rep in groups:
+            g = rep.routing
+            templated = w.startswith("templated")
+            label = t(f"{self.display[model]} · {w}")
+            data.append({"type": "scatter", "mode": "lines", **_axes(1), "x": g.coverage_tokens,
+                         "y": g.coverage_distinct, "name": label, "legendgroup": f"{model}|{w}",
+                         "line": {"color": self.colors[model], "dash": "dash" if templated else "solid", "width": 2},
+                         "hovertemplate": "%{y} pairs after %{x} tokens<extra>%{fullData.name}</extra>"})
+            data.append({"type": "bar", **_axes(2), "x": [f"L{j}" for j in range(len(g.distinct_per_layer))],
+                         "y": g.distinct_per_layer, "name": label, "legendgroup": f"{model}|{w}", "showlegend": False,
+                         "marker": {"color": self.colors[model], "pattern": {"shape": "/" if templated else ""}},
+                         "hovertemplate": "%{y} experts in %{x}<extra>%{fullData.name}</extra>"})
+            total = g.n_layers * g.n_experts
+            totals[model] = total
+            caps.append(h(f"{self.display[model]}, {w}: {g.distinct_pairs} of {total} pairs "
+                          f"({g.distinct_pairs / max(1, total):.0%}) after {g.n_tokens} tokens, cache {rep.cache_state}"))
+        for model, total in totals.items():
+            shapes.append({"type": "line", "xref": "x domain", "x0": 0, "x1": 1, "yref": "y", "y0": total, "y1": total,
+                           "line": {"color": self.colors[model], "width": 1, "dash": "dot"}})
+            layout["annotations"].append({"xref": "x domain", "x": 1, "yref": "y", "y": total, "showarrow": False,
+                                          "xanchor": "right", "yanchor": "bottom", "font": {"size": 10},
+                                          "text": t(f"all {total} pairs ({self.display[model]})")})
+        layout["xaxis"].update(title={"text": "tokens processed (prompt, then generated; log scale)"}, type="log")
+        layout["yaxis"]["title"] = {"text": "distinct (layer, expert) pairs"}
+        layout["yaxis2"]["title"] = {"text": "experts touched"}
+        layout.update(barmode="group", shapes=shapes, title={"text": f"Expert coverage at {ctx} tokens of context"})
+        cap = ("A memory-mapped MoE runtime pages an expert's weights in only when a token is routed to it, "
+               "so RssFile follows these curves. Dashed/hatched: templated prompts; solid: real prompts. "
+               + "; ".join(caps) + ".")
+        return self.figure(data, layout, cap)
+
+    # ---- thermal ----------------------------------------------------------------------------
+    def thermal(self) -> str:
+        reps = [r for r in self.rec.repetitions if r.thermal_before or r.thermal_after]
+        if not reps:
+            return "<p>No thermal readings were recorded on this device.</p>"
+        zones = sorted({z for r in reps for z in (*r.thermal_before, *r.thermal_after)})
+        head = "".join(f"<th>{h(z)} °C before → after</th>" for z in zones)
+        rows = []
+        for r in reps:
+            cells = []
+            for z in zones:
+                b, a = r.thermal_before.get(z), r.thermal_after.get(z)
+                delta = f" ({a - b:+.1f})" if a is not None and b is not None else ""
+                cells.append(f"<td>{fmt(b)} → {fmt(a)}{delta}</td>")
+            rows.append(f"<tr><td>{h(self.display.get(r.model, r.model))}</td><td>{h(r.workload)}</td>"
+                        f"<td>{r.context}</td><td>{h(rep_label(r))}</td>{''.join(cells)}</tr>")
+        return (f"<table class=\"thermal\"><thead><tr><th>model</th><th>workload</th><th>context</th><th>rep</th>"
+                f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+                "<p class=\"note\">Readings just before and just after each repetition "
+                "(thermal zones as the device names them).</p>")
+
+    # ---- repetitions ------------------------------------------------------------------------
+    def repetitions(self) -> str:
+        if not self.rec.repetitions:
+            return "<p>No repetitions were recorded.</p>"
+        head = ["#", "model", "workload", "context", "rep", "status", "cache", "exit", "prefill tok/s",
+                "decode tok/s", "TTFT ms", "peak MiB", "file MiB", "anon MiB", "distinct pairs", "wall s", "note"]
+        rows = []
+        for i, r in enumerate(self.rec.repetitions, start=1):
+            res, o = r.result, r.outcome
+            peak = stats.peak_rss_kb(r)
+            note = o.note or ("" if o.status == "ok" else (o.stderr.strip().splitlines() or [""])[-1][:200])
+            cls = "warmup" if r.warmup else ("bad" if o.status != "ok" else "")
+            cells = [str(i), h(self.display.get(r.model, r.model)), h(r.workload), str(r.context), h(rep_label(r)),
+                     h(o.status), h(r.cache_state), h(str(o.exit_code)) if o.exit_code is not None else "—",
+                     fmt(res.prefill_tok_s if res else None), fmt(res.decode_tok_s if res else None, 2),
+                     fmt(res.ttft_ms if res else None, 0), fmt(peak / 1024 if peak else None),
+                     fmt(r.peak_file_kb / 1024 if r.peak_file_kb else None),
+                     fmt(r.peak_anon_kb / 1024 if r.peak_anon_kb else None),
+                     str(r.routing.distinct_pairs) if r.routing else "—", fmt(o.wall_ms / 1000, 2),
+                     h(note)]
+            rows.append(f'<tr class="{cls}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        return (f"<div class=\"wide\"><table class=\"reps\" id=\"repetitions-table\"><thead><tr>{''.join(f'<th>{h(x)}</th>' for x in head)}"
+                f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+                "<p class=\"note\">Warm-ups (grey) and failed repetitions (red) never enter the statistics. "
+                "Peak = the device's reported peak; file/anon = the largest sample.</p>")
+
+    # ---- sources ----------------------------------------------------------------------------
+    def sources(self) -> str:
+        src = self.meta.settings.get("prompt_sources") or self.meta.settings.get("sources")
+        if not src:
+            return "<p>No prompt sources were recorded in this run's settings.</p>"
+        if isinstance(src, dict):
+            src = [dict(v, workload=k) if isinstance(v, dict) else {"title": v, "workload": k} for k, v in src.items()]
+        rows = []
+        for s in src:
+            if not isinstance(s, dict):
+                rows.append(f"<tr><td colspan=\"6\">{h(str(s))}</td></tr>")
+                continue
+            title = s.get("title") or s.get("name") or s.get("id") or ""
+            where = s.get("url") or s.get("source") or s.get("origin") or ""
+            lic = s.get("licence") or s.get("license") or "—"
+            present = {True: "yes", False: "missing"}.get(s.get("exists"), "")
+            rows.append(f"<tr><td>{h(str(title))}</td><td>{h(str(s.get('category') or s.get('workload') or ''))}</td>"
+                        f"<td>{h(str(lic))}</td><td>{h(str(s.get('copyright') or ''))}</td>"
+                        f"<td><code>{h(str(where))}</code></td><td>{h(present)}</td></tr>")
+        return ("<table class=\"sources\"><thead><tr><th>text</th><th>category</th><th>licence</th><th>copyright</th>"
+                "<th>source</th><th>on disk</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+                "<p class=\"note\">Real-prompt workloads draw on these texts; templated prompts repeat a template.</p>")
+
+
+def _plain(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if v is None:
+        return "—"
+    return json.dumps(v, ensure_ascii=False, default=str)
+
+
+def _kv(rows: list[tuple[str, Any]]) -> str:
+    return "<table class=\"kv\"><tbody>" + "".join(
+        f"<tr><th>{h(str(k))}</th><td>{h(str(v))}</td></tr>" for k, v in rows) + "</tbody></table>"
+
+
+_CSS = """
+:root { --fg:#212529; --muted:#6c757d; --line:#dee2e6; --bg2:#f8f9fa; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+       margin: 0 auto; max-width: 1440px; padding: 0 20px 40px; }
+.wide { overflow-x: auto; max-width: 100%; }
+header { padding: 18px 0 6px; border-bottom: 1px solid var(--line); }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+nav { position: sticky; top: 0; background: white; padding: 8px 0; border-bottom: 1px solid var(--line); z-index: 5; }
+nav a { color: #1864ab; text-decoration: none; }
+.meta { color: var(--muted); margin: 0; }
+.status { font-weight: 600; padding: 1px 6px; border-radius: 4px; }
+.status.ok { background: #d3f9d8; color: #2b8a3e; } .status.warn { background: #fff3bf; color: #e67700; }
+.status.bad { background: #ffe3e3; color: #c92a2a; } .status.info { background: #d0ebff; color: #1864ab; }
+.banner { padding: 8px 12px; border-radius: 6px; font-weight: 600; }
+.banner.warn { background: #fff3bf; border: 1px solid #ffd43b; } .banner.bad { background: #ffe3e3; border: 1px solid #ff8787; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: right; vertical-align: top;
+         white-space: nowrap; }
+table.kv td, table.reps td:last-child, table.sources td { white-space: normal; }
+th { background: var(--bg2); font-weight: 600; }
+td:nth-child(-n+3), th:nth-child(-n+3), td.left, table.reps td:nth-child(-n+4), table.reps th:nth-child(-n+4), table.kv td, table.kv th, table.sources td, table.reps td:last-child { text-align: left; }
+caption { caption-side: bottom; text-align: left; color: var(--muted); font-size: 12px; padding-top: 4px; }
+.v { display: block; font-weight: 600; } .ci { display: block; color: var(--muted); font-size: 11px; white-space: nowrap; }
+.na { color: #adb5bd; } .ok { color: #2b8a3e; font-weight: 600; } .bad, tr.bad td { color: #c92a2a; } tr.warmup td { color: #868e96; }
+tr.short td { background: #fff9db; }
+.verdicts li { margin: 2px 0; }
+.cols { display: flex; gap: 32px; flex-wrap: wrap; } .cols > div { flex: 1 1 420px; }
+figure.plot { margin: 14px 0 22px; } figcaption { color: var(--muted); font-size: 12px; max-width: 1100px; }
+.third { color: #e67700; font-size: 11px; } .note { color: var(--muted); font-size: 12px; }
+footer { margin-top: 32px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 8px; }
+code { font-size: 12px; }
+"""

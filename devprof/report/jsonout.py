@@ -1,0 +1,100 @@
+"""`devprof show --json`: the figures of a run as stable, machine-readable JSON.
+
+Shape (format 1)::
+
+    {"format": "devprof.show/1",
+     "run": {run_id, created, status, note, device{...}, runtime, models, baseline, workloads,
+             contexts, new_tokens, reps, warmup, sample_ms, settings, artifacts_dir,
+             planned_reps, measured_reps, failed_reps, missing_reps},
+     "results": [{model, display, kind, workload, context, n, n_failed, cache_states, memory_metric,
+                  <metric>, <metric>_ci: [lo, hi], <metric>_cv, <metric>_min, <metric>_max
+                  for metric in prefill_tok_s, decode_tok_s, ttft_ms, peak_rss_mb,
+                  peak_rss_file_mb, peak_rss_anon_mb, distinct_experts}],
+     "ratios": [{subject, baseline, workload, context, metric, label, ratio, ci: [lo, hi],
+                 n_subject, n_baseline, verdict}]}
+
+Every key is always present; unknown values are null. Memory is in MiB (kB / 1024), times in ms,
+speeds in tok/s; ``_ci`` is the 95% bootstrap interval of the median, ``_cv`` the coefficient of
+variation (a fraction).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from devprof import stats
+from devprof.report.base import Analysis, Renderer, analyse, rounded
+from devprof.store import RunRecord
+
+FORMAT = "devprof.show/1"
+
+
+def result_dict(row: stats.SummaryRow) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "model": row.model, "display": row.display, "kind": row.kind, "workload": row.workload,
+        "context": row.context, "n": row.n, "n_failed": row.n_failed, "cache_states": list(row.cache_states),
+        "memory_metric": row.memory_metric,
+    }
+    for name in stats.METRICS:
+        m = row.metric(name)
+        nd = stats.METRIC_INFO[name].decimals
+        d[name] = rounded(m.median, nd) if m else None
+        d[f"{name}_ci"] = [rounded(m.ci_low, nd), rounded(m.ci_high, nd)] if m else None
+        d[f"{name}_cv"] = rounded(m.cv, 4) if m else None
+        d[f"{name}_min"] = rounded(m.min, nd) if m else None
+        d[f"{name}_max"] = rounded(m.max, nd) if m else None
+    return d
+
+
+def ratio_dict(r: stats.RatioRow) -> dict[str, Any]:
+    return {
+        "subject": r.subject, "baseline": r.baseline, "workload": r.workload, "context": r.context,
+        "metric": r.metric, "label": r.label, "ratio": rounded(r.ratio, 4),
+        "ci": [rounded(r.ci_low, 4), rounded(r.ci_high, 4)], "n_subject": r.n_subject,
+        "n_baseline": r.n_baseline, "verdict": r.verdict,
+    }
+
+
+def run_dict(a: Analysis) -> dict[str, Any]:
+    d = asdict(a.record.meta)
+    d.update(planned_reps=a.planned, measured_reps=a.measured, failed_reps=a.failed, missing_reps=a.missing)
+    return d
+
+
+class JSONRenderer(Renderer):
+    """The summary and ratios of a run as JSON (no samples: those stay in the store)."""
+
+    output_file_extension = "json"
+
+    def __init__(self, indent: int | None = 2) -> None:
+        self.indent = indent
+
+    def data(self, record: RunRecord | Analysis) -> dict[str, Any]:
+        a = record if isinstance(record, Analysis) else analyse(record)
+        return {
+            "format": FORMAT,
+            "run": run_dict(a),
+            "results": [result_dict(r) for r in a.rows],
+            "ratios": [ratio_dict(r) for r in a.ratios],
+        }
+
+    def render(self, record: RunRecord | Analysis) -> str:
+        return json.dumps(_clean(self.data(record)), indent=self.indent, ensure_ascii=False, allow_nan=False,
+                          default=str)
+
+
+def _clean(obj: Any) -> Any:
+    """Non-finite floats (from settings or extras) become null: JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+JsonRenderer = JSONRenderer

@@ -1,0 +1,169 @@
+"""`devprof show`: the figures of a run as rich tables in the terminal.
+
+    Run 20260921-140507-beef · complete · 2026-09-21 14:05 UTC · runtime reference
+    Device: Galaxy S25 (SM-S931B) · android 15 · serial R5CY20ABCDE · peak memory = VmHWM
+    ┌ summary table: per (model, workload, context) median ±CV of prefill/decode tok/s, TTFT,
+    │ peak RSS (file/anon), distinct experts, n, cache state
+    ┌ MoE ÷ dense: speedup / memory ratio with the 95% CI, and the verdicts in words
+    Report: reports/20260921-140507-beef.html
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from devprof import stats
+from devprof.report.base import Analysis, Renderer, analyse, fmt, fmt_cv, when
+from devprof.store import RunRecord
+
+_SPEED = ("prefill_tok_s", "decode_tok_s", "ttft_ms")
+_MEMORY = ("peak_rss_mb", "peak_rss_file_mb", "peak_rss_anon_mb", "distinct_experts", "cache")
+_DECIMALS = {"decode_tok_s": 2, "ttft_ms": 0, "distinct_experts": 0}
+_HEADLINE = ("prefill_tok_s", "decode_tok_s", "peak_rss_mb")  # verdicts worth a line in the terminal
+_STATUS_STYLE = {"complete": "green", "running": "cyan", "interrupted": "yellow"}
+
+
+def _cell(m: stats.Metric | None, decimals: int, stacked: bool = False) -> Text:
+    if m is None:
+        return Text("—", style="dim")
+    t = Text(fmt(m.median, decimals))
+    if m.n >= 2 and m.cv is not None:
+        t.append(("\n" if stacked else " ") + fmt_cv(m.cv), style="dim")
+    return t
+
+
+class TerminalRenderer(Renderer):
+    """Rich tables for a terminal. ``print(record)`` writes to ``console``; ``render`` returns text."""
+
+    output_file_extension = "txt"
+
+    def __init__(self, console: Console | None = None, width: int | None = None, color: bool = False,
+                 report_path: Path | str | None = None) -> None:
+        self.console = console
+        self.width = width
+        self.color = color
+        self.report_path = report_path
+
+    # ---- output -------------------------------------------------------------------------
+    def print(self, record: RunRecord | Analysis) -> None:
+        console = self.console or Console()
+        for r in self.renderables(record, width=console.width):
+            console.print(r)
+
+    def render(self, record: RunRecord | Analysis) -> str:
+        buf = io.StringIO()
+        width = self.width or 140
+        console = Console(file=buf, width=width, color_system="truecolor" if self.color else None,
+                          force_terminal=self.color, highlight=False, soft_wrap=False, emoji=False)
+        for r in self.renderables(record, width=width):
+            console.print(r)
+        return buf.getvalue()
+
+    # ---- content ------------------------------------------------------------------------
+    def renderables(self, record: RunRecord | Analysis, width: int = 140) -> list[RenderableType]:
+        """What ``print`` shows; below ``WIDE`` columns the summary splits into speed and memory tables."""
+        a = record if isinstance(record, Analysis) else analyse(record)
+        m = a.record.meta
+        out: list[RenderableType] = [self._header(a)]
+        if a.problem:
+            out.append(Text(a.problem, style="bold yellow" if m.status in ("running", "interrupted") else "bold red"))
+        if a.rows:
+            groups = [_SPEED + _MEMORY] if width >= self.WIDE else [_SPEED, _MEMORY]
+            out.extend(self._summary(a, cols, stacked=len(groups) > 1) for cols in groups)
+        else:
+            out.append(Text("No repetitions were recorded.", style="dim"))
+        if a.ratios:
+            out.append(self._ratios(a))
+        headline = [r.verdict for r in a.ratios if r.verdict and r.metric in _HEADLINE]
+        if headline:
+            out.append(Group(*[Text(f"• {v}") for v in headline]))
+        elif a.ratios:
+            out.append(Text("No difference in prefill, decode or peak memory is clear at 95% confidence "
+                            f"with these repetitions (n = {min(r.n_subject for r in a.ratios)}).", style="dim"))
+        if self.report_path:
+            out.append(Text.assemble(("Report: ", "bold"), str(self.report_path)))
+        return out
+
+    WIDE = 150
+
+    def _header(self, a: Analysis) -> RenderableType:
+        m = a.record.meta
+        d = m.device
+        line1 = Text.assemble(("Run ", "bold"), (m.run_id, "bold"), " · ",
+                              (m.status, _STATUS_STYLE.get(m.status, "red")), " · ", when(m.created),
+                              " · runtime ", m.runtime)
+        dev = [d.name or d.serial, d.kind + (f" {d.os_version}" if d.os_version else "")]
+        if d.model and d.model not in (d.name or ""):
+            dev.append(d.model)
+        dev.append(f"serial {d.serial}")
+        metrics = sorted({r.memory_metric for r in a.rows if r.n}) or [d.memory_metric]
+        dev.append(f"peak memory = {'/'.join(metrics)}")
+        line2 = Text.assemble(("Device: ", "bold"), " · ".join(dev))
+        models = " vs ".join(stats.model_info(x)[0] for x in m.models)
+        line3 = Text.assemble(("Models: ", "bold"), models, " · workloads ", ", ".join(m.workloads),
+                              " · context ", ", ".join(map(str, m.contexts)), f" · {m.reps} reps + {m.warmup} warm-up",
+                              f" · {m.new_tokens} new tokens")
+        return Group(line1, line2, line3)
+
+    def _summary(self, a: Analysis, cols: tuple[str, ...], stacked: bool = False) -> Table:
+        metric = "/".join(sorted({r.memory_metric for r in a.rows if r.n})) or a.record.meta.device.memory_metric
+        what = "speed" if cols == _SPEED else ("memory" if cols == _MEMORY else "results")
+        title = f"{what.capitalize()}: median ±CV over n measured repetitions"
+        if cols != _SPEED:
+            title += f"; peak = {metric}, file/anon = largest sample"
+        t = Table(title=title, box=box.SIMPLE_HEAD,
+                  title_justify="left", pad_edge=False)
+        t.add_column("model", no_wrap=True)
+        t.add_column("workload", no_wrap=True)
+        t.add_column("ctx", justify="right", no_wrap=True)
+        show_n = not (stacked and cols != _SPEED)  # the speed table above already says n
+        if show_n:
+            t.add_column("n", justify="right")
+        states = {", ".join(r.cache_states) for r in a.rows if r.n}
+        if "cache" in cols and len(states) <= 1:  # one state for all: say it once, in the title
+            cols = tuple(c for c in cols if c != "cache")
+            t.title = f"{t.title}; page cache: {states.pop() if states else 'unknown'}"
+        heads = {"prefill_tok_s": "prefill tok/s", "decode_tok_s": "decode tok/s", "ttft_ms": "TTFT ms",
+                 "peak_rss_mb": f"peak {metric} MiB", "peak_rss_file_mb": "file MiB", "peak_rss_anon_mb": "anon MiB",
+                 "distinct_experts": "distinct experts", "cache": "cache"}
+        if stacked:  # narrow terminal: two-line headers and cells, nothing cut
+            heads.update(peak_rss_mb="peak MiB")
+            heads = {k: v.replace(" ", "\n", 1) for k, v in heads.items()}
+        for c in cols:
+            t.add_column(heads[c], justify="left" if c == "cache" else "right", no_wrap=stacked)
+        for r in a.rows:
+            n = Text(str(r.n), style="red" if r.n < a.record.meta.reps else "")
+            if r.n_failed:
+                n.append(f" ({r.n_failed} failed)", style="red")
+            cells: list[Text] = []
+            for c in cols:
+                if c == "cache":
+                    cells.append(Text(", ".join(r.cache_states) or "—"))
+                elif c in ("peak_rss_file_mb", "peak_rss_anon_mb"):
+                    m = r.metric(c)
+                    cells.append(Text(fmt(m.median if m else None, 1)))
+                else:
+                    cells.append(_cell(r.metric(c), _DECIMALS.get(c, 1), stacked))
+            t.add_row(Text(r.display), Text(r.workload), str(r.context), *([n] if show_n else []), *cells)
+        return t
+
+    def _ratios(self, a: Analysis) -> Table:
+        s, b = a.ratios[0].subject, a.ratios[0].baseline
+        t = Table(title=f"{stats.model_info(s)[0]} ÷ {stats.model_info(b)[0]}", box=box.SIMPLE_HEAD,
+                  title_justify="left", pad_edge=False,
+                  caption="ratio of the medians; 95% bootstrap CI; clear = the CI excludes 1.0",
+                  caption_justify="left")
+        for col, j in (("workload", "left"), ("ctx", "right"), ("metric", "left"), ("ratio", "right"),
+                       ("95% CI", "right"), ("", "left")):
+            t.add_column(col, justify=j)
+        for r in a.ratios:
+            ci = "n < 2" if r.degenerate else f"{r.ci_low:.2f}–{r.ci_high:.2f}"
+            clear = Text("clear", style="green") if r.verdict else Text("not clear", style="dim")
+            t.add_row(Text(r.workload), str(r.context), stats.ratio_name(r.metric), f"{r.ratio:.2f}×", ci, clear)
+        return t

@@ -1,0 +1,655 @@
+"""The result store: one SQLite file of runs, repetitions, memory samples and routing summaries.
+
+A run (one ``devprof run`` on one device) is written as it goes: ``create_run`` first, then one
+``add_repetition`` per finished generation, each its own committed transaction, then
+``finish_run``. A run whose writer died without finishing (killed, power cut, Ctrl-C twice) stays
+"running" on disk; readers show it as "interrupted" once they can tell its writer process is gone
+(the writer's host, pid and process start time are kept in the run's row).
+
+Several writers may share one file (one worker thread or process per device): WAL journal, a busy
+timeout, ``BEGIN IMMEDIATE`` write transactions. One store per device can also be merged later
+(``merge_from``).
+
+Schema (version 1)::
+
+    schema_version(version)
+    runs(run_id PK, created, status, note, finished, device_kind, device_serial, device_name,
+         runtime, meta_json, writer_host, writer_pid, writer_started)
+    repetitions(rep_id PK, run_id FK, model, workload, context, idx, warmup, status, exit_code,
+                cache_state, cache_note, memory_metric, prefill_tok_s, decode_tok_s, ttft_ms,
+                peak_rss_kb, peak_file_kb, peak_anon_kb, distinct_pairs, start_wall_ms, wall_ms,
+                n_samples, result_json, outcome_json, note, thermal_before_json,
+                thermal_after_json, artifacts_json, created)
+    samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb)          -- in sampling order
+    routing(rep_id PK/FK, n_tokens, distinct_pairs, summary_json)
+
+``runs.meta_json`` holds the RunMeta fields that have no column of their own (device, models,
+workloads, settings, ...). The metric columns of ``repetitions`` are for queries (peak_rss_kb is the
+device's reported peak, see ``stats.peak_rss_kb``; memory_metric says which); the JSON columns hold
+the full records, so a repetition read back equals the one written. ``MIGRATIONS[i]`` upgrades version i to i + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from devprof.errors import StoreError, UsageError
+from devprof.results import (
+    DeviceInfo, MemorySample, ProcessOutcome, Repetition, RoutingSummary, RunMeta, RunResult,
+)
+
+#: Where the CLI keeps the store by default, relative to the repository root.
+DEFAULT_STORE = Path("reports") / "devprof.db"
+
+RUN_STATUSES = ("running", "complete", "interrupted", "failed", "lost")
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (
+    run_id         TEXT PRIMARY KEY,
+    created        TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    note           TEXT NOT NULL DEFAULT '',
+    finished       TEXT,
+    device_kind    TEXT NOT NULL DEFAULT '',
+    device_serial  TEXT NOT NULL DEFAULT '',
+    device_name    TEXT NOT NULL DEFAULT '',
+    runtime        TEXT NOT NULL DEFAULT '',
+    meta_json      TEXT NOT NULL,
+    writer_host    TEXT NOT NULL DEFAULT '',
+    writer_pid     INTEGER,
+    writer_started REAL
+);
+CREATE INDEX runs_created ON runs(created);
+CREATE TABLE repetitions (
+    rep_id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id              TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    model               TEXT NOT NULL,
+    workload            TEXT NOT NULL,
+    context             INTEGER NOT NULL,
+    idx                 INTEGER NOT NULL,
+    warmup              INTEGER NOT NULL,
+    status              TEXT NOT NULL,
+    exit_code           INTEGER,
+    cache_state         TEXT NOT NULL,
+    cache_note          TEXT NOT NULL DEFAULT '',
+    memory_metric       TEXT NOT NULL,
+    prefill_tok_s       REAL,
+    decode_tok_s        REAL,
+    ttft_ms             REAL,
+    peak_rss_kb         INTEGER,
+    peak_file_kb        INTEGER,
+    peak_anon_kb        INTEGER,
+    distinct_pairs      INTEGER,
+    start_wall_ms       REAL,
+    wall_ms             REAL,
+    n_samples           INTEGER NOT NULL DEFAULT 0,
+    result_json         TEXT,
+    outcome_json        TEXT NOT NULL,
+    note                TEXT NOT NULL DEFAULT '',
+    thermal_before_json TEXT NOT NULL DEFAULT '{}',
+    thermal_after_json  TEXT NOT NULL DEFAULT '{}',
+    artifacts_json      TEXT NOT NULL DEFAULT '{}',
+    created             TEXT NOT NULL
+);
+CREATE INDEX repetitions_run ON repetitions(run_id, model, workload, context);
+CREATE TABLE samples (
+    rep_id  INTEGER NOT NULL REFERENCES repetitions(rep_id) ON DELETE CASCADE,
+    t_ms    REAL NOT NULL,
+    rss_kb  INTEGER NOT NULL,
+    anon_kb INTEGER,
+    file_kb INTEGER,
+    hwm_kb  INTEGER
+);
+CREATE INDEX samples_rep ON samples(rep_id);
+CREATE TABLE routing (
+    rep_id         INTEGER PRIMARY KEY REFERENCES repetitions(rep_id) ON DELETE CASCADE,
+    n_tokens       INTEGER NOT NULL,
+    distinct_pairs INTEGER NOT NULL,
+    summary_json   TEXT NOT NULL
+);
+"""
+
+#: MIGRATIONS[i] takes a store from schema version i to i + 1 (inside one transaction).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    lambda c: _exec_script(c, _SCHEMA_V1),  # 0 -> 1: the first schema
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_RUN_COLS = ("run_id", "created", "status", "note", "finished", "device_kind", "device_serial",
+             "device_name", "runtime", "meta_json", "writer_host", "writer_pid", "writer_started")
+_REP_COLS = ("run_id", "model", "workload", "context", "idx", "warmup", "status", "exit_code",
+             "cache_state", "cache_note", "memory_metric", "prefill_tok_s", "decode_tok_s", "ttft_ms",
+             "peak_rss_kb", "peak_file_kb", "peak_anon_kb", "distinct_pairs", "start_wall_ms", "wall_ms",
+             "n_samples", "result_json", "outcome_json", "note", "thermal_before_json",
+             "thermal_after_json", "artifacts_json", "created")
+# RunMeta fields kept in their own columns, not in meta_json
+_META_COLUMN_FIELDS = ("run_id", "created", "status", "note")
+
+
+def _exec_script(conn: sqlite3.Connection, script: str) -> None:
+    # sqlite3's executescript() commits first; run statement by statement to stay in our transaction
+    for stmt in script.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+# ---- the record read back ------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """A run as the report sees it: its meta and every repetition (warm-ups and failures too)."""
+
+    meta: RunMeta
+    repetitions: list[Repetition]
+
+    def measured(self, model: str | None = None, workload: str | None = None,
+                 context: int | None = None) -> list[Repetition]:
+        """Measured repetitions (not warm-up, status ok), optionally of one model/workload/context."""
+        return [r for r in self.repetitions
+                if not r.warmup and r.outcome.status == "ok"
+                and (model is None or r.model == model)
+                and (workload is None or r.workload == workload)
+                and (context is None or r.context == context)]
+
+    def models(self) -> list[str]:
+        return _ordered(self.meta.models, (r.model for r in self.repetitions))
+
+    def workloads(self) -> list[str]:
+        return _ordered(self.meta.workloads, (r.workload for r in self.repetitions))
+
+    def contexts(self) -> list[int]:
+        return _ordered(self.meta.contexts, (r.context for r in self.repetitions))
+
+    @property
+    def planned_reps(self) -> int:
+        """Measured repetitions the run set out to do."""
+        m = self.meta
+        return len(m.models) * len(m.workloads) * len(m.contexts) * m.reps
+
+    @property
+    def failed_reps(self) -> list[Repetition]:
+        """Non-warm-up repetitions that did not finish ok."""
+        return [r for r in self.repetitions if not r.warmup and r.outcome.status != "ok"]
+
+    @property
+    def missing_reps(self) -> int:
+        """Planned measured repetitions without an ok result (never run, or failed)."""
+        return max(0, self.planned_reps - len(self.measured()))
+
+
+def _ordered(first: Iterator | list, then: Iterator) -> list:
+    out: list = []
+    for v in list(first) + list(then):
+        if v not in out:
+            out.append(v)
+    return out
+
+
+# ---- (de)serialisation -----------------------------------------------------------------------
+T = TypeVar("T")
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, ensure_ascii=False)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def _build(cls: type[T], data: dict[str, Any]) -> T:
+    """A dataclass from a dict, ignoring keys it does not know (older/newer writers)."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _meta_json(meta: RunMeta) -> str:
+    d = asdict(meta)
+    for k in _META_COLUMN_FIELDS:
+        d.pop(k, None)
+    return _json(d)
+
+
+def _outcome_json(o: ProcessOutcome) -> str:
+    d = {f.name: getattr(o, f.name) for f in fields(o) if f.name != "samples"}
+    return _json(d)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- who is writing -------------------------------------------------------------------------
+def _process_started(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # psutil missing, or no such process
+        return None
+
+
+def _writer_alive(host: str, pid: int | None, started: float | None) -> bool | None:
+    """Whether the process that wrote a run still runs: True/False, or None when we cannot tell."""
+    if pid is None or not host or host != socket.gethostname():
+        return None
+    try:
+        import psutil
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if started is not None and abs(p.create_time() - started) > 1.0:
+            return False  # the pid was reused by another process
+        return True
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return None
+
+
+# ---- the store -------------------------------------------------------------------------------
+class Store:
+    """An SQLite file of runs. Thread-safe; several processes may write the same file."""
+
+    BUSY_TIMEOUT_S = 30.0
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            for parent in reversed(self.path.parents):
+                if parent.exists() and not parent.is_dir():
+                    raise NotADirectoryError(20, f"{parent} is not a directory")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise IsADirectoryError(21, "it is a directory")
+            conn = sqlite3.connect(str(self.path), timeout=self.BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            self._conn = conn
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:
+                pass  # a file system without shared memory: the default journal still works
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against a killed process
+            self._migrate()
+        except StoreError:
+            self.close()
+            raise
+        except (OSError, sqlite3.Error) as e:
+            self.close()
+            raise StoreError(f"cannot open the result store {self.path}: {_reason(e)}") from None
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"the result store {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed on exit, rolled back on any exception (Ctrl-C too)."""
+        with self._lock, self._errors():
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            yield self.conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise StoreError(f"result store {self.path}: {_reason(e)}") from None
+
+    def _migrate(self) -> None:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = c.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"the result store {self.path} has schema version {version}; this "
+                                 f"devprof knows up to {SCHEMA_VERSION}: upgrade devprof")
+            for v in range(version, SCHEMA_VERSION):
+                MIGRATIONS[v](c)
+            if row is None:
+                c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                c.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        with self._read() as c:
+            return c.execute("SELECT version FROM schema_version").fetchone()[0]
+
+    # ---- writing --------------------------------------------------------------------------
+    def create_run(self, meta: RunMeta) -> str:
+        """Store a new run; assigns ``meta.run_id`` ("YYYYMMDD-HHMMSS-xxxx") when empty."""
+        if not meta.created:
+            meta.created = _now()
+        started = _created_time(meta.created)
+        pid = os.getpid()
+        with self._write() as c:
+            if not meta.run_id:
+                while True:
+                    rid = f"{started:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+                    if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (rid,)).fetchone() is None:
+                        break
+                meta.run_id = rid
+            elif c.execute("SELECT 1 FROM runs WHERE run_id = ?", (meta.run_id,)).fetchone():
+                raise StoreError(f"run {meta.run_id} is already in {self.path}")
+            row = self._run_row(meta)
+            row.update(writer_host=socket.gethostname(), writer_pid=pid, writer_started=_process_started(pid))
+            _insert(c, "runs", row)
+        return meta.run_id
+
+    def _run_row(self, meta: RunMeta) -> dict[str, Any]:
+        return dict(run_id=meta.run_id, created=meta.created, status=meta.status, note=meta.note,
+                    device_kind=meta.device.kind, device_serial=meta.device.serial,
+                    device_name=meta.device.name, runtime=meta.runtime, meta_json=_meta_json(meta))
+
+    def add_repetition(self, run_id: str, rep: Repetition) -> int:
+        """Store one repetition with its samples and routing; committed before returning."""
+        from devprof.stats import peak_rss_kb
+
+        o, r = rep.outcome, rep.result
+        row = dict(
+            run_id=run_id, model=rep.model, workload=rep.workload, context=rep.context, idx=rep.index,
+            warmup=int(rep.warmup), status=o.status, exit_code=o.exit_code, cache_state=rep.cache_state,
+            cache_note=rep.cache_note, memory_metric=o.memory_metric,
+            prefill_tok_s=r.prefill_tok_s if r else None, decode_tok_s=r.decode_tok_s if r else None,
+            ttft_ms=r.ttft_ms if r else None, peak_rss_kb=peak_rss_kb(rep), peak_file_kb=rep.peak_file_kb,
+            peak_anon_kb=rep.peak_anon_kb,
+            distinct_pairs=rep.routing.distinct_pairs if rep.routing else None,
+            start_wall_ms=o.start_wall_ms, wall_ms=o.wall_ms, n_samples=len(o.samples),
+            result_json=_json(r.to_dict()) if r is not None else None, outcome_json=_outcome_json(o),
+            note=o.note, thermal_before_json=_json(rep.thermal_before),
+            thermal_after_json=_json(rep.thermal_after), artifacts_json=_json(rep.artifacts), created=_now(),
+        )
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise StoreError(f"no run {run_id} in {self.path}")
+            rep_id = _insert(c, "repetitions", row)
+            if o.samples:
+                c.executemany(
+                    "INSERT INTO samples (rep_id, t_ms, rss_kb, anon_kb, file_kb, hwm_kb) VALUES (?, ?, ?, ?, ?, ?)",
+                    ((rep_id, s.t_ms, s.rss_kb, s.anon_kb, s.file_kb, s.hwm_kb) for s in o.samples))
+            if rep.routing is not None:
+                rt = rep.routing
+                c.execute("INSERT INTO routing (rep_id, n_tokens, distinct_pairs, summary_json) VALUES (?, ?, ?, ?)",
+                          (rep_id, rt.n_tokens, rt.distinct_pairs, _json(asdict(rt))))
+        return rep_id
+
+    def finish_run(self, run_id: str, status: str, note: str = "") -> None:
+        """Mark a run finished: complete | interrupted | failed | lost. An empty note keeps the old one."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}; known: {', '.join(RUN_STATUSES)}")
+        with self._write() as c:
+            cur = c.execute("UPDATE runs SET status = ?, note = CASE WHEN ? = '' THEN note ELSE ? END, "
+                            "finished = ? WHERE run_id = ?", (status, note, note, _now(), run_id))
+            if cur.rowcount == 0:
+                raise StoreError(f"no run {run_id} in {self.path}")
+
+    def update_run(self, run_id: str, **fields_: Any) -> None:
+        """Replace some fields of a run's meta (e.g. ``device=DeviceInfo(...)``, ``settings={...}``)."""
+        known = {f.name for f in fields(RunMeta)} - {"run_id"}
+        unknown = set(fields_) - known
+        if unknown:
+            raise ValueError(f"RunMeta has no field(s) {', '.join(sorted(unknown))}")
+        if "status" in fields_ and fields_["status"] not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {fields_['status']!r}")
+        with self._write() as c:
+            row = c.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no run {run_id} in {self.path}")
+            meta = _meta_from_row(dict(row))
+            for k, v in fields_.items():
+                if k == "device" and isinstance(v, dict):
+                    v = _build(DeviceInfo, v)
+                setattr(meta, k, v)
+            new = self._run_row(meta)
+            del new["run_id"]
+            c.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in new)} WHERE run_id = ?",
+                      (*new.values(), run_id))
+
+    # ---- reading --------------------------------------------------------------------------
+    def _ids_newest_first(self, c: sqlite3.Connection) -> list[str]:
+        return [r[0] for r in c.execute("SELECT run_id FROM runs ORDER BY created DESC, rowid DESC")]
+
+    def resolve(self, ref: str) -> str:
+        """A run id from "latest", "latest~N", a full id or a unique prefix of one."""
+        ref = (ref or "latest").strip()
+        with self._read() as c:
+            if ref == "latest" or ref.startswith("latest~"):
+                ids = self._ids_newest_first(c)
+                n = 0
+                if ref != "latest":
+                    try:
+                        n = int(ref[len("latest~"):])
+                    except ValueError:
+                        raise UsageError(f"bad run reference {ref!r}: use latest, latest~N, a run id or a prefix") from None
+                if not ids:
+                    raise UsageError(f"no runs in {self.path} yet: run `devprof run` first")
+                if n < 0 or n >= len(ids):
+                    raise UsageError(f"{ref}: the store {self.path} holds only {len(ids)} run(s)")
+                return ids[n]
+            if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (ref,)).fetchone():
+                return ref
+            like = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            hits = [r[0] for r in c.execute(
+                "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY created DESC, rowid DESC",
+                (like,))]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            raise UsageError(f"no run {ref!r} in {self.path} (see `devprof list`)")
+        shown = ", ".join(hits[:8]) + (f", ... ({len(hits)} in all)" if len(hits) > 8 else "")
+        raise UsageError(f"run {ref!r} is ambiguous: it matches {shown}")
+
+    def load_run(self, ref: str, samples: bool = True) -> RunRecord:
+        """A run with all its repetitions (samples and routing included unless ``samples=False``)."""
+        run_id = self.resolve(ref)
+        with self._read() as c:
+            row = c.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            meta = _effective(_meta_from_row(dict(row)), dict(row))
+            reps_rows = [dict(r) for r in c.execute(
+                "SELECT * FROM repetitions WHERE run_id = ? ORDER BY rep_id", (run_id,))]
+            by_rep: dict[int, list[MemorySample]] = {r["rep_id"]: [] for r in reps_rows}
+            if samples and reps_rows:
+                for rep_id, t, rss, anon, file_, hwm in c.execute(
+                        "SELECT s.rep_id, s.t_ms, s.rss_kb, s.anon_kb, s.file_kb, s.hwm_kb FROM samples s "
+                        "JOIN repetitions r ON r.rep_id = s.rep_id WHERE r.run_id = ? "
+                        "ORDER BY s.rep_id, s.rowid", (run_id,)):
+                    by_rep[rep_id].append(MemorySample(t_ms=t, rss_kb=rss, anon_kb=anon, file_kb=file_, hwm_kb=hwm))
+            routing = {rep_id: _build(RoutingSummary, json.loads(js)) for rep_id, js in c.execute(
+                "SELECT g.rep_id, g.summary_json FROM routing g JOIN repetitions r ON r.rep_id = g.rep_id "
+                "WHERE r.run_id = ?", (run_id,))}
+        reps = [_rep_from_row(r, by_rep.get(r["rep_id"], []), routing.get(r["rep_id"])) for r in reps_rows]
+        return RunRecord(meta=meta, repetitions=reps)
+
+    def list_runs(self, limit: int | None = None) -> list[RunMeta]:
+        """Runs, newest first (a dead writer's "running" run shows as "interrupted")."""
+        sql = "SELECT * FROM runs ORDER BY created DESC, rowid DESC"
+        args: tuple = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            args = (int(limit),)
+        with self._read() as c:
+            rows = [dict(r) for r in c.execute(sql, args)]
+        return [_effective(_meta_from_row(r), r) for r in rows]
+
+    def rep_ids(self, run_id: str) -> list[int]:
+        with self._read() as c:
+            return [r[0] for r in c.execute("SELECT rep_id FROM repetitions WHERE run_id = ? ORDER BY rep_id",
+                                            (run_id,))]
+
+    # ---- merging --------------------------------------------------------------------------
+    def merge_from(self, other_path: Path | str) -> int:
+        """Copy in the runs of another store (e.g. one per device); ids already here are skipped.
+
+        Returns how many runs were copied. The other file is opened read-only.
+        """
+        other = Path(other_path)
+        if not other.is_file():
+            raise StoreError(f"no result store at {other}")
+        if self.path.exists() and other.resolve() == self.path.resolve():
+            raise StoreError(f"cannot merge {other} into itself")
+        try:
+            src = sqlite3.connect(f"{other.resolve().as_uri()}?mode=ro", uri=True, timeout=self.BUSY_TIMEOUT_S)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the result store {other}: {_reason(e)}") from None
+        src.row_factory = sqlite3.Row
+        copied = 0
+        try:
+            try:
+                row = src.execute("SELECT version FROM schema_version").fetchone()
+            except sqlite3.Error as e:
+                raise StoreError(f"{other} is not a devprof result store: {_reason(e)}") from None
+            if row is None or row[0] != SCHEMA_VERSION:
+                raise StoreError(f"{other} has schema version {row[0] if row else '?'}, this store "
+                                 f"{SCHEMA_VERSION}: open it with this devprof once to migrate it")
+            with self._read() as c:
+                here = {r[0] for r in c.execute("SELECT run_id FROM runs")}
+            run_rows = [dict(r) for r in src.execute("SELECT * FROM runs ORDER BY created, rowid")]
+            for run in run_rows:
+                if run["run_id"] in here:
+                    continue
+                with self._write() as c:
+                    _insert(c, "runs", {k: run[k] for k in _RUN_COLS})
+                    for rep in [dict(r) for r in src.execute(
+                            "SELECT * FROM repetitions WHERE run_id = ? ORDER BY rep_id", (run["run_id"],))]:
+                        new_id = _insert(c, "repetitions", {k: rep[k] for k in _REP_COLS})
+                        c.executemany(
+                            "INSERT INTO samples (rep_id, t_ms, rss_kb, anon_kb, file_kb, hwm_kb) VALUES (?, ?, ?, ?, ?, ?)",
+                            ((new_id, *s) for s in src.execute(
+                                "SELECT t_ms, rss_kb, anon_kb, file_kb, hwm_kb FROM samples WHERE rep_id = ? ORDER BY rowid",
+                                (rep["rep_id"],))))
+                        g = src.execute("SELECT n_tokens, distinct_pairs, summary_json FROM routing WHERE rep_id = ?",
+                                        (rep["rep_id"],)).fetchone()
+                        if g is not None:
+                            c.execute("INSERT INTO routing (rep_id, n_tokens, distinct_pairs, summary_json) "
+                                      "VALUES (?, ?, ?, ?)", (new_id, *g))
+                copied += 1
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot merge {other}: {_reason(e)}") from None
+        finally:
+            src.close()
+        return copied
+
+
+# ---- row helpers -----------------------------------------------------------------------------
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _insert(c: sqlite3.Connection, table: str, row: dict[str, Any]) -> int:
+    cols = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    cur = c.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(row.values()))
+    return int(cur.lastrowid)
+
+
+def _created_time(created: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.now(timezone.utc)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc)
+
+
+def _meta_from_row(row: dict[str, Any]) -> RunMeta:
+    d = json.loads(row["meta_json"])
+    d["device"] = _build(DeviceInfo, d.get("device") or {"kind": "", "serial": "", "name": ""})
+    d.update(run_id=row["run_id"], created=row["created"], status=row["status"], note=row["note"])
+    return _build(RunMeta, d)
+
+
+def _effective(meta: RunMeta, row: dict[str, Any]) -> RunMeta:
+    """Show a "running" run whose writer process is gone as "interrupted"."""
+    if meta.status == "running" and _writer_alive(row["writer_host"], row["writer_pid"], row["writer_started"]) is False:
+        meta.status = "interrupted"
+        gone = f"the writing process (pid {row['writer_pid']} on {row['writer_host']}) ended without finishing the run"
+        meta.note = f"{meta.note}; {gone}" if meta.note else gone
+    return meta
+
+
+def _rep_from_row(row: dict[str, Any], samples: list[MemorySample], routing: RoutingSummary | None) -> Repetition:
+    od = json.loads(row["outcome_json"])
+    od["samples"] = samples
+    outcome = _build(ProcessOutcome, od)
+    result = _build(RunResult, json.loads(row["result_json"])) if row["result_json"] is not None else None
+    return Repetition(
+        model=row["model"], workload=row["workload"], context=row["context"], index=row["idx"],
+        warmup=bool(row["warmup"]), result=result, outcome=outcome, cache_state=row["cache_state"],
+        cache_note=row["cache_note"], routing=routing, thermal_before=json.loads(row["thermal_before_json"]),
+        thermal_after=json.loads(row["thermal_after_json"]), artifacts=json.loads(row["artifacts_json"]),
+    )
