@@ -47,6 +47,7 @@ class MemorySample:
     anon_kb: int | None = None
     file_kb: int | None = None
     hwm_kb: int | None = None
+    footprint_kb: int | None = None  # iOS physFootprint (what Xcode's gauge and jetsam use)
 
 
 @dataclass

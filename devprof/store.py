@@ -20,7 +20,7 @@ Schema (version 1)::
                 peak_rss_kb, peak_file_kb, peak_anon_kb, distinct_pairs, start_wall_ms, wall_ms,
                 n_samples, result_json, outcome_json, note, thermal_before_json,
                 thermal_after_json, artifacts_json, created)
-    samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb)          -- in sampling order
+    samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb) -- in sampling order
     routing(rep_id PK/FK, n_tokens, distinct_pairs, summary_json)
 
 ``runs.meta_json`` holds the RunMeta fields that have no column of their own (device, models,
@@ -109,7 +109,8 @@ CREATE TABLE samples (
     rss_kb  INTEGER NOT NULL,
     anon_kb INTEGER,
     file_kb INTEGER,
-    hwm_kb  INTEGER
+    hwm_kb  INTEGER,
+    footprint_kb INTEGER
 );
 CREATE INDEX samples_rep ON samples(rep_id);
 CREATE TABLE routing (
@@ -437,8 +438,9 @@ class Store:
             rep_id = _insert(c, "repetitions", row)
             if o.samples:
                 c.executemany(
-                    "INSERT INTO samples (rep_id, t_ms, rss_kb, anon_kb, file_kb, hwm_kb) VALUES (?, ?, ?, ?, ?, ?)",
-                    ((rep_id, s.t_ms, s.rss_kb, s.anon_kb, s.file_kb, s.hwm_kb) for s in o.samples))
+                    "INSERT INTO samples (rep_id, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    ((rep_id, s.t_ms, s.rss_kb, s.anon_kb, s.file_kb, s.hwm_kb, s.footprint_kb) for s in o.samples))
             if rep.routing is not None:
                 rt = rep.routing
                 c.execute("INSERT INTO routing (rep_id, n_tokens, distinct_pairs, summary_json) VALUES (?, ?, ?, ?)",
@@ -521,11 +523,12 @@ class Store:
                 "SELECT * FROM repetitions WHERE run_id = ? ORDER BY rep_id", (run_id,))]
             by_rep: dict[int, list[MemorySample]] = {r["rep_id"]: [] for r in reps_rows}
             if samples and reps_rows:
-                for rep_id, t, rss, anon, file_, hwm in c.execute(
-                        "SELECT s.rep_id, s.t_ms, s.rss_kb, s.anon_kb, s.file_kb, s.hwm_kb FROM samples s "
+                for rep_id, t, rss, anon, file_, hwm, fp in c.execute(
+                        "SELECT s.rep_id, s.t_ms, s.rss_kb, s.anon_kb, s.file_kb, s.hwm_kb, s.footprint_kb FROM samples s "
                         "JOIN repetitions r ON r.rep_id = s.rep_id WHERE r.run_id = ? "
                         "ORDER BY s.rep_id, s.rowid", (run_id,)):
-                    by_rep[rep_id].append(MemorySample(t_ms=t, rss_kb=rss, anon_kb=anon, file_kb=file_, hwm_kb=hwm))
+                    by_rep[rep_id].append(MemorySample(t_ms=t, rss_kb=rss, anon_kb=anon, file_kb=file_, hwm_kb=hwm,
+                                                       footprint_kb=fp))
             routing = {rep_id: _build(RoutingSummary, json.loads(js)) for rep_id, js in c.execute(
                 "SELECT g.rep_id, g.summary_json FROM routing g JOIN repetitions r ON r.rep_id = g.rep_id "
                 "WHERE r.run_id = ?", (run_id,))}
@@ -585,9 +588,11 @@ class Store:
                             "SELECT * FROM repetitions WHERE run_id = ? ORDER BY rep_id", (run["run_id"],))]:
                         new_id = _insert(c, "repetitions", {k: rep[k] for k in _REP_COLS})
                         c.executemany(
-                            "INSERT INTO samples (rep_id, t_ms, rss_kb, anon_kb, file_kb, hwm_kb) VALUES (?, ?, ?, ?, ?, ?)",
+                            "INSERT INTO samples (rep_id, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
                             ((new_id, *s) for s in src.execute(
-                                "SELECT t_ms, rss_kb, anon_kb, file_kb, hwm_kb FROM samples WHERE rep_id = ? ORDER BY rowid",
+                                "SELECT t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb FROM samples "
+                                "WHERE rep_id = ? ORDER BY rowid",
                                 (rep["rep_id"],))))
                         g = src.execute("SELECT n_tokens, distinct_pairs, summary_json FROM routing WHERE rep_id = ?",
                                         (rep["rep_id"],)).fetchone()

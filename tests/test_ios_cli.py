@@ -31,6 +31,10 @@ def test_run_iphone16pro_end_to_end_labels_physfootprint(monkeypatch, tmp_path):
     shown = json.loads(runner.invoke(cli, ["show", "latest", "--json", "--db", str(db)]).output)
     assert shown["run"]["device"]["memory_metric"] == "physFootprint"
     assert all(r["n"] == 2 and r["peak_rss_mb"] > 10 for r in shown["results"])
+    from devprof.store import Store
+
+    reps = Store(db).load_run("latest").measured()
+    assert reps and all(any(s.footprint_kb for s in r.outcome.samples) for r in reps)  # per-sample physFootprint kept
     html = Path(runner.invoke(cli, ["report", "latest", "--db", str(db)]).output.strip()).read_text()
     assert "physFootprint" in html and "iPhone" in html
 

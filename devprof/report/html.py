@@ -493,7 +493,8 @@ excludes 1.0 (the findings above say it in words).</caption>
                                         ("RssFile", "file_kb", C_FILE, "solid"),
                                         ("RssAnon", "anon_kb", C_ANON, "solid"),
                                         ("VmHWM (running peak)" if metric == "VmHWM" else f"{metric} peak", "hwm_kb",
-                                         C_HWM, "dot")):
+                                         C_HWM, "dot"),
+                                        ("physFootprint", "footprint_kb", C_HWM, "solid")):
             ys = [getattr(s, attr) for s in o.samples]
             if all(y is None for y in ys):
                 continue

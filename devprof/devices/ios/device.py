@@ -48,17 +48,11 @@ SYSMON_ATTRS = ["pid", "name", "physFootprint", "memResidentSize", "memAnon"]
 TUNNEL_MODES = ("auto", "tunneld", "userspace", "none")
 
 
-@dataclass
-class IosMemorySample(MemorySample):
-    """A MemorySample with the iOS figure that has no Linux name: physFootprint (kB), the memory
-    iOS charges the app (dirty + compressed, what Xcode's gauge and jetsam limits use).
-
-    ``rss_kb`` = memResidentSize (resident pages, file-backed and shared included, like VmRSS),
-    ``anon_kb`` = memAnon (anonymous memory, like RssAnon), ``file_kb``/``hwm_kb`` = None
-    (sysmontap has no file-backed resident figure and no per-sample high-water mark).
-    """
-
-    footprint_kb: int | None = None
+#: iOS samples: ``rss_kb`` = memResidentSize (resident pages, file-backed and shared included, like
+#: VmRSS), ``anon_kb`` = memAnon (like RssAnon), ``footprint_kb`` = physFootprint (dirty +
+#: compressed, what Xcode's gauge and jetsam limits use); ``file_kb``/``hwm_kb`` = None (sysmontap
+#: has no file-backed resident figure and no per-sample high-water mark).
+IosMemorySample = MemorySample
 
 
 def _kb(v: Any) -> int | None:
