@@ -25,7 +25,8 @@ def test_run_iphone16pro_end_to_end_labels_physfootprint(monkeypatch, tmp_path):
     assert phones and phones[0]["model"] == "iPhone17,1"
 
     res = runner.invoke(cli, ["run", "--device", "iphone16pro", "--context", "128", "--new-tokens", "4",
-                              "--reps", "2", "--warmup", "0", "--workload", "templated", "--db", str(db)],
+                              "--reps", "2", "--warmup", "0", "--workload", "templated", "--baseline", "none",
+                              "--db", str(db)],
                         catch_exceptions=False)
     assert res.exit_code == 0, res.output
     shown = json.loads(runner.invoke(cli, ["show", "latest", "--json", "--db", str(db)]).output)
