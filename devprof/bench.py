@@ -1,0 +1,317 @@
+"""`devprof bench`: is the local runtime fast, and are the measurements exact? Measured, in one run.
+
+Everything is a ratio measured in the same process run, because these machines are shared and
+noisy and absolute times drift:
+
+- the machine's own ceilings first: fp32 GEMV read bandwidth (a 256 MB matrix, far beyond the
+  caches) and fp32 GEMM rate, with the runtime's thread count;
+- the reference runtime (torch fp32) on the MoE and the dense model: decode efficiency =
+  (weight bytes a decode step reads, from the catalog, + KV-cache bytes read) ÷ time per step ÷
+  GEMV bandwidth; prefill efficiency = catalog prefill FLOPs ÷ prefill time ÷ GEMM rate;
+- MoE ÷ dense decode speed-up against the ratio of active weight bytes (what it should be if
+  decode is bound by reading weights);
+- llama.cpp (llama-cpp-python, devprof's GGUF export of the same seeded weights): reference ÷
+  llama.cpp decode at F32, and MoE ÷ dense decode and prefill at Q4_0;
+- the sampler: decode speed with 10 ms /proc sampling vs none, in interleaved pairs; the sampled
+  peak vs the kernel's VmHWM vs `/usr/bin/time -v`'s maximum resident set size.
+
+Each runtime process is started as a devprof session starts it (the local device: its own process,
+sampled, reaped with wait4), with ``--warmup`` so the timed generation follows an untimed one in
+the same process (weights mapped: steady-state kernels, which is what a roofline compares), and
+repetitions of all configurations are interleaved. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from devprof.catalog import ModelSpec, get_model
+from devprof.devices.base import RunRequest
+from devprof.devices.local import LocalDevice
+from devprof.errors import DevprofError, RuntimeFailed
+from devprof.results import ProcessOutcome, RunResult
+
+PAIRS = {"quick": ("mobilemoe-s-mini", "mobilellm-pro-mini"), "full": ("mobilemoe-s", "mobilellm-pro")}
+
+TARGETS: dict[str, tuple[str, float]] = {
+    "decode_efficiency_moe": (">=", 0.8),
+    "decode_efficiency_dense": (">=", 0.8),
+    "prefill_efficiency_moe": (">=", 0.6),
+    "prefill_efficiency_dense": (">=", 0.6),
+    "moe_decode_speedup_over_bytes_ratio": (">=", 0.9),
+    "llamacpp_decode_ratio_moe": (">=", 1.0),
+    "llamacpp_decode_ratio_dense": (">=", 1.0),
+    "sampler_overhead": ("<=", 0.01),
+    "samples_peak_over_vmhwm": (">=", 0.95),
+    "vmhwm_over_time_v": ("~", 1.0),
+}
+
+
+@dataclass
+class BenchConfig:
+    quick: bool = True
+    context: int = 1024
+    new_tokens: int = 32
+    reps: int = 3
+    sampler_pairs: int = 5
+    threads: int = 0  # 0: all cores
+    seed: int = 0
+    llamacpp: bool = True
+
+    @property
+    def pair(self) -> tuple[ModelSpec, ModelSpec]:
+        moe, dense = PAIRS["quick" if self.quick else "full"]
+        return get_model(moe), get_model(dense)
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+@dataclass
+class Sample:
+    result: RunResult
+    outcome: ProcessOutcome
+
+
+@dataclass
+class BenchResult:
+    figures: dict[str, Any] = field(default_factory=dict)
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # figure, value, target, verdict
+    notes: list[str] = field(default_factory=list)
+
+
+# -- the machine's ceilings ---------------------------------------------------------------
+def machine_ceilings(threads: int, reps: int = 10) -> tuple[float, float]:
+    """(fp32 GEMV read bandwidth in bytes/s, fp32 GEMM rate in FLOP/s), medians of ``reps``."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        fn()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+
+    with torch.inference_mode():
+        W, x = torch.randn(8192, 8192), torch.randn(1, 8192)
+        bw = W.numel() * 4 / timed(lambda: F.linear(x, W))
+        del W
+        A, B = torch.randn(2048, 1024), torch.randn(4096, 1024)
+        rate = 2 * 2048 * 1024 * 4096 / timed(lambda: F.linear(A, B))
+    return bw, rate
+
+
+# -- running one process ------------------------------------------------------------------
+class Runner:
+    """Starts runtime processes on the local device and parses what they print."""
+
+    def __init__(self, cfg: BenchConfig, workdir: Path) -> None:
+        self.cfg, self.workdir = cfg, workdir
+        self.dev = LocalDevice(scratch_dir=workdir / "scratch")
+        ids = _prompt_ids(cfg.context, cfg.seed)
+        self.ids_file = workdir / f"real-{cfg.context}.ids"
+        self.ids_file.write_text("\n".join(map(str, ids)) + "\n")
+
+    def reference_argv(self, spec: ModelSpec) -> list[str]:
+        from devprof.refruntime.bundle import build_bundle
+        from devprof.runtimes.base import Invocation, get_adapter
+
+        inv = Invocation(binary="", model_path=str(build_bundle(spec, seed=self.cfg.seed)), tokenizer_path=None,
+                         prompt_file="", max_new_tokens=self.cfg.new_tokens, threads=self.cfg.n_threads,
+                         extra={"prompt_ids_file": str(self.ids_file), "warmup": True})
+        return get_adapter("reference").argv(inv)
+
+    def llamacpp_argv(self, spec: ModelSpec, weights: str) -> list[str]:
+        import sys
+
+        from devprof.gguf_export import build_gguf
+
+        path = build_gguf(spec, seed=self.cfg.seed, weights=weights)
+        return [sys.executable, "-m", "devprof.llamarunner", "-m", str(path), "--prompt-ids", str(self.ids_file),
+                "-n", str(self.cfg.new_tokens), "-t", str(self.cfg.n_threads), "--warmup"]
+
+    def run(self, argv: list[str], parser: str, sample_ms: int = 10, prefix: list[str] | None = None) -> Sample:
+        from devprof.runtimes.base import get_adapter
+
+        out = self.dev.run(RunRequest(argv=[*(prefix or []), *argv], sample_ms=sample_ms, timeout_s=3600))
+        if out.status != "ok":
+            tail = (out.stderr.strip().splitlines() or [out.note])[-1]
+            raise RuntimeFailed(f"{parser} runtime failed ({out.status}): {tail[:300]}")
+        return Sample(get_adapter(parser).parse(out.stdout, out.stderr), out)
+
+
+def _prompt_ids(context: int, seed: int) -> list[int]:
+    from devprof.workloads import build_prompt
+
+    return build_prompt("real", context, seed=seed).token_ids
+
+
+def _med(vals: list[float | None]) -> float | None:
+    v = [x for x in vals if x is not None]
+    return statistics.median(v) if v else None
+
+
+# -- the benchmark ------------------------------------------------------------------------
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> BenchResult:
+    res = BenchResult()
+    fig = res.figures
+    moe, dense = cfg.pair
+    for spec in (moe, dense):
+        if cfg.context > spec.max_context:
+            raise DevprofError(f"--context {cfg.context} is larger than {spec.display} allows")
+    work = Path(tempfile.mkdtemp(prefix="devprof-bench-"))
+    try:
+        runner = Runner(cfg, work)
+        log(f"measuring this machine's fp32 GEMV bandwidth and GEMM rate ({cfg.n_threads} threads)")
+        bw, rate = machine_ceilings(cfg.n_threads)
+        fig.update(gemv_read_gb_s=round(bw / 1e9, 2), gemm_gflop_s=round(rate / 1e9, 1), threads=cfg.n_threads,
+                   context=cfg.context, new_tokens=cfg.new_tokens, models=[moe.name, dense.name])
+
+        configs: dict[str, tuple[list[str], str]] = {}
+        log("building bundles (seeded random weights, cached)")
+        configs["ref-moe"] = (runner.reference_argv(moe), "reference")
+        configs["ref-dense"] = (runner.reference_argv(dense), "reference")
+        if cfg.llamacpp:
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError:
+                raise DevprofError("devprof bench compares with llama.cpp: install it with "
+                                   "`pip install -e '.[llamacpp]'` (or pass --no-llamacpp)") from None
+            log("writing GGUF files (F32 and Q4_0) from the same weights")
+            for spec, tag in ((moe, "moe"), (dense, "dense")):
+                configs[f"f32-{tag}"] = (runner.llamacpp_argv(spec, "f32"), "llamacpp")
+                configs[f"q4-{tag}"] = (runner.llamacpp_argv(spec, "q4_0"), "llamacpp")
+
+        samples: dict[str, list[Sample]] = {k: [] for k in configs}
+        for rep in range(cfg.reps + 1):  # rep 0: untimed, warms the page cache for every file
+            for key, (argv, parser) in configs.items():
+                s = runner.run(argv, parser)
+                if rep:
+                    samples[key].append(s)
+                log(f"{'warm-up' if rep == 0 else f'rep {rep}/{cfg.reps}'} {key}: prefill "
+                    f"{s.result.prefill_tok_s or 0:.1f} tok/s, decode {s.result.decode_tok_s or 0:.2f} tok/s")
+
+        def dec(k: str) -> float | None:
+            return _med([s.result.decode_tok_s for s in samples[k]])
+
+        def pre(k: str) -> float | None:
+            return _med([s.result.prefill_tok_s for s in samples[k]])
+
+        kv_tokens = cfg.context + cfg.new_tokens // 2
+        for spec, tag in ((moe, "moe"), (dense, "dense")):
+            read = spec.weight_bytes_read_per_token("fp32") + spec.kv_cache_bytes(kv_tokens, 4)
+            d, p = dec(f"ref-{tag}"), pre(f"ref-{tag}")
+            fig[f"decode_tok_s_{tag}"] = _r(d)
+            fig[f"prefill_tok_s_{tag}"] = _r(p)
+            fig[f"decode_bytes_per_token_{tag}"] = read
+            fig[f"decode_efficiency_{tag}"] = _r(read * d / bw if d else None, 3)
+            fig[f"prefill_efficiency_{tag}"] = _r(spec.prefill_flops(cfg.context) / cfg.context * p / rate if p else None, 3)
+        fig["moe_decode_speedup"] = _r(_div(dec("ref-moe"), dec("ref-dense")), 3)
+        fig["active_bytes_ratio"] = _r(dense.weight_bytes_read_per_token("fp32") / moe.weight_bytes_read_per_token("fp32"), 3)
+        fig["moe_decode_speedup_over_bytes_ratio"] = _r(_div(fig["moe_decode_speedup"], fig["active_bytes_ratio"]), 3)
+        if cfg.llamacpp:
+            for tag in ("moe", "dense"):
+                fig[f"llamacpp_f32_decode_tok_s_{tag}"] = _r(dec(f"f32-{tag}"))
+                fig[f"llamacpp_q4_0_decode_tok_s_{tag}"] = _r(dec(f"q4-{tag}"))
+                fig[f"llamacpp_q4_0_prefill_tok_s_{tag}"] = _r(pre(f"q4-{tag}"))
+                fig[f"llamacpp_decode_ratio_{tag}"] = _r(_div(dec(f"ref-{tag}"), dec(f"f32-{tag}")), 3)
+            fig["q4_moe_decode_speedup"] = _r(_div(dec("q4-moe"), dec("q4-dense")), 3)
+            fig["q4_prefill_speedup"] = _r(_div(pre("q4-moe"), pre("q4-dense")), 3)
+
+        # -- the sampler: overhead, and its peak against the kernel's -------------------------
+        argv = configs["ref-dense"][0]
+        log(f"sampler overhead: {cfg.sampler_pairs} interleaved pairs, 10 ms sampling vs none")
+        fracs, peaks = [], []
+        for i in range(cfg.sampler_pairs):
+            order = (10, 0) if i % 2 == 0 else (0, 10)  # alternate which goes first
+            got = {ms: runner.run(argv, "reference", sample_ms=ms) for ms in order}
+            on, off = got[10].result.decode_tok_s, got[0].result.decode_tok_s
+            if on and off:
+                fracs.append(1.0 - on / off)
+            o = got[10].outcome
+            if o.samples and o.peak_rss_kb:
+                peaks.append(max(s.rss_kb for s in o.samples) / o.peak_rss_kb)
+            log(f"pair {i + 1}: decode {on or 0:.2f} tok/s sampled, {off or 0:.2f} unsampled")
+        fig["sampler_overhead"] = _r(_med(fracs), 4)
+        fig["sampler_overhead_pairs"] = [round(f, 4) for f in fracs]
+        fig["samples_peak_over_vmhwm"] = _r(_med(peaks), 4)
+        time_v = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
+        if time_v:
+            plain = runner.run(argv, "reference", sample_ms=0)
+            timed = runner.run(argv, "reference", sample_ms=0, prefix=[time_v, "-v"])
+            tv_kb = _time_v_maxrss(timed.outcome.stderr)
+            fig["vmhwm_kb"] = plain.outcome.peak_rss_kb
+            fig["time_v_maxrss_kb"] = tv_kb
+            fig["vmhwm_over_time_v"] = _r(_div(plain.outcome.peak_rss_kb, tv_kb), 4)
+        else:
+            res.notes.append("/usr/bin/time is not installed (Debian package `time`): vmhwm_over_time_v not measured")
+            fig["vmhwm_over_time_v"] = None
+        fig["load_average_end"] = round(os.getloadavg()[0], 2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    res.rows = table_rows(fig)
+    return res
+
+
+def table_rows(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for key in ("decode_efficiency_moe", "decode_efficiency_dense", "prefill_efficiency_moe",
+                "prefill_efficiency_dense", "moe_decode_speedup", "active_bytes_ratio",
+                "moe_decode_speedup_over_bytes_ratio", "llamacpp_decode_ratio_moe", "llamacpp_decode_ratio_dense",
+                "q4_moe_decode_speedup", "q4_prefill_speedup", "sampler_overhead", "samples_peak_over_vmhwm",
+                "vmhwm_over_time_v"):
+        if key not in fig:
+            continue
+        v = fig[key]
+        op, goal = TARGETS.get(key, ("", None))
+        rows.append((key, "n/a" if v is None else f"{v:.3f}", f"{op} {goal:g}" if goal is not None else "",
+                     verdict(v, op, goal)))
+    return rows
+
+
+def verdict(v: float | None, op: str, goal: float | None) -> str:
+    if goal is None:
+        return ""
+    if v is None:
+        return "not measured"
+    if op == ">=":
+        return "met" if v >= goal else f"missed by {(goal - v) / goal:.0%}"
+    if op == "<=":
+        return "met" if v <= goal else f"missed: {v:.3f} > {goal:g}"
+    return "met" if abs(v - goal) <= 0.02 else f"off by {abs(v - goal):.1%}"
+
+
+def _time_v_maxrss(stderr: str) -> int | None:
+    for line in stderr.splitlines():
+        if "Maximum resident set size" in line:
+            try:
+                return int(line.rsplit(":", 1)[1].strip())
+            except ValueError:
+                return None
+    return None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _r(v: float | None, nd: int = 2) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def to_json(res: BenchResult) -> str:
+    return json.dumps({**res.figures, "notes": res.notes}, sort_keys=False)
