@@ -1,0 +1,587 @@
+"""The reference engine: fp32 torch on CPU, weights memory-mapped from a bundle.
+
+- weights.bin is mapped copy-on-write (MAP_PRIVATE) and every weight is a ``torch.frombuffer``
+  view of the mapping: nothing is copied, so the process's RssFile counts exactly the weight
+  pages that were touched (an expert's block only once a token is routed to it);
+- pre-norm blocks: RMSNorm -> attention (fused QKV, optional QK-norm, RoPE, GQA, SDPA) ->
+  residual; RMSNorm -> SwiGLU FFN or MoE (router in fp32; sigmoid gates with normalised top-k,
+  or softmax then top-k; plus shared experts) -> residual; final RMSNorm; LM head (tied or not);
+- prefill takes the whole prompt layer by layer (or ``prefill_chunk`` tokens at a time through
+  all layers, if set): attention is one causal ``scaled_dot_product_attention`` per global
+  layer; sliding-window layers run query blocks against a band of keys with a band mask, so
+  their cost is O(n w), not O(n^2); the FFN / MoE runs over at most ``ffn_chunk`` tokens at a
+  time, which bounds activation memory (~64 MB of intermediates) at 8192+ tokens. The MoE
+  groups the token-slots by expert (one stable argsort; one GEMM pair per active expert; a
+  gather back to token order), never a loop over tokens;
+- decode is greedy with a preallocated KV cache: global layers keep every position, local
+  (sliding-window) layers a ring buffer of ``window`` positions. It is written for few ops per
+  layer (weights are read as [in, out] rows, scalars go through Python floats), since at one
+  token every op's dispatch cost adds to the time of reading the weights.
+
+Routing traces: pass a ``uint8`` numpy array ``[n_layers, n_tokens, top_k]`` to
+:meth:`Engine.generate` (or prefill/decode) and the expert ids of every processed token are
+written into it (prompt tokens first, then decode steps).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from devprof.catalog import ModelSpec
+from devprof.errors import UsageError
+from devprof.refruntime.bundle import load_config, load_layout, spec_from_config
+
+__all__ = ["Engine", "KVCache", "Generation", "EPS", "DEFAULT_PREFILL_CHUNK", "tune_malloc"]
+
+EPS = 1e-6
+#: Prompt tokens per prefill chunk (through all layers); None: the whole prompt at once, so
+#: global attention is one causal SDPA call. Activation memory is bounded separately by running
+#: the FFN / MoE of a layer over at most ``ffn_chunk`` tokens at a time.
+DEFAULT_PREFILL_CHUNK: int | None = None
+#: Bytes of FFN intermediate (or of the MoE's sorted token-slots) per FFN chunk.
+FFN_CHUNK_BYTES = 64 << 20
+#: Query block of sliding-window attention in prefill (the band mask covers block + window).
+LOCAL_QUERY_BLOCK = 256
+
+
+class Layer:
+    """One transformer block's weights (views into the mapping) and its attention kind."""
+
+    __slots__ = ("index", "is_global", "window", "attn_norm", "wqkv", "wo", "qk_norm", "ffn_norm",
+                 "w13", "w2", "router", "router_bias", "shared", "experts_w13", "experts_w2",
+                 # transposed views ([in, out]) for the decode path's torch.mm / addmm
+                 "wqkv_t", "wo_t", "w13_t", "w2_t", "router_t", "shared_t", "experts_w13_t",
+                 "experts_w2_t", "bias_list")
+
+    def __init__(self) -> None:
+        self.shared: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.experts_w13: list[torch.Tensor] = []
+        self.experts_w2: list[torch.Tensor] = []
+        self.qk_norm: torch.Tensor | None = None
+        self.w13 = self.w2 = self.router = self.router_bias = None
+
+
+class KVCache:
+    """Preallocated K/V per layer: ``[n_kv, capacity, hd]`` (global) or a ``[n_kv, ring, hd]``
+    ring of the last ``window`` positions (local). Memory is allocated lazily by the OS
+    (``torch.empty``), so RssAnon grows as positions are written."""
+
+    def __init__(self, spec: ModelSpec, capacity: int):
+        self.capacity = capacity
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.ring: list[int | None] = []
+        for i in range(spec.n_layers):
+            if spec.is_global(i):
+                n, ring = capacity, None
+            else:
+                n = ring = min(spec.sliding_window, capacity)
+            self.k.append(torch.empty(spec.n_kv_heads, n, spec.head_dim))
+            self.v.append(torch.empty(spec.n_kv_heads, n, spec.head_dim))
+            self.ring.append(ring)
+        # [1, n_kv, n, hd] views for attention
+        self.k4 = [t.unsqueeze(0) for t in self.k]
+        self.v4 = [t.unsqueeze(0) for t in self.v]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * 4 for t in self.k + self.v)
+
+
+@dataclass
+class Generation:
+    """What one :meth:`Engine.generate` did. Times are wall-clock ms since the epoch."""
+
+    prompt_tokens: int
+    tokens: list[int]  # the max_new_tokens generated ids (the first from the prefill logits)
+    inference_start_ms: float
+    prompt_eval_end_ms: float
+    first_token_ms: float
+    inference_end_ms: float
+    aggregate_sampling_time_ms: float
+    aggregate_model_execution_time_ms: float
+    decode_steps: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def tune_malloc() -> bool:
+    """Keep freed activation memory in the heap (glibc ``mallopt``): no mmap/munmap, page
+    faults and kernel zeroing for every large tensor of every layer.
+
+    Measured on MobileLLM-Pro-mini, 8192-token prefill: 453k minor faults and 1.06 s of system
+    time (8% of the prefill) without it, 5k and 0.08 s with it; peak RSS unchanged. RssAnon then
+    stays at its prefill high-water mark during decode, as a runtime with a statically planned
+    activation arena (ExecuTorch) does. Returns False where libc is not glibc (no change).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
+
+
+class Engine:
+    """A loaded bundle. ``Engine(folder)`` maps weights.bin and builds views; it reads no weight."""
+
+    def __init__(self, folder: str | os.PathLike[str], *, prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK):
+        self.folder = Path(folder)
+        self.config = load_config(self.folder)
+        self.spec: ModelSpec = spec_from_config(self.config)
+        self.layout = load_layout(self.folder)
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise UsageError(f"prefill chunk must be >= 1, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
+        sp = self.spec
+        width = max(sp.top_k * sp.hidden + 2 * sp.expert_ffn, 2 * sp.shared_ffn) if sp.is_moe else 2 * sp.ffn
+        #: tokens per FFN / MoE chunk in prefill (a power of two in 256..4096)
+        self.ffn_chunk = 1 << max(8, min(12, int(math.log2(FFN_CHUNK_BYTES / (4 * width)))))
+        path = self.folder / "weights.bin"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise UsageError(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != self.layout["file_size"]:
+                raise UsageError(f"{path} has {size} bytes, layout.json says {self.layout['file_size']}")
+            # Copy-on-write private mapping: torch.frombuffer needs a writable buffer, and the
+            # engine never writes weights, so every page stays file-backed (RssFile).
+            self._mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self._build_views()
+        self._rope_cap = 0
+        self._ws: _Workspace | None = None
+        self.local_query_block = LOCAL_QUERY_BLOCK
+
+    # ---- weights ---------------------------------------------------------------------
+    def _t(self, name: str) -> torch.Tensor:
+        """A tensor's logical view ([out, in] for matrices, whatever the stored orientation)."""
+        info = self.layout["tensors"][name]
+        shape = info["shape"]
+        t = torch.frombuffer(self._mm, dtype=torch.float32, count=math.prod(shape),
+                             offset=info["offset"]).view(shape)
+        return t.t() if info.get("transposed") else t
+
+    def _build_views(self) -> None:
+        s = self.spec
+        self.tok_embeddings = self._t("tok_embeddings")
+        self.norm = self._t("norm")
+        self.lm_head = self.tok_embeddings if s.tied_embeddings else self._t("output")
+        self.lm_head_t = self.lm_head.t()
+        blocks: dict[int, list[dict[str, int]]] = {}
+        for b in self.layout.get("expert_blocks", []):
+            blocks.setdefault(b["layer"], []).append(b)
+        self.layers: list[Layer] = []
+        for i in range(s.n_layers):
+            p = f"layers.{i}."
+            L = Layer()
+            L.index = i
+            L.is_global = s.is_global(i)
+            L.window = None if L.is_global else s.sliding_window
+            L.attn_norm = self._t(p + "attn_norm")
+            L.wqkv = self._t(p + "wqkv")
+            L.wo = self._t(p + "wo")
+            L.wqkv_t, L.wo_t = L.wqkv.t(), L.wo.t()
+            L.ffn_norm = self._t(p + "ffn_norm")
+            if s.qk_norm:
+                q, k = self._t(p + "q_norm"), self._t(p + "k_norm")
+                # one [H + KV, hd] weight so q and k are normalised by one op (a small copy)
+                L.qk_norm = torch.cat([q.expand(s.n_heads, -1), k.expand(s.n_kv_heads, -1)])
+            if s.is_moe:
+                L.router = self._t(p + "router")
+                L.router_bias = self._t(p + "router_bias")
+                L.bias_list = L.router_bias.tolist()
+                L.shared = [(self._t(p + f"shared.{j}.w13"), self._t(p + f"shared.{j}.w2"))
+                            for j in range(s.n_shared)]
+                bl = sorted(blocks[i], key=lambda b: b["expert"])
+                if [b["expert"] for b in bl] != list(range(s.n_experts)):
+                    raise UsageError(f"layout.json: layer {i} does not list experts 0..{s.n_experts - 1}")
+                L.experts_w13 = [self._t(p + f"experts.{e}.w13") for e in range(s.n_experts)]
+                L.experts_w2 = [self._t(p + f"experts.{e}.w2") for e in range(s.n_experts)]
+                L.router_t = L.router.t()
+                L.experts_w13_t = [w.t() for w in L.experts_w13]
+                L.experts_w2_t = [w.t() for w in L.experts_w2]
+                L.shared_t = [(a.t(), b.t()) for a, b in L.shared]
+            else:
+                L.w13 = self._t(p + "ffn.w13")
+                L.w2 = self._t(p + "ffn.w2")
+                L.w13_t, L.w2_t = L.w13.t(), L.w2.t()
+            self.layers.append(L)
+
+    def expert_block(self, layer: int, expert: int) -> tuple[int, int]:
+        """(offset, nbytes) of an expert's block in weights.bin."""
+        for b in self.layout["expert_blocks"]:
+            if b["layer"] == layer and b["expert"] == expert:
+                return b["offset"], b["nbytes"]
+        raise KeyError((layer, expert))
+
+    def advise(self, advice: int) -> None:
+        """madvise the whole mapping (e.g. mmap.MADV_RANDOM, MADV_DONTNEED to drop residency)."""
+        self._mm.madvise(advice)
+
+    # ---- RoPE ------------------------------------------------------------------------
+    def _ensure_rope(self, n: int) -> None:
+        if n <= self._rope_cap:
+            return
+        hd = self.spec.head_dim
+        inv = 1.0 / (self.spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+        ang = torch.arange(n, dtype=torch.float64)[:, None] * inv[None, :]
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        # x_rot = x * cos + roll(x, hd/2) * sin_signed  ==  x * cos + rotate_half(x) * sin
+        self._cos = torch.cat([cos, cos], -1).float()[:, None, :]  # [n, 1, hd]
+        self._sin = torch.cat([-sin, sin], -1).float()[:, None, :]
+        self._rope_cap = n
+
+    def _rope(self, x: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        """x: [c, heads, hd] for positions s..e-1."""
+        return torch.addcmul(x * self._cos[s:e], x.roll(self.spec.head_dim // 2, -1), self._sin[s:e])
+
+    # ---- public API ------------------------------------------------------------------
+    def new_cache(self, capacity: int) -> KVCache:
+        """A KV cache for ``capacity`` positions (prompt + new tokens).
+
+        Only the prompt is held to ``spec.max_context`` (by :meth:`generate`); decode steps may
+        run past it, as a runner asked for ``max_new_tokens`` after a full-context prompt does.
+        """
+        self._ensure_rope(capacity)
+        return KVCache(self.spec, capacity)
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor | list[int], cache: KVCache, start: int = 0,
+                trace: np.ndarray | None = None, chunk: int | None = None,
+                all_logits: bool = False) -> torch.Tensor:
+        """Run prompt tokens at positions start.. through the model.
+
+        Returns the logits of the last token ``[vocab]`` (what a runner needs), or of every
+        token ``[n, vocab]`` with ``all_logits`` (for tests).
+        """
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        n = ids.numel()
+        if n == 0:
+            raise UsageError("empty prompt")
+        if start + n > cache.capacity:
+            raise UsageError(f"{start + n} tokens do not fit the KV cache ({cache.capacity})")
+        self._check_ids(ids)
+        chunk = chunk or self.prefill_chunk or n
+        x = None
+        outs = []
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            x = self._embed(ids[s:e])
+            for L in self.layers:
+                x = self._layer_prefill(L, x, start + s, start + e, cache, trace)
+            if all_logits:
+                outs.append(F.linear(F.rms_norm(x, (self.spec.hidden,), self.norm, EPS), self.lm_head))
+        if all_logits:
+            return torch.cat(outs)
+        h = F.rms_norm(x[-1:], (self.spec.hidden,), self.norm, EPS)
+        return F.linear(h, self.lm_head)[0]
+
+    @torch.inference_mode()
+    def decode(self, token: int, pos: int, cache: KVCache, trace: np.ndarray | None = None) -> torch.Tensor:
+        """One decode step: feed ``token`` at position ``pos``; logits [vocab]."""
+        if pos >= cache.capacity:
+            raise UsageError(f"position {pos} is beyond the KV cache ({cache.capacity})")
+        x = self.tok_embeddings[token:token + 1]
+        for L in self.layers:
+            x = self._layer_decode(L, x, pos, cache, trace)
+        return torch.mm(_rms_row(x, self.norm), self.lm_head_t)[0]
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding rows [n, d] (a gather along the rows of a [d, vocab] table when tied)."""
+        E = self.tok_embeddings
+        if E.stride(0) == 1:  # stored transposed
+            return E.t().index_select(1, ids).t().contiguous()
+        return F.embedding(ids, E)
+
+    def generate(self, ids: list[int] | torch.Tensor, max_new_tokens: int, *,
+                 trace: np.ndarray | None = None,
+                 on_prefill: Callable[[], None] | None = None) -> Generation:
+        """Greedy generation of exactly ``max_new_tokens`` tokens (EOS ignored).
+
+        As ExecuTorch's runner: the first token comes from the prefill logits, then
+        ``max_new_tokens - 1`` decode steps. ``on_prefill`` is called right after the prefill
+        (and the first token) is done, before any decode step.
+        """
+        if max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        t_start = _now_ms()
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        n = ids.numel()
+        if n > self.spec.max_context:
+            raise UsageError(f"prompt of {n} tokens is beyond {self.spec.display}'s max_context "
+                             f"({self.spec.max_context})")
+        cache = self.new_cache(n + max_new_tokens)
+        if trace is not None and trace.shape[1] < n + max_new_tokens - 1:
+            raise ValueError("routing trace array too small")
+        sampling = 0.0
+        p0 = time.perf_counter()
+        logits = self.prefill(ids, cache, trace=trace)
+        p1 = time.perf_counter()
+        tok = int(torch.argmax(logits))
+        p2 = time.perf_counter()
+        sampling += p2 - p1
+        exec_s = p1 - p0
+        t_prefill = _now_ms()
+        out = [tok]
+        if on_prefill is not None:
+            on_prefill()
+        pos = n
+        for _ in range(max_new_tokens - 1):
+            a = time.perf_counter()
+            logits = self.decode(tok, pos, cache, trace)
+            b = time.perf_counter()
+            tok = int(torch.argmax(logits))
+            c = time.perf_counter()
+            exec_s += b - a
+            sampling += c - b
+            out.append(tok)
+            pos += 1
+        t_end = _now_ms()
+        return Generation(
+            prompt_tokens=n, tokens=out, inference_start_ms=t_start, prompt_eval_end_ms=t_prefill,
+            first_token_ms=t_prefill, inference_end_ms=t_end,
+            aggregate_sampling_time_ms=sampling * 1000.0,
+            aggregate_model_execution_time_ms=exec_s * 1000.0,
+            decode_steps=max_new_tokens - 1,
+            extra={"kv_cache_bytes": cache.nbytes()},
+        )
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.spec.vocab:
+            raise UsageError(f"token id out of range [0, {self.spec.vocab}): {lo if lo < 0 else hi}")
+
+    # ---- prefill ---------------------------------------------------------------------
+    def _layer_prefill(self, L: Layer, x: torch.Tensor, s: int, e: int, cache: KVCache,
+                       trace: np.ndarray | None) -> torch.Tensor:
+        sp = self.spec
+        H, KV, hd = sp.n_heads, sp.n_kv_heads, sp.head_dim
+        c = e - s
+        nqk = (H + KV) * hd
+        h = F.rms_norm(x, (sp.hidden,), L.attn_norm, EPS)
+        qkv = F.linear(h, L.wqkv)
+        qk = qkv[:, :nqk].view(c, H + KV, hd)
+        if L.qk_norm is not None:
+            qk = F.rms_norm(qk, (hd,), None, EPS).mul_(L.qk_norm)
+        qk = self._rope(qk, s, e)
+        q = qk[:, :H].transpose(0, 1).unsqueeze(0)  # [1, H, c, hd]
+        k = qk[:, H:].transpose(0, 1)  # [KV, c, hd]
+        v = qkv[:, nqk:].view(c, KV, hd).transpose(0, 1)
+        K, V = cache.k[L.index], cache.v[L.index]
+        if L.is_global:
+            K[:, s:e] = k
+            V[:, s:e] = v
+            Kx, Vx = K[:, :e].unsqueeze(0), V[:, :e].unsqueeze(0)
+            if s == 0:
+                o = F.scaled_dot_product_attention(q, Kx, Vx, is_causal=True, enable_gqa=True)
+            else:
+                mask = torch.arange(e)[None, :] <= torch.arange(s, e)[:, None]
+                o = F.scaled_dot_product_attention(q, Kx, Vx, attn_mask=mask, enable_gqa=True)
+        else:
+            o = self._local_prefill(L, q, k, v, s, e, cache)
+        o = o[0].transpose(0, 1).reshape(c, H * hd)
+        x = torch.addmm(x, o, L.wo.t())
+        step = self.ffn_chunk
+        for a in range(0, c, step):  # FFN / MoE over bounded token chunks (in place on x)
+            xa = x[a:a + step]
+            h = F.rms_norm(xa, (sp.hidden,), L.ffn_norm, EPS)
+            if sp.is_moe:
+                self._moe_prefill(L, h, xa, s + a, trace)
+            else:
+                xa.addmm_(_swiglu(F.linear(h, L.w13)), L.w2_t)
+        return x
+
+    def _local_prefill(self, L: Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       s: int, e: int, cache: KVCache) -> torch.Tensor:
+        """Sliding-window attention of queries s..e-1: query blocks against a band of keys."""
+        w = L.window
+        K, V = cache.k[L.index], cache.v[L.index]
+        ring = cache.ring[L.index]
+        base = max(0, s - w + 1)  # first key position any query of this chunk can see
+        if base < s:  # earlier positions come from the ring (those still in it)
+            slots = torch.arange(base, s) % ring
+            kk = torch.cat([K.index_select(1, slots), k], 1)
+            vv = torch.cat([V.index_select(1, slots), v], 1)
+        else:
+            kk, vv = k, v
+        # keep the last `ring` positions of this chunk in the ring
+        keep = max(s, e - ring)
+        slots = torch.arange(keep, e) % ring
+        K.index_copy_(1, slots, k[:, keep - s:])
+        V.index_copy_(1, slots, v[:, keep - s:])
+        outs = []
+        c = e - s
+        B = self.local_query_block
+        for qb in range(0, c, B):
+            qs, qe = s + qb, min(e, s + qb + B)
+            ks = max(base, qs - w + 1)
+            qq = q[:, :, qb:qb + (qe - qs)]
+            kx = kk[:, ks - base:qe - base].unsqueeze(0)
+            vx = vv[:, ks - base:qe - base].unsqueeze(0)
+            if ks == qs and qe - 1 - ks < w:  # square block, all inside the window: causal
+                o = F.scaled_dot_product_attention(qq, kx, vx, is_causal=True, enable_gqa=True)
+            else:
+                qpos = torch.arange(qs, qe)[:, None]
+                kpos = torch.arange(ks, qe)[None, :]
+                mask = (kpos <= qpos) & (kpos > qpos - w)
+                o = F.scaled_dot_product_attention(qq, kx, vx, attn_mask=mask, enable_gqa=True)
+            outs.append(o)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 2)
+
+    def _route(self, L: Layer, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate weights [n, k] and expert ids [n, k] (fp32 router).
+
+        Experts are selected by ``logits + router_bias`` (the bias only selects, as DeepSeek-V3's
+        score correction); gate weights come from the unbiased logits: sigmoid scores of the
+        chosen experts normalised to sum 1, or softmax probabilities over all experts (OLMoE,
+        not renormalised)."""
+        logits = F.linear(h, L.router)
+        _, idx = torch.topk(logits + L.router_bias, self.spec.top_k, dim=-1)
+        if self.spec.gate == "sigmoid":
+            w = torch.sigmoid(logits.gather(-1, idx))
+            w = w / w.sum(-1, keepdim=True)
+        else:
+            w = torch.softmax(logits, -1).gather(-1, idx)
+        return w, idx
+
+    def _moe_prefill(self, L: Layer, h: torch.Tensor, x: torch.Tensor, s: int,
+                     trace: np.ndarray | None) -> torch.Tensor:
+        n, d = h.shape
+        k = self.spec.top_k
+        w, idx = self._route(L, h)
+        if trace is not None:
+            trace[L.index, s:s + n] = idx.numpy()
+        flat = idx.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # token-slots grouped by expert
+        counts = torch.bincount(flat, minlength=self.spec.n_experts).tolist()
+        xs = h.index_select(0, order // k)
+        ys = torch.empty_like(xs)
+        a = 0
+        for ex, cnt in enumerate(counts):
+            if cnt:
+                b = a + cnt
+                torch.mm(_swiglu(F.linear(xs[a:b], L.experts_w13[ex])), L.experts_w2[ex].t(), out=ys[a:b])
+                a = b
+        ys.mul_(w.reshape(-1).index_select(0, order).unsqueeze(1))
+        # back to token order: a gather with the inverse permutation (faster than a scatter)
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(order.numel())
+        y = ys.index_select(0, inv).view(n, k, d).sum(1)
+        for w13, w2 in L.shared:
+            y.addmm_(_swiglu(F.linear(h, w13)), w2.t())
+        return x.add_(y)
+
+    # ---- decode ----------------------------------------------------------------------
+    def _workspace(self) -> "_Workspace":
+        if self._ws is None:
+            self._ws = _Workspace(self.spec)
+        return self._ws
+
+    def _layer_decode(self, L: Layer, x: torch.Tensor, pos: int, cache: KVCache,
+                      trace: np.ndarray | None) -> torch.Tensor:
+        # Few ops: at one token the step is bound by reading the weights, and every op costs
+        # microseconds of dispatch (measured: ~1 ms/token of pure op overhead for
+        # MobileMoE-S-mini's 6 layers). So: outputs go into preallocated buffers whose views
+        # are made once, scalars go through Python floats, weights are read as [in, out] rows.
+        sp = self.spec
+        ws = self._workspace()
+        h = _rms_row(x, L.attn_norm)
+        torch.mm(h, L.wqkv_t, out=ws.qkv)
+        qk = ws.qk
+        if L.qk_norm is not None:
+            qk = F.rms_norm(qk, (sp.head_dim,), None, EPS).mul_(L.qk_norm)
+        # RoPE (rotate-half): x * cos + [x2, x1] * [-sin, sin]
+        torch.mul(qk, self._cos[pos], out=ws.rot)
+        ws.rot.addcmul_(qk.view(ws.half_shape).flip(1).view(ws.rot.shape), self._sin[pos])
+        ring = cache.ring[L.index]
+        if ring is None:
+            slot, n = pos, pos + 1
+        else:
+            slot, n = pos % ring, min(pos + 1, ring)
+        cache.k[L.index][:, slot] = ws.k
+        cache.v[L.index][:, slot] = ws.v
+        # GQA without expanding K/V: the G query heads sharing a KV head act as G queries
+        o = F.scaled_dot_product_attention(ws.q, cache.k4[L.index].narrow(2, 0, n),
+                                           cache.v4[L.index].narrow(2, 0, n))
+        x = torch.addmm(x, o.view(ws.o_shape), L.wo_t)
+        h = _rms_row(x, L.ffn_norm)
+        if not sp.is_moe:
+            return x.addmm_(_swiglu(torch.mm(h, L.w13_t)), L.w2_t)
+        # route: top-k of logits + bias; gate weights from the unbiased logits, in Python
+        logits = torch.mm(h, L.router_t)
+        top = torch.topk(logits + L.router_bias, sp.top_k)
+        ids = top.indices.tolist()[0]
+        bias = L.bias_list
+        raw = [v - bias[e] for v, e in zip(top.values.tolist()[0], ids)]
+        if sp.gate == "sigmoid":
+            gw = [1.0 / (1.0 + math.exp(-v)) for v in raw]
+            tot = sum(gw)
+            gw = [v / tot for v in gw]
+        else:
+            lse = float(torch.logsumexp(logits, -1))
+            gw = [math.exp(v - lse) for v in raw]
+        if trace is not None:
+            trace[L.index, pos] = ids
+        w13, w2 = L.experts_w13_t, L.experts_w2_t
+        for j, ex in enumerate(ids):
+            torch.mm(h, w13[ex], out=ws.g_rows[j])
+        F.silu(ws.g_gate, inplace=True)
+        ws.g_gate.mul_(ws.g_up)  # SwiGLU of all k experts, in ws.act_rows
+        for j, ex in enumerate(ids):
+            x.addmm_(ws.act_rows[j], w2[ex], alpha=gw[j])
+        for a, b in L.shared_t:
+            x.addmm_(_swiglu(torch.mm(h, a)), b)
+        return x
+
+
+class _Workspace:
+    """Decode buffers shared by all layers (one layer runs at a time) and their views."""
+
+    def __init__(self, sp: ModelSpec):
+        H, KV, hd = sp.n_heads, sp.n_kv_heads, sp.head_dim
+        nqk = (H + KV) * hd
+        self.qkv = torch.empty(1, nqk + KV * hd)
+        self.qk = self.qkv[0, :nqk].view(H + KV, hd)
+        self.v = self.qkv[0, nqk:].view(KV, hd)
+        self.rot = torch.empty(H + KV, hd)
+        self.q = self.rot[:H].view(1, KV, H // KV, hd)
+        self.k = self.rot[H:]
+        self.half_shape = (H + KV, 2, hd // 2)
+        self.o_shape = (1, H * hd)
+        if sp.is_moe:
+            fe = sp.expert_ffn
+            self.g = torch.empty(sp.top_k, 2 * fe)
+            self.g_rows = [self.g[j:j + 1] for j in range(sp.top_k)]
+            self.g_gate, self.g_up = self.g[:, :fe], self.g[:, fe:]
+            self.act_rows = [self.g[j:j + 1, :fe] for j in range(sp.top_k)]
+
+
+def _rms_row(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """RMSNorm of one row [1, d] with the scale as a Python float (4 ops instead of ~8)."""
+    ss = float(torch.linalg.vector_norm(x)) ** 2
+    return torch.mul(x, w).mul_(1.0 / math.sqrt(ss / x.shape[-1] + EPS))
+
+
+def _swiglu(g: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for g = [gate | up] along the last dim."""
+    f = g.shape[-1] // 2
+    return F.silu(g[..., :f]).mul_(g[..., f:])
