@@ -81,6 +81,8 @@ def cli() -> None:
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0, 100), help="Unmeasured warm-up runs first.")
 @click.option("--sample-ms", default=10, show_default=True, type=click.IntRange(0, 60000), help="Memory sampling interval; 0 turns sampling off.")
 @click.option("--runtime", default="reference", show_default=True, help="Runtime adapter: reference (devprof's own), executorch, llamacpp.")
+@click.option("--weights", type=click.Choice(["fp32", "q8_0", "q4_0"]), default=None,
+              help="Weight format of devprof's own bundles [default: fp32 for reference, q4_0 for llamacpp].")
 @click.option("--cache", type=click.Choice(["cold", "warm"]), default="cold", show_default=True,
               help="cold: evict the weights file from the page cache before every repetition.")
 @click.option("--threads", default=-1, show_default=True, type=int, help="Runtime CPU threads (-1: the runtime's default).")
@@ -102,7 +104,7 @@ def cli() -> None:
 @adb_server_option
 @devices_file_option
 @db_option
-def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sample_ms, runtime, cache,
+def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sample_ms, runtime, weights, cache,
         threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
         baseline_tokenizer, binary_name, cooldown_c, cooldown_timeout, adb_server, devices_file, db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
@@ -124,6 +126,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
     plan = Plan(
         models=models, workloads=workloads.parse_workloads(workload), contexts=_int_list(context, "--context"),
         new_tokens=new_tokens, reps=reps, warmup=warmup, sample_ms=sample_ms, runtime=runtime, cache=cache,
+        weights=weights or ("q4_0" if runtime == "llamacpp" else "fp32"),
         seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
         cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
     )

@@ -38,6 +38,7 @@ class Plan:
     warmup: int = 1
     sample_ms: int = 10
     runtime: str = "reference"
+    weights: str = "fp32"  # fp32 | q8_0 | q4_0 (llamacpp: devprof's GGUF export of the same seeded weights)
     cache: str = "cold"  # cold: evict the weights file before every repetition; warm: leave it
     seed: int = 0
     threads: int = -1
@@ -51,6 +52,11 @@ class Plan:
     settings: dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.weights not in ("fp32", "q8_0", "q4_0"):
+            raise UsageError(f"unknown --weights {self.weights!r}; known: fp32, q8_0, q4_0")
+        if self.runtime == "reference" and self.weights != "fp32":
+            raise UsageError("the reference runtime runs fp32 weights only (torch's int8/int4 CPU kernels are "
+                             "far slower here); use --runtime llamacpp for q8_0/q4_0")
         for m in self.models:
             for c in self.contexts:
                 check_context(m, c)
@@ -114,7 +120,7 @@ class Session:
             baseline=plan.models[1].name if len(plan.models) > 1 else None,
             workloads=list(plan.workloads), contexts=list(plan.contexts),
             new_tokens=plan.new_tokens, reps=plan.reps, warmup=plan.warmup, sample_ms=plan.sample_ms,
-            settings={**plan.settings, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
+            settings={**plan.settings, "weights": plan.weights, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
                       "cpu_mask": plan.cpu_mask, "timeout_s": plan.timeout_s,
                       "prompt_sources": wl.source_report()},
         )
@@ -185,6 +191,13 @@ class Session:
                 "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files.values()).encode()
             ).hexdigest()[:16]
             group = f"{spec.name}-{digest}"
+        elif plan.runtime == "llamacpp":
+            from devprof.gguf_export import build_gguf
+
+            self.obs.stage(f"writing the {spec.display} GGUF ({plan.weights}) from the seeded weights (cached)")
+            gguf = build_gguf(spec, seed=plan.seed, weights={"fp32": "f32"}.get(plan.weights, plan.weights))
+            files = {"model": gguf}
+            group = gguf.stem
         elif plan.runtime == "reference":
             from devprof.refruntime.bundle import build_bundle  # torch-free import
 
