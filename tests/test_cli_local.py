@@ -1,0 +1,188 @@
+"""The CLI on the embedded default device (this host), end to end, and its errors.
+
+Real subprocesses, real /proc sampling, real SQLite. Each runtime process imports torch, so the
+runs here are small (128-token prompts, a few new tokens, one repetition where that suffices).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from devprof.cli import cli
+
+SMALL = ["--context", "128", "--new-tokens", "4", "--warmup", "0"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """One default-shaped run (both minis, templated and real) at a small context, 2 reps."""
+    db = tmp_path_factory.mktemp("local") / "devprof.db"
+    res = invoke("run", *SMALL, "--reps", "2", "--db", str(db))
+    assert res.exit_code == 0, res.output
+    return db, res.output
+
+
+def test_run_reports_and_shows_json(local_run):
+    db, output = local_run
+    assert "report:" in output
+    doc = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+    assert doc["run"]["device"]["kind"] == "local" and doc["run"]["status"] == "complete"
+    rows = {(r["model"], r["workload"]): r for r in doc["results"]}
+    assert set(rows) == {(m, w) for m in ("mobilemoe-s-mini", "mobilellm-pro-mini") for w in ("templated", "real")}
+    for (model, _), r in rows.items():
+        assert r["n"] == 2
+        for key in ("prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb", "peak_rss_file_mb", "peak_rss_anon_mb"):
+            assert r[key] > 0, key
+        assert (r["distinct_experts"] is None) == (model == "mobilellm-pro-mini")
+    # routing: a real prompt spreads over more experts than a repeated template
+    assert rows[("mobilemoe-s-mini", "real")]["distinct_experts"] > rows[("mobilemoe-s-mini", "templated")]["distinct_experts"]
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from samples").fetchone()[0] > 8
+    assert {r[0] for r in con.execute("select cache_state from repetitions")} == {"cold"}
+
+
+def test_report_list_and_artifacts(local_run, tmp_path):
+    db, _ = local_run
+    out = tmp_path / "r.html"
+    res = invoke("report", "latest", "--out", str(out), "--db", str(db))
+    assert res.exit_code == 0 and out.exists()
+    html = out.read_text()
+    assert "MobileMoE-S-mini" in html and "VmHWM" in html and "cold" in html
+    runs = json.loads(invoke("list", "--json", "--db", str(db)).output)
+    assert len(runs) >= 1 and runs[0]["status"] == "complete"
+    run_dir = db.parent / "runs" / runs[0]["run_id"]
+    assert list(run_dir.glob("mobilemoe-s-mini/real-c128/rep0/routing.npz"))
+    assert list(run_dir.glob("*/templated-c128/rep0/stdout.txt"))
+
+
+def test_models_and_devices():
+    doc = json.loads(invoke("models", "--json").output)
+    names = {m["name"] for m in doc}
+    assert {"mobilemoe-s", "mobilemoe-m", "mobilemoe-l", "mobilellm-pro", "olmoe-1b-7b",
+            "mobilemoe-s-mini", "mobilellm-pro-mini"} <= names
+    table = invoke("models").output
+    assert "MobileMoE" not in table or "mobilemoe-s-mini" in table
+    devs = json.loads(invoke("devices", "--json").output)
+    assert devs[0]["serial"] == "local" and devs[0]["memory_metric"] == "VmHWM"
+
+
+@pytest.mark.parametrize("args,message,code", [
+    (["--model", "gpt5"], "unknown model 'gpt5'", 2),
+    (["--workload", "chat"], "unknown workload", 2),
+    (["--context", "16384"], "larger than MobileMoE-S-mini allows (8192 tokens)", 2),
+    (["--context", "abc"], "--context must be a number", 2),
+    (["--device", "nokia3310"], "no device matches 'nokia3310'", 1),
+    (["--runtime", "tflite"], "unknown runtime 'tflite'", 2),
+    (["--weights", "q4_0"], "the reference runtime runs fp32 weights only", 2),
+])
+def test_bad_input_is_one_line(args, message, code, tmp_path):
+    res = invoke("run", *args, "--db", str(tmp_path / "s.db"))
+    assert res.exit_code == code, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_unwritable_db_and_missing_run(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permissions: use a path under a regular file
+            bad = tmp_path / "file"
+            bad.write_text("x")
+            target = bad / "devprof.db"
+        else:
+            target = ro / "devprof.db"
+        res = invoke("run", *SMALL, "--db", str(target))
+        assert res.exit_code == 1 and str(target) in res.output and "Traceback" not in res.output
+    finally:
+        ro.chmod(0o700)
+    res = invoke("show", "latest", "--db", str(tmp_path / "none.db"))
+    assert res.exit_code == 2 and "no results store" in res.output
+
+
+def _bins(tmp_path: Path, name: str, body: str, monkeypatch) -> None:
+    script = tmp_path / f"{name}.sh"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    manifest = tmp_path / "manifest.toml"
+    monkeypatch.setenv("DEVPROF_BINS_MANIFEST", str(manifest))
+    res = invoke("bins", "add", str(script), "--runtime", "reference", "--platform", "host", "--abi", "any",
+                 "--name", name)
+    assert res.exit_code == 0, res.output
+
+
+def test_runtime_that_fails_or_prints_nothing(tmp_path, monkeypatch):
+    _bins(tmp_path, "crash", 'echo "segfault in expert 7" >&2; exit 3\n', monkeypatch)
+    res = invoke("run", *SMALL, "--reps", "1", "--binary", "crash", "--db", str(tmp_path / "s.db"))
+    assert res.exit_code == 1 and "runtime exited with code 3" in res.output and "segfault in expert 7" in res.output
+    _bins(tmp_path, "mute", "exit 0\n", monkeypatch)
+    res = invoke("run", *SMALL, "--reps", "1", "--binary", "mute", "--db", str(tmp_path / "s.db"))
+    assert res.exit_code == 1 and "no usable stats" in res.output and "PyTorchObserver" in res.output
+    runs = json.loads(invoke("list", "--json", "--db", str(tmp_path / "s.db")).output)
+    assert [r["status"] for r in runs] == ["failed", "failed"]
+
+
+def test_changed_binary_is_refused(tmp_path, monkeypatch):
+    _bins(tmp_path, "tool", "exit 0\n", monkeypatch)
+    (tmp_path / "tool.sh").write_text("#!/bin/sh\necho changed\n")
+    res = invoke("run", *SMALL, "--binary", "tool", "--db", str(tmp_path / "s.db"))
+    assert res.exit_code == 1 and "changed since it was registered" in res.output
+
+
+def test_ctrl_c_keeps_finished_repetitions(tmp_path):
+    db = tmp_path / "s.db"
+    cmd = [sys.executable, "-m", "devprof", "run", *SMALL, "--reps", "8", "--baseline", "none",
+           "--workload", "templated", "--db", str(db)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and _ok(db) < 2:
+        time.sleep(0.2)
+    assert _ok(db) >= 2
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted: kept" in out and "Traceback" not in out
+    con = sqlite3.connect(db)
+    assert con.execute("select status from runs").fetchone()[0] == "interrupted"
+    assert 2 <= _ok(db) < 8
+    shown = invoke("show", "latest", "--json", "--db", str(db))
+    assert shown.exit_code == 0 and json.loads(shown.output)["results"][0]["n"] >= 2
+    # no runtime process left behind
+    left = subprocess.run(["pgrep", "-f", f"prompt_ids_file={db.parent}"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_llamacpp_runtime_q4_end_to_end(tmp_path):
+    db = tmp_path / "s.db"
+    res = invoke("run", "--runtime", "llamacpp", "--weights", "q4_0", *SMALL, "--reps", "1",
+                 "--workload", "real", "--db", str(db))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+    assert doc["run"]["runtime"] == "llamacpp" and doc["run"]["settings"]["weights"] == "q4_0"
+    rows = {r["model"]: r for r in doc["results"]}
+    assert rows["mobilemoe-s-mini"]["decode_tok_s"] > 0 and rows["mobilellm-pro-mini"]["prefill_tok_s"] > 0
+
+
+def _ok(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        return sqlite3.connect(db, timeout=5).execute(
+            "select count(*) from repetitions where status = 'ok' and warmup = 0").fetchone()[0]
+    except sqlite3.Error:
+        return 0
