@@ -454,7 +454,9 @@ def bins_list(as_json) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line and a non-zero exit for every error, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="devprof", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="devprof", standalone_mode=False)
+        if isinstance(rv, int) and rv:  # a command's ctx.exit(code) comes back as a return value here
+            sys.exit(rv)
     except click.exceptions.Abort:
         if os.environ.get("DEVPROF_DEBUG"):
             raise
@@ -474,3 +476,11 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[red]internal error:[/] {type(e).__name__}: {e} (set DEVPROF_DEBUG=1 for the traceback)",
                       highlight=False)
         sys.exit(1)
+
+
+# ---- stored-run analysis: compare, diff, export (devprof/cli_analysis.py imports helpers from here) ----
+from devprof.cli_analysis import compare, diff, export  # noqa: E402
+
+cli.add_command(compare)
+cli.add_command(diff)
+cli.add_command(export)

@@ -87,8 +87,9 @@ def test_every_figure_rendered(report, rendered):
     html, _ = report
     dom, _ = rendered
     n = int(re.search(r'<meta name="devprof-figures" content="(\d+)">', html).group(1))
-    # speed + peak memory per context, a timeline per (model, workload, context), coverage per context
-    assert n == 1 + 1 + 4 + 1
+    # speed + peak memory per context, a timeline per (model, workload, context), coverage per context,
+    # templated vs real (coverage, expert load, the join) per MoE model and context, the per-repetition view
+    assert n == 1 + 1 + 4 + 1 + 3 + 1
     divs = plot_divs(dom)
     assert len(divs) == n == html.count('class="plotly-graph-div"')
     assert all(k >= 1 for k in divs.values()), divs  # plotly drew its <svg class="main-svg"> into each
@@ -124,7 +125,7 @@ def test_plotly_embedded_exactly_once(report):
 
 def test_report_sections_and_content(report, record):
     html, _ = report
-    for sid in ("summary", "setup", "speed", "memory", "routing", "thermal", "repetitions", "sources"):
+    for sid in ("summary", "setup", "speed", "memory", "compare", "routing", "thermal", "repetitions", "sources"):
         assert f'<section id="{sid}">' in html
     assert record.meta.run_id in html and "2026-09-21 14:05 UTC" in html
     assert "Galaxy S25 (SM-S931B)" in html and "VmHWM: the kernel" in html
@@ -313,3 +314,38 @@ def test_phase_spans_from_runtime_timestamps():
                                                (rep.result.load_ms + rep.result.prefill_ms) / 1000))
     rep.result = None
     assert phase_spans(rep) == [] and phase_spans_from_durations(rep) == []
+
+
+# ---- templated vs real, context sweep, per repetition ------------------------------------------
+def test_compare_section_in_the_report(report):
+    html, _ = report
+    section = html.split('<section id="compare">')[1].split("</section>")[0]
+    assert "Templated prompts understate MobileMoE-S-mini&#x27;s peak memory by" in section
+    assert "95% CI" in section and "cache cold" in section
+    for text in ("Coverage: MobileMoE-S-mini at 2048 tokens", "Expert load: MobileMoE-S-mini",
+                 "Routing joined with memory", 'id="projection-mobilemoe-s-mini-2048"', "MobileMoE-L"):
+        assert text in section, text
+    assert '<section id="sweep">' not in html  # one context: no sweep
+
+
+def test_per_repetition_view(report):
+    html, _ = report
+    section = html.split('<section id="repetitions">')[1].split("</section>")[0]
+    assert "Every measured repetition, in the order it ran" in section
+    assert section.index("plotly-graph-div") < section.index('id="repetitions-table"')
+
+
+def test_context_sweep_runs_in_chromium(tmp_path):
+    rec = F.make_record(contexts=(512, 1024, 2048), reps=2, warmup=0, new_tokens=16)
+    path = HTMLRenderer().write(rec, tmp_path / "sweep.html")
+    html = path.read_text(encoding="utf-8")
+    section = html.split('<section id="sweep">')[1].split("</section>")[0]
+    assert "Context sweep: decode speed, TTFT and peak memory vs context" in section
+    assert "Contexts: 512, 1024, 2048." in section
+    fig = json.loads(re.search(r'Plotly\.newPlot\(\s*"fig-\d+",\s*(\[.*?\]),\s*\{', section, re.S).group(1))
+    decode = [tr for tr in fig if tr.get("xaxis") == "x"]
+    assert len(decode) == 4 and all(tr["x"] == [512, 1024, 2048] for tr in decode)  # 2 models x 2 workloads
+    assert len([tr for tr in fig if tr.get("xaxis") == "x3"]) == 4  # peak memory vs context
+    dom, errors = render_in_chromium(path)
+    assert errors == []
+    assert all(n >= 1 for n in plot_divs(dom).values())
