@@ -13,18 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from abc import ABC, abstractmethod
+
 from devprof import stats
 from devprof.results import Repetition
 from devprof.store import RunRecord
 
 
-class Renderer:
+class Renderer(ABC):
     """One output format. Subclasses implement ``render(record) -> str``."""
 
     output_file_extension = "txt"
 
+    @abstractmethod
     def render(self, record: RunRecord) -> str:
-        raise NotImplementedError
+        """The whole output for one run."""
 
     def write(self, record: RunRecord, path: Path | str) -> Path:
         """Render into ``path`` (written to a temporary file first, then renamed into place)."""
