@@ -20,7 +20,8 @@ from devprof import REPO_ROOT, __version__
 from devprof.errors import DevprofError, UsageError
 
 console = Console(stderr=True, soft_wrap=True)
-out = Console()
+# Piped output (a file, CI logs) gets room for the tables instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 150)
 
 
 def default_db() -> Path:

@@ -121,7 +121,11 @@ class TerminalRenderer(Renderer):
                   title_justify="left", pad_edge=False)
         t.add_column("model", no_wrap=True)
         t.add_column("workload", no_wrap=True)
-        t.add_column("ctx", justify="right", no_wrap=True)
+        one_ctx = len({r.context for r in a.rows}) == 1
+        if one_ctx:  # say the context once, in the title: room for the figures on narrow terminals
+            t.title = f"{t.title} (context {a.rows[0].context if a.rows else '?'})"
+        else:
+            t.add_column("ctx", justify="right", no_wrap=True)
         show_n = not (stacked and cols != _SPEED)  # the speed table above already says n
         if show_n:
             t.add_column("n", justify="right")
@@ -135,8 +139,9 @@ class TerminalRenderer(Renderer):
         if stacked:  # narrow terminal: two-line headers and cells, nothing cut
             heads.update(peak_rss_mb="peak MiB")
             heads = {k: v.replace(" ", "\n", 1) for k, v in heads.items()}
-        for c in cols:
-            t.add_column(heads[c], justify="left" if c == "cache" else "right", no_wrap=stacked)
+        for c in cols:  # the cache states may wrap; the figures never do
+            t.add_column(heads[c], justify="left" if c == "cache" else "right", no_wrap=stacked and c != "cache",
+                         min_width=4 if c == "cache" else None)
         for r in a.rows:
             n = Text(str(r.n), style="red" if r.n < a.record.meta.reps else "")
             if r.n_failed:
@@ -144,13 +149,14 @@ class TerminalRenderer(Renderer):
             cells: list[Text] = []
             for c in cols:
                 if c == "cache":
-                    cells.append(Text(", ".join(r.cache_states) or "—"))
+                    cells.append(Text("mixed" if len(r.cache_states) > 1 else (", ".join(r.cache_states) or "—")))
                 elif c in ("peak_rss_file_mb", "peak_rss_anon_mb"):
                     m = r.metric(c)
                     cells.append(Text(fmt(m.median if m else None, 1)))
                 else:
                     cells.append(_cell(r.metric(c), _DECIMALS.get(c, 1), stacked))
-            t.add_row(Text(r.display), Text(r.workload), str(r.context), *([n] if show_n else []), *cells)
+            t.add_row(Text(r.display), Text(r.workload), *([] if one_ctx else [str(r.context)]),
+                      *([n] if show_n else []), *cells)
         return t
 
     def _ratios(self, a: Analysis) -> Table:
