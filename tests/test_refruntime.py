@@ -221,14 +221,15 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 @pytest.mark.parametrize("chunk,block", [(None, None), (7, 3)], ids=["whole", "chunked"])
 def test_grouped_prefill_equals_naive(engines, name, chunk, block):
     eng = engines[name]
-    if block:
-        eng.local_query_block = block
+    saved = eng.local_query_block, eng.ffn_chunk
+    if block:  # small query blocks, FFN chunks and prompt chunks: every boundary case
+        eng.local_query_block, eng.ffn_chunk = block, 5
     try:
         ids = _ids(40, seed=1)
         trace = np.zeros((eng.spec.n_layers, 40, eng.spec.top_k), np.uint8)
         got = eng.prefill(ids, eng.new_cache(40), trace=trace, chunk=chunk, all_logits=True)
     finally:
-        eng.local_query_block = 256
+        eng.local_query_block, eng.ffn_chunk = saved
     want, chosen = naive_forward(eng, ids)
     _close(got, want)
     for layer, top in enumerate(chosen):  # same experts (as sets: topk order may differ)

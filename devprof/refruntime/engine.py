@@ -301,8 +301,9 @@ class Engine:
         if pos >= cache.capacity:
             raise UsageError(f"position {pos} is beyond the KV cache ({cache.capacity})")
         x = self.tok_embeddings[token:token + 1]
+        rope = (self._cos[pos], self._sin[pos])
         for L in self.layers:
-            x = self._layer_decode(L, x, pos, cache, trace)
+            x = self._layer_decode(L, x, pos, rope, cache, trace)
         return torch.mm(_rms_row(x, self.norm), self.lm_head_t)[0]
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -496,8 +497,8 @@ class Engine:
             self._ws = _Workspace(self.spec)
         return self._ws
 
-    def _layer_decode(self, L: Layer, x: torch.Tensor, pos: int, cache: KVCache,
-                      trace: np.ndarray | None) -> torch.Tensor:
+    def _layer_decode(self, L: Layer, x: torch.Tensor, pos: int, rope: tuple[torch.Tensor, torch.Tensor],
+                      cache: KVCache, trace: np.ndarray | None) -> torch.Tensor:
         # Few ops: at one token the step is bound by reading the weights, and every op costs
         # microseconds of dispatch (measured: ~1 ms/token of pure op overhead for
         # MobileMoE-S-mini's 6 layers). So: outputs go into preallocated buffers whose views
@@ -510,8 +511,8 @@ class Engine:
         if L.qk_norm is not None:
             qk = F.rms_norm(qk, (sp.head_dim,), None, EPS).mul_(L.qk_norm)
         # RoPE (rotate-half): x * cos + [x2, x1] * [-sin, sin]
-        torch.mul(qk, self._cos[pos], out=ws.rot)
-        ws.rot.addcmul_(qk.view(ws.half_shape).flip(1).view(ws.rot.shape), self._sin[pos])
+        torch.mul(qk, rope[0], out=ws.rot)
+        ws.rot.addcmul_(qk.view(ws.half_shape).flip(1).view(ws.rot.shape), rope[1])
         ring = cache.ring[L.index]
         if ring is None:
             slot, n = pos, pos + 1
@@ -525,7 +526,9 @@ class Engine:
         x = torch.addmm(x, o.view(ws.o_shape), L.wo_t)
         h = _rms_row(x, L.ffn_norm)
         if not sp.is_moe:
-            return x.addmm_(_swiglu(torch.mm(h, L.w13_t)), L.w2_t)
+            torch.mm(h, L.w13_t, out=ws.ffn)
+            F.silu(ws.ffn_gate, inplace=True)
+            return x.addmm_(ws.ffn_gate.mul_(ws.ffn_up), L.w2_t)
         # route: top-k of logits + bias; gate weights from the unbiased logits, in Python
         logits = torch.mm(h, L.router_t)
         top = torch.topk(logits + L.router_bias, sp.top_k)
@@ -549,7 +552,9 @@ class Engine:
         for j, ex in enumerate(ids):
             x.addmm_(ws.act_rows[j], w2[ex], alpha=gw[j])
         for a, b in L.shared_t:
-            x.addmm_(_swiglu(torch.mm(h, a)), b)
+            torch.mm(h, a, out=ws.ffn)
+            F.silu(ws.ffn_gate, inplace=True)
+            x.addmm_(ws.ffn_gate.mul_(ws.ffn_up), b)
         return x
 
 
@@ -567,6 +572,9 @@ class _Workspace:
         self.k = self.rot[H:]
         self.half_shape = (H + KV, 2, hd // 2)
         self.o_shape = (1, H * hd)
+        f = sp.shared_ffn if sp.is_moe else sp.ffn  # dense FFN or shared expert: [gate | up]
+        self.ffn = torch.empty(1, 2 * f)
+        self.ffn_gate, self.ffn_up = self.ffn[:, :f], self.ffn[:, f:]
         if sp.is_moe:
             fe = sp.expert_ffn
             self.g = torch.empty(sp.top_k, 2 * fe)
