@@ -106,6 +106,7 @@ __all__ = [
     "gguf_path",
     "export_plan",
     "expected_tensor_bytes",
+    "read_metadata",
     "TensorSpec",
     "ExportPlan",
 ]
