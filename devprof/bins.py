@@ -18,7 +18,6 @@ Platforms: android, ios, host. ABI: arm64-v8a, x86_64, ... or "any" (scripts).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import tomllib
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from devprof import REPO_ROOT
 from devprof.errors import DevprofError, UsageError
+from devprof.hashing import sha256_file
 
 PLATFORMS = ("android", "ios", "host")
 RUNTIMES = ("reference", "executorch", "llamacpp")
@@ -77,11 +77,7 @@ class Binary:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def load(manifest: Path | None = None) -> list[Binary]:

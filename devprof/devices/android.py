@@ -10,7 +10,6 @@ into a file, so sampling costs no adb round trip; stdout, stderr and samples are
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import threading
 import time
@@ -19,24 +18,11 @@ from pathlib import Path
 from devprof.devices import aliases as al
 from devprof.devices.base import Device, RunRequest, StageReport
 from devprof.errors import DeviceError, DeviceLost, UsageError
+from devprof.hashing import sha256_file
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
 REMOTE_ROOT = "/data/local/tmp/devprof"
 SAMPLER = Path(__file__).with_name("sampler.sh")
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a local file, cached by (path, size, mtime) for the life of the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
 
 
 def _client(adb_server: str | None):

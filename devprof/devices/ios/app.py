@@ -12,7 +12,6 @@ file as ``/Documents/devprof/<group>/weights.bin`` in the vended container.
 
 from __future__ import annotations
 
-import hashlib
 import plistlib
 import posixpath
 import re
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from devprof.errors import DeviceError, UsageError
+from devprof.hashing import sha256_file  # noqa: F401 - used here and by device.py as A.sha256_file
 
 #: The bundle id of devprof's benchmark app when nothing else is configured.
 DEFAULT_BUNDLE_ID = "org.devprof.bench"
@@ -103,20 +103,6 @@ def read_ipa(path: Path) -> IpaInfo:
     return out
 
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a local file, cached by (path, size, mtime) for the life of the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(4 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
 
 
 def looks_like_bundle_id(s: str) -> bool:
