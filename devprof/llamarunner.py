@@ -174,23 +174,37 @@ def _set(struct: Any, **fields: Any) -> None:
 
 
 class _Log:
-    """llama.cpp's log callback: kept in memory; passed to stderr when ``passthrough`` is set."""
+    """llama.cpp's log: kept in memory; passed to stderr when ``passthrough`` is set.
+
+    One C callback is installed per process and never freed (llama.cpp keeps calling the raw
+    pointer, even from destructors at exit); it writes to the newest _Log.
+    """
+
+    _current: "_Log | None" = None
+    _installed: Any = None
 
     def __init__(self, L: Any, verbose: bool):
         self.lines: list[str] = []
         self.passthrough = verbose
+        _Log._current = self
+        if _Log._installed is None:
+            @L.llama_log_callback
+            def cb(level: int, text: bytes, user_data: Any) -> None:
+                log = _Log._current
+                if log is None:
+                    return
+                try:
+                    s = text.decode("utf-8", errors="replace")
+                    if len(log.lines) < 20000:
+                        log.lines.append(s)
+                    if log.passthrough:
+                        sys.stderr.write(s)
+                        sys.stderr.flush()
+                except Exception:  # noqa: BLE001 - never raise into C
+                    pass
 
-        @L.llama_log_callback
-        def cb(level: int, text: bytes, user_data: Any) -> None:
-            s = text.decode("utf-8", errors="replace")
-            if len(self.lines) < 20000:
-                self.lines.append(s)
-            if self.passthrough:
-                sys.stderr.write(s)
-                sys.stderr.flush()
-
-        self._cb = cb  # keep a reference: llama.cpp holds the raw pointer
-        L.llama_log_set(cb, ctypes.c_void_p(0))
+            _Log._installed = cb
+            L.llama_log_set(cb, ctypes.c_void_p(0))
 
     def last_error(self) -> str:
         """The most telling recent line of llama.cpp's log (an "error" line before a "failed" one)."""
