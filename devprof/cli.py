@@ -376,7 +376,7 @@ def devices_cmd(as_json, adb_server, devices_file) -> None:
 @cli.command()
 @click.option("--quick", is_flag=True, help="The mini shapes (a few minutes) instead of full-size MobileMoE-S vs MobileLLM-Pro.")
 @click.option("--context", default=None, type=click.IntRange(2), help="Prompt tokens [default: 1024 quick, 512 full].")
-@click.option("--new-tokens", default=32, show_default=True, type=click.IntRange(2))
+@click.option("--new-tokens", default=None, type=click.IntRange(2), help="Generated tokens [default: 128 quick, 32 full].")
 @click.option("--reps", default=3, show_default=True, type=click.IntRange(1), help="Measured repetitions per configuration (medians).")
 @click.option("--sampler-pairs", default=5, show_default=True, type=click.IntRange(1), help="Interleaved sampled/unsampled pairs.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="Runtime threads (0: all cores).")
@@ -385,7 +385,8 @@ def bench(quick, context, new_tokens, reps, sampler_pairs, threads, no_llamacpp)
     """Measure the local runtimes against this machine's roofline, and the sampler's accuracy."""
     from devprof.bench import BenchConfig, run_bench, to_json
 
-    cfg = BenchConfig(quick=quick, context=context or (1024 if quick else 512), new_tokens=new_tokens, reps=reps,
+    cfg = BenchConfig(quick=quick, context=context or (1024 if quick else 512),
+                      new_tokens=new_tokens or (128 if quick else 32), reps=reps,
                       sampler_pairs=sampler_pairs, threads=threads, llamacpp=not no_llamacpp)
     started = time.monotonic()
     res = run_bench(cfg, log=lambda m: console.log(m))

@@ -4,6 +4,14 @@ Processes are started with subprocess in their own process group, sampled from
 ``/proc/PID/status`` by a thread that keeps the file open and re-reads it with pread (the way
 Perfetto's poller does), and reaped with ``os.wait4`` so that the kernel's own peak resident set
 (ru_maxrss, the VmHWM at exit) is kept even though /proc/PID is gone by then.
+
+One catch, found by ``devprof bench``: at exec the kernel folds the high-water mark of the
+process's pre-exec memory (a copy of devprof's own) into ru_maxrss (``exec_mmap`` ->
+``setmax_mm_hiwater_rss``), so a child smaller than devprof reports devprof's VmHWM (measured:
+every MobileMoE-S-mini run "peaked" at exactly the bench process's 517 MiB, against 430 MiB
+under ``/usr/bin/time -v``). So ru_maxrss is the peak only when it is above devprof's own
+VmHWM at spawn; otherwise the peak is the last sampled VmHWM (the exec'd image's own mark,
+which the kernel keeps, so no sample can miss a spike before it).
 """
 
 from __future__ import annotations
@@ -41,6 +49,31 @@ def parse_status(raw: bytes) -> dict[str, int]:
             except (IndexError, ValueError):
                 pass
     return out
+
+
+def _own_vmhwm_kb() -> int | None:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            return parse_status(f.read()).get("hwm")
+    except OSError:
+        return None
+
+
+def exit_peak_kb(maxrss: int | None, own_hwm_kb: int | None,
+                 samples: list[MemorySample]) -> tuple[int | None, str]:
+    """The process's peak RSS (kB) and, when it is not the kernel's exit figure, why.
+
+    ``maxrss`` is wait4's ru_maxrss; it holds the spawning process's VmHWM (``own_hwm_kb``,
+    read just before the spawn) as a floor, inherited at exec, so it is the child's own peak
+    only above that floor. Below it, the last sampled VmHWM (or the highest sampled RSS) is
+    the peak; with no samples there is none to report."""
+    sampled = max((s.hwm_kb or s.rss_kb for s in samples), default=None)
+    if maxrss and (own_hwm_kb is None or maxrss > own_hwm_kb):
+        return int(maxrss), ""
+    floor = f"ru_maxrss is devprof's own {(own_hwm_kb or 0) / 1024:.0f} MiB inherited at exec"
+    if sampled is not None:
+        return sampled, f"peak from the sampled VmHWM ({floor})"
+    return None, f"no peak: {floor} and sampling was off"
 
 
 class StatusSampler(threading.Thread):
@@ -162,6 +195,7 @@ class LocalDevice(Device):
                 raise DeviceError("--cpu-mask needs `taskset` (util-linux) on this host")
             argv = ["taskset", req.cpu_mask, *argv]
         env = {**os.environ, **req.env}
+        own_hwm = _own_vmhwm_kb()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start_wall = time.time() * 1000.0
             t0 = time.monotonic()
@@ -216,8 +250,9 @@ class LocalDevice(Device):
             stdout = out.read().decode("utf-8", "replace")
             stderr = err.read().decode("utf-8", "replace")
         samples = sampler.samples if sampler else []
-        maxrss = waited.get("maxrss")
-        peak = int(maxrss) if maxrss else (max((s.hwm_kb or s.rss_kb) for s in samples) if samples else None)
+        peak, why = exit_peak_kb(waited.get("maxrss"), own_hwm, samples)
+        if why:
+            note = f"{note}; {why}" if note else why
         if status == "oom" and samples:
             note += f"; last sampled RSS {samples[-1].rss_kb / 1024:.0f} MiB"
         return ProcessOutcome(

@@ -175,9 +175,10 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from devprof.refruntime.engine import DEFAULT_PREFILL_CHUNK, Engine, set_threads, tune_malloc
+
     if args.cpu_threads > 0:
-        torch.set_num_threads(args.cpu_threads)
-    from devprof.refruntime.engine import DEFAULT_PREFILL_CHUNK, Engine, tune_malloc
+        set_threads(args.cpu_threads)
 
     tune_malloc()
 

@@ -14,9 +14,11 @@
   groups the token-slots by expert (one stable argsort; one GEMM pair per active expert; a
   gather back to token order), never a loop over tokens;
 - decode is greedy with a preallocated KV cache: global layers keep every position, local
-  (sliding-window) layers a ring buffer of ``window`` positions. It is written for few ops per
-  layer (weights are read as [in, out] rows, scalars go through Python floats), since at one
-  token every op's dispatch cost adds to the time of reading the weights.
+  (sliding-window) layers a ring buffer of ``window`` positions. Its GEMVs go through numpy's
+  BLAS (OpenBLAS sgemv reads fp32 weights ~1.5x faster than torch's MKL GEMM-with-one-row on
+  these shapes), with torch on one thread meanwhile (:func:`decode_threads`); it is written
+  for few ops per layer (preallocated buffers, scalars as Python floats), since at one token
+  every op's dispatch cost adds to the time of reading the weights.
 
 Routing traces: pass a ``uint8`` numpy array ``[n_layers, n_tokens, top_k]`` to
 :meth:`Engine.generate` (or prefill/decode) and the expert ids of every processed token are
@@ -25,13 +27,14 @@ written into it (prompt tokens first, then decode steps).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,7 +44,8 @@ from devprof.catalog import ModelSpec
 from devprof.errors import UsageError
 from devprof.refruntime.bundle import load_config, load_layout, spec_from_config
 
-__all__ = ["Engine", "KVCache", "Generation", "EPS", "DEFAULT_PREFILL_CHUNK", "tune_malloc"]
+__all__ = ["Engine", "KVCache", "Generation", "EPS", "DEFAULT_PREFILL_CHUNK", "tune_malloc", "set_threads",
+           "decode_threads"]
 
 EPS = 1e-6
 #: Prompt tokens per prefill chunk (through all layers); None: the whole prompt at once, so
@@ -59,9 +63,9 @@ class Layer:
 
     __slots__ = ("index", "is_global", "window", "attn_norm", "wqkv", "wo", "qk_norm", "ffn_norm",
                  "w13", "w2", "router", "router_bias", "shared", "experts_w13", "experts_w2",
-                 # transposed views ([in, out]) for the decode path's torch.mm / addmm
-                 "wqkv_t", "wo_t", "w13_t", "w2_t", "router_t", "shared_t", "experts_w13_t",
-                 "experts_w2_t", "bias_list")
+                 # numpy views ([in, out]) for the decode path's GEMVs
+                 "w2_t", "wqkv_n", "wo_n", "w13_n", "w2_n", "router_n",
+                 "shared_n", "experts_w13_n", "experts_w2_n", "bias_list")
 
     def __init__(self) -> None:
         self.shared: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -132,6 +136,29 @@ def tune_malloc() -> bool:
         return False
 
 
+def set_threads(n: int) -> None:
+    """Threads for torch (prefill, element-wise ops) and for numpy's BLAS (decode's GEMVs)."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n, user_api="blas")
+
+
+@contextlib.contextmanager
+def decode_threads() -> Iterator[None]:
+    """torch on one thread while decoding: the GEMVs run in numpy's BLAS, whose own threads
+    would otherwise compete with torch's OpenMP threads spinning between their (tiny)
+    element-wise ops. Measured (MobileMoE-S, 512-token context, 2 cores): 85 ms/token with
+    both pools at 2 threads and torch's GEMVs; 191 ms with numpy's GEMVs and torch at 2
+    threads; 51 ms with numpy's GEMVs and torch at 1 thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _now_ms() -> float:
     return time.time() * 1000.0
 
@@ -185,7 +212,7 @@ class Engine:
         self.tok_embeddings = self._t("tok_embeddings")
         self.norm = self._t("norm")
         self.lm_head = self.tok_embeddings if s.tied_embeddings else self._t("output")
-        self.lm_head_t = self.lm_head.t()
+        self.lm_head_n = self.lm_head.t().numpy()
         blocks: dict[int, list[dict[str, int]]] = {}
         for b in self.layout.get("expert_blocks", []):
             blocks.setdefault(b["layer"], []).append(b)
@@ -199,7 +226,7 @@ class Engine:
             L.attn_norm = self._t(p + "attn_norm")
             L.wqkv = self._t(p + "wqkv")
             L.wo = self._t(p + "wo")
-            L.wqkv_t, L.wo_t = L.wqkv.t(), L.wo.t()
+            L.wqkv_n, L.wo_n = L.wqkv.t().numpy(), L.wo.t().numpy()
             L.ffn_norm = self._t(p + "ffn_norm")
             if s.qk_norm:
                 q, k = self._t(p + "q_norm"), self._t(p + "k_norm")
@@ -216,14 +243,15 @@ class Engine:
                     raise UsageError(f"layout.json: layer {i} does not list experts 0..{s.n_experts - 1}")
                 L.experts_w13 = [self._t(p + f"experts.{e}.w13") for e in range(s.n_experts)]
                 L.experts_w2 = [self._t(p + f"experts.{e}.w2") for e in range(s.n_experts)]
-                L.router_t = L.router.t()
-                L.experts_w13_t = [w.t() for w in L.experts_w13]
-                L.experts_w2_t = [w.t() for w in L.experts_w2]
-                L.shared_t = [(a.t(), b.t()) for a, b in L.shared]
+                L.router_n = L.router.t().numpy()
+                L.experts_w13_n = [w.t().numpy() for w in L.experts_w13]
+                L.experts_w2_n = [w.t().numpy() for w in L.experts_w2]
+                L.shared_n = [(a.t().numpy(), b.t().numpy()) for a, b in L.shared]
             else:
                 L.w13 = self._t(p + "ffn.w13")
                 L.w2 = self._t(p + "ffn.w2")
-                L.w13_t, L.w2_t = L.w13.t(), L.w2.t()
+                L.w2_t = L.w2.t()
+                L.w13_n, L.w2_n = L.w13.t().numpy(), L.w2_t.numpy()
             self.layers.append(L)
 
     def expert_block(self, layer: int, expert: int) -> tuple[int, int]:
@@ -300,11 +328,13 @@ class Engine:
         """One decode step: feed ``token`` at position ``pos``; logits [vocab]."""
         if pos >= cache.capacity:
             raise UsageError(f"position {pos} is beyond the KV cache ({cache.capacity})")
-        x = self.tok_embeddings[token:token + 1]
+        ws = self._workspace()
+        x = ws.x
+        x.copy_(self.tok_embeddings[token:token + 1])
         rope = (self._cos[pos], self._sin[pos])
         for L in self.layers:
             x = self._layer_decode(L, x, pos, rope, cache, trace)
-        return torch.mm(_rms_row(x, self.norm), self.lm_head_t)[0]
+        return torch.from_numpy(np.matmul(_rms_row(x, self.norm, ws.h).numpy(), self.lm_head_n))[0]
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Embedding rows [n, d] (a gather along the rows of a [d, vocab] table when tied)."""
@@ -346,16 +376,17 @@ class Engine:
         if on_prefill is not None:
             on_prefill()
         pos = n
-        for _ in range(max_new_tokens - 1):
-            a = time.perf_counter()
-            logits = self.decode(tok, pos, cache, trace)
-            b = time.perf_counter()
-            tok = int(torch.argmax(logits))
-            c = time.perf_counter()
-            exec_s += b - a
-            sampling += c - b
-            out.append(tok)
-            pos += 1
+        with decode_threads():
+            for _ in range(max_new_tokens - 1):
+                a = time.perf_counter()
+                logits = self.decode(tok, pos, cache, trace)
+                b = time.perf_counter()
+                tok = int(torch.argmax(logits))
+                c = time.perf_counter()
+                exec_s += b - a
+                sampling += c - b
+                out.append(tok)
+                pos += 1
         t_end = _now_ms()
         return Generation(
             prompt_tokens=n, tokens=out, inference_start_ms=t_start, prompt_eval_end_ms=t_prefill,
@@ -499,14 +530,15 @@ class Engine:
 
     def _layer_decode(self, L: Layer, x: torch.Tensor, pos: int, rope: tuple[torch.Tensor, torch.Tensor],
                       cache: KVCache, trace: np.ndarray | None) -> torch.Tensor:
-        # Few ops: at one token the step is bound by reading the weights, and every op costs
-        # microseconds of dispatch (measured: ~1 ms/token of pure op overhead for
-        # MobileMoE-S-mini's 6 layers). So: outputs go into preallocated buffers whose views
-        # are made once, scalars go through Python floats, weights are read as [in, out] rows.
+        # One token: the step is bound by reading the weights. Every GEMV goes through numpy's
+        # BLAS on [in, out] views of the mapping (OpenBLAS sgemv streams fp32 weights ~1.5x
+        # faster than torch's MKL path on these shapes: benchmarks/refruntime_roofline.py
+        # --gemv), writing into preallocated buffers; the few element-wise ops stay in torch on
+        # views of the same buffers, and scalars go through Python floats.
         sp = self.spec
         ws = self._workspace()
-        h = _rms_row(x, L.attn_norm)
-        torch.mm(h, L.wqkv_t, out=ws.qkv)
+        _rms_row(x, L.attn_norm, ws.h)
+        np.matmul(ws.h_n, L.wqkv_n, out=ws.qkv_n)
         qk = ws.qk
         if L.qk_norm is not None:
             qk = F.rms_norm(qk, (sp.head_dim,), None, EPS).mul_(L.qk_norm)
@@ -523,15 +555,18 @@ class Engine:
         # GQA without expanding K/V: the G query heads sharing a KV head act as G queries
         o = F.scaled_dot_product_attention(ws.q, cache.k4[L.index].narrow(2, 0, n),
                                            cache.v4[L.index].narrow(2, 0, n))
-        x = torch.addmm(x, o.view(ws.o_shape), L.wo_t)
-        h = _rms_row(x, L.ffn_norm)
+        np.matmul(o.numpy().reshape(ws.o_shape), L.wo_n, out=ws.y_n)
+        x.add_(ws.y)
+        _rms_row(x, L.ffn_norm, ws.h)
         if not sp.is_moe:
-            torch.mm(h, L.w13_t, out=ws.ffn)
+            np.matmul(ws.h_n, L.w13_n, out=ws.ffn_n)
             F.silu(ws.ffn_gate, inplace=True)
-            return x.addmm_(ws.ffn_gate.mul_(ws.ffn_up), L.w2_t)
+            ws.ffn_gate.mul_(ws.ffn_up)
+            np.matmul(ws.ffn_gate_n, L.w2_n, out=ws.y_n)
+            return x.add_(ws.y)
         # route: top-k of logits + bias; gate weights from the unbiased logits, in Python
-        logits = torch.mm(h, L.router_t)
-        top = torch.topk(logits + L.router_bias, sp.top_k)
+        np.matmul(ws.h_n, L.router_n, out=ws.logits_n)
+        top = torch.topk(ws.logits + L.router_bias, sp.top_k)
         ids = top.indices.tolist()[0]
         bias = L.bias_list
         raw = [v - bias[e] for v, e in zip(top.values.tolist()[0], ids)]
@@ -540,31 +575,41 @@ class Engine:
             tot = sum(gw)
             gw = [v / tot for v in gw]
         else:
-            lse = float(torch.logsumexp(logits, -1))
+            lse = float(torch.logsumexp(ws.logits, -1))
             gw = [math.exp(v - lse) for v in raw]
         if trace is not None:
             trace[L.index, pos] = ids
-        w13, w2 = L.experts_w13_t, L.experts_w2_t
+        w13, w2 = L.experts_w13_n, L.experts_w2_n
         for j, ex in enumerate(ids):
-            torch.mm(h, w13[ex], out=ws.g_rows[j])
+            np.matmul(ws.h_n, w13[ex], out=ws.g_rows_n[j])
         F.silu(ws.g_gate, inplace=True)
         ws.g_gate.mul_(ws.g_up)  # SwiGLU of all k experts, in ws.act_rows
         for j, ex in enumerate(ids):
-            x.addmm_(ws.act_rows[j], w2[ex], alpha=gw[j])
-        for a, b in L.shared_t:
-            torch.mm(h, a, out=ws.ffn)
+            np.matmul(ws.act_rows_n[j], w2[ex], out=ws.ey_rows_n[j])
+        ws.gw_n[0, :] = gw
+        x.addmm_(ws.gw, ws.ey)  # the gate-weighted sum of the k expert outputs
+        for a, b in L.shared_n:
+            np.matmul(ws.h_n, a, out=ws.ffn_n)
             F.silu(ws.ffn_gate, inplace=True)
-            x.addmm_(ws.ffn_gate.mul_(ws.ffn_up), b)
+            ws.ffn_gate.mul_(ws.ffn_up)
+            np.matmul(ws.ffn_gate_n, b, out=ws.y_n)
+            x.add_(ws.y)
         return x
 
 
 class _Workspace:
-    """Decode buffers shared by all layers (one layer runs at a time) and their views."""
+    """Decode buffers shared by all layers (one layer runs at a time), their views, and numpy
+    views of the same memory (``*_n``) for the GEMVs."""
 
     def __init__(self, sp: ModelSpec):
-        H, KV, hd = sp.n_heads, sp.n_kv_heads, sp.head_dim
+        H, KV, hd, d = sp.n_heads, sp.n_kv_heads, sp.head_dim, sp.hidden
         nqk = (H + KV) * hd
+        self.x = torch.empty(1, d)  # the residual stream
+        self.h = torch.empty(1, d)  # its normalised copy, the GEMVs' input
+        self.y = torch.empty(1, d)  # a GEMV's output before it is added to x
+        self.h_n, self.y_n = self.h.numpy(), self.y.numpy()
         self.qkv = torch.empty(1, nqk + KV * hd)
+        self.qkv_n = self.qkv.numpy()
         self.qk = self.qkv[0, :nqk].view(H + KV, hd)
         self.v = self.qkv[0, nqk:].view(KV, hd)
         self.rot = torch.empty(H + KV, hd)
@@ -574,19 +619,29 @@ class _Workspace:
         self.o_shape = (1, H * hd)
         f = sp.shared_ffn if sp.is_moe else sp.ffn  # dense FFN or shared expert: [gate | up]
         self.ffn = torch.empty(1, 2 * f)
+        self.ffn_n = self.ffn.numpy()
         self.ffn_gate, self.ffn_up = self.ffn[:, :f], self.ffn[:, f:]
+        self.ffn_gate_n = self.ffn_gate.numpy()
         if sp.is_moe:
-            fe = sp.expert_ffn
-            self.g = torch.empty(sp.top_k, 2 * fe)
-            self.g_rows = [self.g[j:j + 1] for j in range(sp.top_k)]
+            fe, k = sp.expert_ffn, sp.top_k
+            self.logits = torch.empty(1, sp.n_experts)
+            self.logits_n = self.logits.numpy()
+            self.g = torch.empty(k, 2 * fe)
+            g_n = self.g.numpy()
+            self.g_rows_n = [g_n[j:j + 1] for j in range(k)]
             self.g_gate, self.g_up = self.g[:, :fe], self.g[:, fe:]
-            self.act_rows = [self.g[j:j + 1, :fe] for j in range(sp.top_k)]
+            self.act_rows_n = [g_n[j:j + 1, :fe] for j in range(k)]
+            self.ey = torch.empty(k, d)  # the k experts' outputs
+            ey_n = self.ey.numpy()
+            self.ey_rows_n = [ey_n[j:j + 1] for j in range(k)]
+            self.gw = torch.empty(1, k)
+            self.gw_n = self.gw.numpy()
 
 
-def _rms_row(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """RMSNorm of one row [1, d] with the scale as a Python float (4 ops instead of ~8)."""
+def _rms_row(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """RMSNorm of one row [1, d] into ``out``, the scale as a Python float (3 ops, not ~8)."""
     ss = float(torch.linalg.vector_norm(x)) ** 2
-    return torch.mul(x, w).mul_(1.0 / math.sqrt(ss / x.shape[-1] + EPS))
+    return torch.mul(x, w, out=out).mul_(1.0 / math.sqrt(ss / x.shape[-1] + EPS))
 
 
 def _swiglu(g: torch.Tensor) -> torch.Tensor:
