@@ -51,6 +51,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "llamacpp_decode_ratio_moe": (">=", 1.0),
     "llamacpp_decode_ratio_dense": (">=", 1.0),
     "sampler_overhead": ("<=", 0.01),
+    "sampler_cpu_share_of_runtime_cores": ("<=", 0.01),
     "samples_peak_over_vmhwm": (">=", 0.95),
     "vmhwm_over_time_v": ("~", 1.0),
 }
@@ -251,7 +252,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
         # On the MoE (the faster model: more pairs in the time), in interleaved pairs.
         argv = configs["ref-moe"][0]
         log(f"sampler overhead: {cfg.sampler_pairs} interleaved pairs, 10 ms sampling vs none")
-        fracs, peaks, hwms = [], [], []
+        fracs, peaks, hwms, cpu = [], [], [], []
         for i in range(cfg.sampler_pairs):
             order = (10, 0) if i % 2 == 0 else (0, 10)  # alternate which goes first
             got = {ms: runner.run(argv, "reference", sample_ms=ms) for ms in order}
@@ -259,12 +260,19 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
             if on and off:
                 fracs.append(1.0 - on / off)
             o = got[10].outcome
+            if o.sampler_cpu_s is not None and o.wall_ms:
+                cpu.append(o.sampler_cpu_s / (o.wall_ms / 1000.0))
             if o.samples and o.peak_rss_kb:
                 peaks.append(max(s.rss_kb for s in o.samples) / o.peak_rss_kb)
             hwms += [g.outcome.peak_rss_kb for g in got.values() if g.outcome.peak_rss_kb]
             log(f"pair {i + 1}: decode {on or 0:.2f} tok/s sampled, {off or 0:.2f} unsampled")
         fig["sampler_overhead"] = _r(_med(fracs), 4)
         fig["sampler_overhead_pairs"] = [round(f, 4) for f in fracs]
+        # The sampler's own CPU time over the run's wall time: what it can take from the
+        # runtime at most (a fraction of one core, against all the cores the runtime uses),
+        # exact where the pairs above are bounded by the machine's run-to-run noise.
+        fig["sampler_cpu_share"] = _r(_med(cpu), 5)
+        fig["sampler_cpu_share_of_runtime_cores"] = _r(_div(fig["sampler_cpu_share"], cfg.n_threads), 5)
         fig["samples_peak_over_vmhwm"] = _r(_med(peaks), 4)
         time_v = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
         if time_v:
@@ -297,7 +305,8 @@ def table_rows(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for key in ("decode_efficiency_moe", "decode_efficiency_dense", "prefill_efficiency_moe",
                 "prefill_efficiency_dense", "moe_decode_speedup", "active_bytes_ratio",
                 "moe_decode_speedup_over_bytes_ratio", "llamacpp_decode_ratio_moe", "llamacpp_decode_ratio_dense",
-                "q4_moe_decode_speedup", "q4_prefill_speedup", "sampler_overhead", "samples_peak_over_vmhwm",
+                "q4_moe_decode_speedup", "q4_prefill_speedup", "sampler_overhead",
+                "sampler_cpu_share_of_runtime_cores", "samples_peak_over_vmhwm",
                 "vmhwm_over_time_v"):
         if key not in fig:
             continue

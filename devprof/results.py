@@ -64,6 +64,7 @@ class ProcessOutcome:
     memory_metric: str = "VmHWM"  # what peak_rss_kb means on this device
     status: str = "ok"  # ok | failed | timeout | interrupted | oom | lost
     note: str = ""
+    sampler_cpu_s: float | None = None  # CPU seconds the host-side sampler spent (local device)
 
 
 @dataclass

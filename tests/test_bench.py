@@ -29,7 +29,7 @@ def test_verdicts_say_by_how_much():
     assert rows["decode_efficiency_moe"] == ("decode_efficiency_moe", "0.400", ">= 0.8", "missed by 50%")
     assert rows["moe_decode_speedup"][2:] == ("", "")
     assert rows["vmhwm_over_time_v"][1:] == ("n/a", "~ 1", "not measured")
-    assert set(TARGETS) <= set(ISSUE_KEYS) | {"moe_decode_speedup_over_bytes_ratio"}
+    assert set(TARGETS) <= set(ISSUE_KEYS) | {"moe_decode_speedup_over_bytes_ratio", "sampler_cpu_share_of_runtime_cores"}
 
 
 def test_time_v_parser():
@@ -61,6 +61,8 @@ def test_bench_quick_prints_every_figure_then_one_json_line():
     if os.path.exists("/usr/bin/time"):
         assert 0.95 <= fig["vmhwm_over_time_v"] <= 1.05, (fig["vmhwm_runs_kb"], fig["time_v_runs_kb"])
     assert len(fig["sampler_overhead_pairs"]) == 2
+    # the sampler thread's own CPU: a few tens of microseconds per 10 ms sample
+    assert 0.0 < fig["sampler_cpu_share_of_runtime_cores"] < 0.05
 
 
 def test_bench_refuses_a_context_the_models_do_not_have():

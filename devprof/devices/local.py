@@ -83,6 +83,7 @@ class StatusSampler(threading.Thread):
         super().__init__(daemon=True, name=f"sampler-{pid}")
         self.pid, self.interval, self.t0 = pid, interval_ms / 1000.0, t0
         self.samples: list[MemorySample] = []
+        self.cpu_s = 0.0  # CPU time this thread spent sampling: the sampler's own cost
         self._stop_evt = threading.Event()
 
     def stop(self) -> None:
@@ -93,6 +94,7 @@ class StatusSampler(threading.Thread):
             fd = os.open(f"/proc/{self.pid}/status", os.O_RDONLY)
         except OSError:
             return
+        c0 = time.thread_time()
         try:
             nxt = time.monotonic()
             while not self._stop_evt.is_set():
@@ -115,6 +117,7 @@ class StatusSampler(threading.Thread):
                 self._stop_evt.wait(delay)
         finally:
             os.close(fd)
+            self.cpu_s = time.thread_time() - c0
 
 
 class LocalDevice(Device):
@@ -259,6 +262,7 @@ class LocalDevice(Device):
             exit_code=exit_code if status not in ("interrupted", "timeout") else None,
             stdout=stdout, stderr=stderr, start_wall_ms=start_wall, wall_ms=wall_ms,
             samples=samples, peak_rss_kb=peak, memory_metric="VmHWM", status=status, note=note,
+            sampler_cpu_s=sampler.cpu_s if sampler else None,
         )
 
     def close(self) -> None:
