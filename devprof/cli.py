@@ -378,7 +378,7 @@ def devices_cmd(as_json, adb_server, devices_file) -> None:
 @click.option("--context", default=None, type=click.IntRange(2), help="Prompt tokens [default: 1024 quick, 512 full].")
 @click.option("--new-tokens", default=None, type=click.IntRange(2), help="Generated tokens [default: 128 quick, 32 full].")
 @click.option("--reps", default=3, show_default=True, type=click.IntRange(1), help="Measured repetitions per configuration (medians).")
-@click.option("--sampler-pairs", default=5, show_default=True, type=click.IntRange(1), help="Interleaved sampled/unsampled pairs.")
+@click.option("--sampler-pairs", default=None, type=click.IntRange(1), help="Interleaved sampled/unsampled pairs [default: 5 quick, 9 full].")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="Runtime threads (0: all cores).")
 @click.option("--no-llamacpp", is_flag=True, help="Skip the llama.cpp comparisons.")
 def bench(quick, context, new_tokens, reps, sampler_pairs, threads, no_llamacpp) -> None:
@@ -387,7 +387,7 @@ def bench(quick, context, new_tokens, reps, sampler_pairs, threads, no_llamacpp)
 
     cfg = BenchConfig(quick=quick, context=context or (1024 if quick else 512),
                       new_tokens=new_tokens or (128 if quick else 32), reps=reps,
-                      sampler_pairs=sampler_pairs, threads=threads, llamacpp=not no_llamacpp)
+                      sampler_pairs=sampler_pairs or (5 if quick else 9), threads=threads, llamacpp=not no_llamacpp)
     started = time.monotonic()
     res = run_bench(cfg, log=lambda m: console.log(m))
     t = Table(title=f"devprof bench: {' vs '.join(res.figures['models'])}, {cfg.context} tokens, "
