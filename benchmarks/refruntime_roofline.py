@@ -7,8 +7,8 @@
 
 Measured in this process, next to each model, with the same thread count:
 
-- fp32 GEMV read bandwidth: ``F.linear(x[1, 8192], W[8192, 8192])`` (256 MB, far beyond the L3);
-- fp32 GEMM rate: ``F.linear(A[2048, 1024], B[4096, 1024])``.
+- the ceilings of ``devprof bench`` (:func:`devprof.bench.machine_ceilings`): fp32 GEMV read
+  bandwidth on a 256 MB matrix, the faster of torch's and numpy's BLAS; fp32 GEMM rate.
 
 Decode efficiency = (catalog ``weight_bytes_read_per_token("fp32")`` + KV bytes read per step) /
 time per step / GEMV bandwidth. Prefill efficiency = catalog ``prefill_flops(context)`` / time /
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -32,39 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devprof.catalog import get_model  # noqa: E402
 from devprof.refruntime.bundle import build_bundle, default_cache_dir  # noqa: E402
-from devprof.refruntime.engine import Engine, tune_malloc  # noqa: E402
-
-
-def gemv_bandwidth(reps: int = 12) -> float:
-    W = torch.randn(8192, 8192)
-    x = torch.randn(1, 8192)
-    ts = []
-    with torch.inference_mode():
-        F.linear(x, W)
-        for _ in range(reps):
-            t = time.perf_counter()
-            F.linear(x, W)
-            ts.append(time.perf_counter() - t)
-    return W.numel() * 4 / min(ts)
-
-
-def gemm_rate(reps: int = 6) -> float:
-    A, B = torch.randn(2048, 1024), torch.randn(4096, 1024)
-    ts = []
-    with torch.inference_mode():
-        F.linear(A, B)
-        for _ in range(reps):
-            t = time.perf_counter()
-            F.linear(A, B)
-            ts.append(time.perf_counter() - t)
-    return 2 * 2048 * 1024 * 4096 / min(ts)
+from devprof.bench import machine_ceilings  # noqa: E402
+from devprof.refruntime.engine import Engine, decode_threads, set_threads, tune_malloc  # noqa: E402
 
 
 def real_ids(context: int) -> np.ndarray:
@@ -99,16 +73,17 @@ def bench_model(name: str, contexts: list[int], steps: int, bw: float, rate: flo
             tp = min(tp, time.perf_counter() - t)
         tok = int(torch.argmax(logits))
         pos = C
-        for _ in range(4):  # warm
-            tok = int(torch.argmax(eng.decode(tok, pos, cache)))
-            pos += 1
         ts = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            logits = eng.decode(tok, pos, cache)
-            tok = int(torch.argmax(logits))
-            ts.append(time.perf_counter() - t)
-            pos += 1
+        with decode_threads():  # as Engine.generate decodes: torch on one thread, BLAS on all
+            for _ in range(4):  # warm
+                tok = int(torch.argmax(eng.decode(tok, pos, cache)))
+                pos += 1
+            for _ in range(steps):
+                t = time.perf_counter()
+                logits = eng.decode(tok, pos, cache)
+                tok = int(torch.argmax(logits))
+                ts.append(time.perf_counter() - t)
+                pos += 1
         td = float(np.percentile(ts, 25))  # robust to a shared machine's hiccups
         read = spec.weight_bytes_read_per_token("fp32") + spec.kv_cache_bytes(C + 4 + steps // 2)
         flops = spec.prefill_flops(C)
@@ -222,7 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     tune_malloc()  # as the runtime process does
     if args.threads > 0:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     models = [m for m in args.models.split(",") if m and m != "none" and (not args.quick or m.endswith("-mini"))]
     contexts = [int(c) for c in args.contexts.split(",")]
     out: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": []}
@@ -234,7 +209,7 @@ def main() -> None:
               "| prefill eff | decode ms/tok | decode tok/s | bytes/tok MB | decode GB/s | decode eff |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in models:
-        bw, rate = gemv_bandwidth(), gemm_rate()
+        bw, rate = machine_ceilings(torch.get_num_threads())
         for r in bench_model(m, contexts, args.steps, bw, rate):
             r.update(ref_gemv_gbs=bw / 1e9, ref_gemm_gflops=rate / 1e9)
             out["rows"].append(r)
