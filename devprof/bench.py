@@ -121,7 +121,6 @@ def machine_ceilings(threads: int, reps: int = 10) -> tuple[float, float]:
         Wn, xn = W.numpy(), x.numpy()[0]
         t = min(best(lambda: F.linear(x, W)), best(lambda: np.matmul(Wn, xn)))
         bw = W.numel() * 4 / t
-        del W, Wn
         A, B = torch.randn(2048, 1024), torch.randn(4096, 1024)
         rate = 2 * 2048 * 1024 * 4096 / best(lambda: F.linear(A, B))
     return bw, rate
