@@ -136,15 +136,9 @@ if prep == "read":  # warm through read(): the page cache gets large folios
         pass
 os.close(fd)
 from devprof.refruntime.engine import Engine
+from devprof.pagecache import mapped_rss_bytes
 def mapping_rss():
-    cur, tot = None, 0
-    for line in open("/proc/self/smaps"):
-        parts = line.split()
-        if "-" in parts[0] and not parts[0].endswith(":"):
-            cur = parts[5] if len(parts) >= 6 else None
-        elif parts[0] == "Rss:" and cur == w:
-            tot += int(parts[1]) * 1024
-    return tot
+    return mapped_rss_bytes(w)
 e = Engine(folder)
 if advice == "hugepage":
     e.advise(mmap.MADV_HUGEPAGE)

@@ -71,3 +71,16 @@ def state(path: str | Path) -> tuple[str, str]:
     if frac is None:
         return "unknown", "residency not measurable"
     return ("cold" if frac < 0.02 else "warm"), f"left as is; {frac:.1%} of the file resident (mincore)"
+
+
+def mapped_rss_bytes(path: str | Path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (the Rss lines of /proc/self/smaps)."""
+    path, cur, tot = str(path), None, 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                cur = parts[5] if len(parts) >= 6 else None
+            elif parts[0] == "Rss:" and cur == path:
+                tot += int(parts[1]) * 1024
+    return tot

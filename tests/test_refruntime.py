@@ -301,15 +301,9 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
+from devprof.pagecache import mapped_rss_bytes
 def mapping_rss():
-    cur, tot = None, 0
-    for line in open("/proc/self/smaps"):
-        parts = line.split()
-        if "-" in parts[0] and not parts[0].endswith(":"):
-            cur = parts[5] if len(parts) >= 6 else None
-        elif parts[0] == "Rss:" and cur == w:
-            tot += int(parts[1]) * 1024
-    return tot
+    return mapped_rss_bytes(w)
 fd = os.open(w, os.O_RDONLY)
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cold page cache
 os.close(fd)
