@@ -14,11 +14,12 @@
   groups the token-slots by expert (one stable argsort; one GEMM pair per active expert; a
   gather back to token order), never a loop over tokens;
 - decode is greedy with a preallocated KV cache: global layers keep every position, local
-  (sliding-window) layers a ring buffer of ``window`` positions. Its GEMVs go through numpy's
-  BLAS (OpenBLAS sgemv reads fp32 weights ~1.5x faster than torch's MKL GEMM-with-one-row on
-  these shapes), with torch on one thread meanwhile (:func:`decode_threads`); it is written
-  for few ops per layer (preallocated buffers, scalars as Python floats), since at one token
-  every op's dispatch cost adds to the time of reading the weights.
+  (sliding-window) layers a ring buffer of ``window`` positions. A decode step is numpy on
+  preallocated buffers: its GEMVs go through numpy's BLAS (OpenBLAS sgemv reads fp32 weights
+  ~1.5x faster than torch's MKL GEMM-with-one-row on these shapes), the element-wise ops are
+  numpy calls (~1 us each against 3-6 us for a torch op: at one token every op's dispatch cost
+  adds to the time of reading the weights), scalars Python floats; only SDPA and SiLU stay in
+  torch, on one thread meanwhile (:func:`decode_threads`).
 
 Routing traces: pass a ``uint8`` numpy array ``[n_layers, n_tokens, top_k]`` to
 :meth:`Engine.generate` (or prefill/decode) and the expert ids of every processed token are
@@ -65,13 +66,15 @@ class Layer:
                  "w13", "w2", "router", "router_bias", "shared", "experts_w13", "experts_w2",
                  # numpy views ([in, out]) for the decode path's GEMVs
                  "w2_t", "wqkv_n", "wo_n", "w13_n", "w2_n", "router_n",
-                 "shared_n", "experts_w13_n", "experts_w2_n", "bias_list")
+                 "shared_n", "experts_w13_n", "experts_w2_n", "bias_n",
+                 "attn_norm_n", "ffn_norm_n", "qk_norm_n")
 
     def __init__(self) -> None:
         self.shared: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.experts_w13: list[torch.Tensor] = []
         self.experts_w2: list[torch.Tensor] = []
         self.qk_norm: torch.Tensor | None = None
+        self.qk_norm_n: np.ndarray | None = None
         self.w13 = self.w2 = self.router = self.router_bias = None
 
 
@@ -96,6 +99,9 @@ class KVCache:
         # [1, n_kv, n, hd] views for attention
         self.k4 = [t.unsqueeze(0) for t in self.k]
         self.v4 = [t.unsqueeze(0) for t in self.v]
+        # numpy views of the same memory (decode writes its K and V rows through them)
+        self.k_n = [t.numpy() for t in self.k]
+        self.v_n = [t.numpy() for t in self.v]
 
     def nbytes(self) -> int:
         return sum(t.numel() * 4 for t in self.k + self.v)
@@ -213,6 +219,8 @@ class Engine:
         self.norm = self._t("norm")
         self.lm_head = self.tok_embeddings if s.tied_embeddings else self._t("output")
         self.lm_head_n = self.lm_head.t().numpy()
+        self.tok_embeddings_n = self.tok_embeddings.numpy()
+        self.norm_n = self.norm.numpy()
         blocks: dict[int, list[dict[str, int]]] = {}
         for b in self.layout.get("expert_blocks", []):
             blocks.setdefault(b["layer"], []).append(b)
@@ -228,14 +236,16 @@ class Engine:
             L.wo = self._t(p + "wo")
             L.wqkv_n, L.wo_n = L.wqkv.t().numpy(), L.wo.t().numpy()
             L.ffn_norm = self._t(p + "ffn_norm")
+            L.attn_norm_n, L.ffn_norm_n = L.attn_norm.numpy(), L.ffn_norm.numpy()
             if s.qk_norm:
                 q, k = self._t(p + "q_norm"), self._t(p + "k_norm")
                 # one [H + KV, hd] weight so q and k are normalised by one op (a small copy)
                 L.qk_norm = torch.cat([q.expand(s.n_heads, -1), k.expand(s.n_kv_heads, -1)])
+                L.qk_norm_n = L.qk_norm.numpy()
             if s.is_moe:
                 L.router = self._t(p + "router")
                 L.router_bias = self._t(p + "router_bias")
-                L.bias_list = L.router_bias.tolist()
+                L.bias_n = L.router_bias.numpy()
                 L.shared = [(self._t(p + f"shared.{j}.w13"), self._t(p + f"shared.{j}.w2"))
                             for j in range(s.n_shared)]
                 bl = sorted(blocks[i], key=lambda b: b["expert"])
@@ -276,6 +286,9 @@ class Engine:
         # x_rot = x * cos + roll(x, hd/2) * sin_signed  ==  x * cos + rotate_half(x) * sin
         self._cos = torch.cat([cos, cos], -1).float()[:, None, :]  # [n, 1, hd]
         self._sin = torch.cat([-sin, sin], -1).float()[:, None, :]
+        # decode's rows: cos [n, hd]; sin as [n, 2, hd/2], to multiply the half-swapped x
+        self._cos_n = self._cos.numpy()[:, 0]
+        self._sin_n = self._sin.numpy().reshape(n, 2, hd // 2)
         self._rope_cap = n
 
     def _rope(self, x: torch.Tensor, s: int, e: int) -> torch.Tensor:
@@ -330,11 +343,11 @@ class Engine:
             raise UsageError(f"position {pos} is beyond the KV cache ({cache.capacity})")
         ws = self._workspace()
         x = ws.x
-        x.copy_(self.tok_embeddings[token:token + 1])
-        rope = (self._cos[pos], self._sin[pos])
+        x[0] = self.tok_embeddings_n[token]
+        rope = (self._cos_n[pos], self._sin_n[pos])
         for L in self.layers:
-            x = self._layer_decode(L, x, pos, rope, cache, trace)
-        return torch.from_numpy(np.matmul(_rms_row(x, self.norm, ws.h).numpy(), self.lm_head_n))[0]
+            self._layer_decode(L, x, pos, rope, cache, trace)
+        return torch.from_numpy(np.matmul(_rms_row(x, self.norm_n, ws.h), self.lm_head_n))[0]
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Embedding rows [n, d] (a gather along the rows of a [d, vocab] table when tied)."""
@@ -528,120 +541,131 @@ class Engine:
             self._ws = _Workspace(self.spec)
         return self._ws
 
-    def _layer_decode(self, L: Layer, x: torch.Tensor, pos: int, rope: tuple[torch.Tensor, torch.Tensor],
-                      cache: KVCache, trace: np.ndarray | None) -> torch.Tensor:
-        # One token: the step is bound by reading the weights. Every GEMV goes through numpy's
-        # BLAS on [in, out] views of the mapping (OpenBLAS sgemv streams fp32 weights ~1.5x
-        # faster than torch's MKL path on these shapes: benchmarks/refruntime_roofline.py
-        # --gemv), writing into preallocated buffers; the few element-wise ops stay in torch on
-        # views of the same buffers, and scalars go through Python floats.
+    def _layer_decode(self, L: Layer, x: np.ndarray, pos: int, rope: tuple[np.ndarray, np.ndarray],
+                      cache: KVCache, trace: np.ndarray | None) -> None:
+        # One token: the step is bound by reading the weights, and every op's dispatch cost adds
+        # to it. So the step is numpy on preallocated buffers (a numpy call on a few hundred
+        # floats costs ~1 us, a torch op 3-6 us): every GEMV goes through numpy's BLAS on
+        # [in, out] views of the mapping (OpenBLAS sgemv streams fp32 weights ~1.5x faster than
+        # torch's MKL path on these shapes: benchmarks/refruntime_roofline.py --gemv), scalars
+        # through Python floats. Only attention (torch's SDPA kernel, faster than BLAS calls at
+        # three query rows per KV head) and SiLU (one torch op, four numpy ones) stay in torch,
+        # on views of the same buffers. x [1, d] is updated in place.
         sp = self.spec
-        ws = self._workspace()
-        _rms_row(x, L.attn_norm, ws.h)
-        np.matmul(ws.h_n, L.wqkv_n, out=ws.qkv_n)
-        qk = ws.qk
-        if L.qk_norm is not None:
-            qk = F.rms_norm(qk, (sp.head_dim,), None, EPS).mul_(L.qk_norm)
+        ws = self._ws
+        _rms_row(x, L.attn_norm_n, ws.h)
+        np.matmul(ws.h, L.wqkv_n, out=ws.qkv)
+        if L.qk_norm_n is not None:  # RMSNorm of every q and k head
+            np.multiply(ws.qk, ws.qk, out=ws.rot)
+            ss = ws.rot.sum(1, keepdims=True)
+            np.divide(ss, sp.head_dim, out=ss)
+            np.add(ss, EPS, out=ss)
+            np.sqrt(ss, out=ss)
+            np.divide(ws.qk, ss, out=ws.qk)
+            np.multiply(ws.qk, L.qk_norm_n, out=ws.qk)
         # RoPE (rotate-half): x * cos + [x2, x1] * [-sin, sin]
-        torch.mul(qk, rope[0], out=ws.rot)
-        ws.rot.addcmul_(qk.view(ws.half_shape).flip(1).view(ws.rot.shape), rope[1])
-        ring = cache.ring[L.index]
+        np.multiply(ws.qk, rope[0], out=ws.rot)
+        np.multiply(ws.qk_swapped, rope[1], out=ws.rot_tmp)
+        np.add(ws.rot, ws.rot_tmp_flat, out=ws.rot)
+        i = L.index
+        ring = cache.ring[i]
         if ring is None:
             slot, n = pos, pos + 1
         else:
             slot, n = pos % ring, min(pos + 1, ring)
-        cache.k[L.index][:, slot] = ws.k
-        cache.v[L.index][:, slot] = ws.v
+        cache.k_n[i][:, slot] = ws.k
+        cache.v_n[i][:, slot] = ws.v
         # GQA without expanding K/V: the G query heads sharing a KV head act as G queries
-        o = F.scaled_dot_product_attention(ws.q, cache.k4[L.index].narrow(2, 0, n),
-                                           cache.v4[L.index].narrow(2, 0, n))
-        np.matmul(o.numpy().reshape(ws.o_shape), L.wo_n, out=ws.y_n)
-        x.add_(ws.y)
-        _rms_row(x, L.ffn_norm, ws.h)
+        o = F.scaled_dot_product_attention(ws.q, cache.k4[i].narrow(2, 0, n), cache.v4[i].narrow(2, 0, n))
+        np.matmul(o.numpy().reshape(ws.o_shape), L.wo_n, out=ws.y)
+        np.add(x, ws.y, out=x)
+        _rms_row(x, L.ffn_norm_n, ws.h)
         if not sp.is_moe:
-            np.matmul(ws.h_n, L.w13_n, out=ws.ffn_n)
-            F.silu(ws.ffn_gate, inplace=True)
-            ws.ffn_gate.mul_(ws.ffn_up)
-            np.matmul(ws.ffn_gate_n, L.w2_n, out=ws.y_n)
-            return x.add_(ws.y)
+            self._ffn_decode(x, L.w13_n, L.w2_n)
+            return
         # route: top-k of logits + bias; gate weights from the unbiased logits, in Python
-        np.matmul(ws.h_n, L.router_n, out=ws.logits_n)
-        top = torch.topk(ws.logits + L.router_bias, sp.top_k)
-        ids = top.indices.tolist()[0]
-        bias = L.bias_list
-        raw = [v - bias[e] for v, e in zip(top.values.tolist()[0], ids)]
+        np.matmul(ws.h, L.router_n, out=ws.logits)
+        np.add(ws.logits[0], L.bias_n, out=ws.sel)
+        ids = ws.sel.argsort()[:-sp.top_k - 1:-1].tolist()
+        raw = ws.logits[0, ids].tolist()
         if sp.gate == "sigmoid":
             gw = [1.0 / (1.0 + math.exp(-v)) for v in raw]
             tot = sum(gw)
             gw = [v / tot for v in gw]
-        else:
-            lse = float(torch.logsumexp(ws.logits, -1))
+        else:  # softmax over all experts (log-sum-exp, max-shifted)
+            m = float(ws.logits.max())
+            lse = m + math.log(float(np.exp(ws.logits - m).sum()))
             gw = [math.exp(v - lse) for v in raw]
         if trace is not None:
-            trace[L.index, pos] = ids
+            trace[i, pos] = ids
         w13, w2 = L.experts_w13_n, L.experts_w2_n
         for j, ex in enumerate(ids):
-            np.matmul(ws.h_n, w13[ex], out=ws.g_rows_n[j])
+            np.matmul(ws.h, w13[ex], out=ws.g_rows[j])
         F.silu(ws.g_gate, inplace=True)
         ws.g_gate.mul_(ws.g_up)  # SwiGLU of all k experts, in ws.act_rows
         for j, ex in enumerate(ids):
-            np.matmul(ws.act_rows_n[j], w2[ex], out=ws.ey_rows_n[j])
-        ws.gw_n[0, :] = gw
-        x.addmm_(ws.gw, ws.ey)  # the gate-weighted sum of the k expert outputs
+            np.matmul(ws.act_rows[j], w2[ex], out=ws.ey_rows[j])
+        ws.gw[0] = gw
+        np.matmul(ws.gw, ws.ey, out=ws.y)  # the gate-weighted sum of the k expert outputs
+        np.add(x, ws.y, out=x)
         for a, b in L.shared_n:
-            np.matmul(ws.h_n, a, out=ws.ffn_n)
-            F.silu(ws.ffn_gate, inplace=True)
-            ws.ffn_gate.mul_(ws.ffn_up)
-            np.matmul(ws.ffn_gate_n, b, out=ws.y_n)
-            x.add_(ws.y)
-        return x
+            self._ffn_decode(x, a, b)
+
+    def _ffn_decode(self, x: np.ndarray, w13: np.ndarray, w2: np.ndarray) -> None:
+        """x += SwiGLU FFN of ws.h (the dense FFN, or a shared expert)."""
+        ws = self._ws
+        np.matmul(ws.h, w13, out=ws.ffn)
+        F.silu(ws.ffn_gate, inplace=True)
+        ws.ffn_gate.mul_(ws.ffn_up)
+        np.matmul(ws.ffn_gate_n, w2, out=ws.y)
+        np.add(x, ws.y, out=x)
 
 
 class _Workspace:
-    """Decode buffers shared by all layers (one layer runs at a time), their views, and numpy
-    views of the same memory (``*_n``) for the GEMVs."""
+    """Decode buffers shared by all layers (one layer runs at a time): numpy arrays and their
+    views, plus torch views of the same memory for the few torch ops (SDPA, SiLU)."""
 
     def __init__(self, sp: ModelSpec):
         H, KV, hd, d = sp.n_heads, sp.n_kv_heads, sp.head_dim, sp.hidden
+        f32 = np.float32
         nqk = (H + KV) * hd
-        self.x = torch.empty(1, d)  # the residual stream
-        self.h = torch.empty(1, d)  # its normalised copy, the GEMVs' input
-        self.y = torch.empty(1, d)  # a GEMV's output before it is added to x
-        self.h_n, self.y_n = self.h.numpy(), self.y.numpy()
-        self.qkv = torch.empty(1, nqk + KV * hd)
-        self.qkv_n = self.qkv.numpy()
-        self.qk = self.qkv[0, :nqk].view(H + KV, hd)
-        self.v = self.qkv[0, nqk:].view(KV, hd)
-        self.rot = torch.empty(H + KV, hd)
-        self.q = self.rot[:H].view(1, KV, H // KV, hd)
+        self.x = np.empty((1, d), f32)  # the residual stream
+        self.h = np.empty((1, d), f32)  # its normalised copy, the GEMVs' input
+        self.y = np.empty((1, d), f32)  # a GEMV's output before it is added to x
+        self.qkv = np.empty((1, nqk + KV * hd), f32)
+        self.qk = self.qkv[0, :nqk].reshape(H + KV, hd)
+        self.v = self.qkv[0, nqk:].reshape(KV, hd)
+        self.qk_swapped = self.qk.reshape(H + KV, 2, hd // 2)[:, ::-1]  # [x2, x1] per head
+        self.rot = np.empty((H + KV, hd), f32)
+        self.rot_tmp = np.empty((H + KV, 2, hd // 2), f32)
+        self.rot_tmp_flat = self.rot_tmp.reshape(H + KV, hd)
+        self.q = torch.from_numpy(self.rot)[:H].view(1, KV, H // KV, hd)
         self.k = self.rot[H:]
-        self.half_shape = (H + KV, 2, hd // 2)
         self.o_shape = (1, H * hd)
         f = sp.shared_ffn if sp.is_moe else sp.ffn  # dense FFN or shared expert: [gate | up]
-        self.ffn = torch.empty(1, 2 * f)
-        self.ffn_n = self.ffn.numpy()
-        self.ffn_gate, self.ffn_up = self.ffn[:, :f], self.ffn[:, f:]
-        self.ffn_gate_n = self.ffn_gate.numpy()
+        self.ffn = np.empty((1, 2 * f), f32)
+        ffn_t = torch.from_numpy(self.ffn)
+        self.ffn_gate, self.ffn_up = ffn_t[:, :f], ffn_t[:, f:]
+        self.ffn_gate_n = self.ffn[:, :f]
         if sp.is_moe:
             fe, k = sp.expert_ffn, sp.top_k
-            self.logits = torch.empty(1, sp.n_experts)
-            self.logits_n = self.logits.numpy()
-            self.g = torch.empty(k, 2 * fe)
-            g_n = self.g.numpy()
-            self.g_rows_n = [g_n[j:j + 1] for j in range(k)]
-            self.g_gate, self.g_up = self.g[:, :fe], self.g[:, fe:]
-            self.act_rows_n = [g_n[j:j + 1, :fe] for j in range(k)]
-            self.ey = torch.empty(k, d)  # the k experts' outputs
-            ey_n = self.ey.numpy()
-            self.ey_rows_n = [ey_n[j:j + 1] for j in range(k)]
-            self.gw = torch.empty(1, k)
-            self.gw_n = self.gw.numpy()
+            self.logits = np.empty((1, sp.n_experts), f32)
+            self.sel = np.empty(sp.n_experts, f32)
+            g = np.empty((k, 2 * fe), f32)
+            self.g_rows = [g[j:j + 1] for j in range(k)]
+            g_t = torch.from_numpy(g)
+            self.g_gate, self.g_up = g_t[:, :fe], g_t[:, fe:]
+            self.act_rows = [g[j:j + 1, :fe] for j in range(k)]
+            self.ey = np.empty((k, d), f32)  # the k experts' outputs
+            self.ey_rows = [self.ey[j:j + 1] for j in range(k)]
+            self.gw = np.empty((1, k), f32)
 
 
-def _rms_row(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """RMSNorm of one row [1, d] into ``out``, the scale as a Python float (3 ops, not ~8)."""
-    ss = float(torch.linalg.vector_norm(x)) ** 2
-    return torch.mul(x, w, out=out).mul_(1.0 / math.sqrt(ss / x.shape[-1] + EPS))
+def _rms_row(x: np.ndarray, w: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """RMSNorm of one row [1, d] into ``out``, the scale as a Python float (3 numpy calls)."""
+    ss = float(np.dot(x[0], x[0]))
+    np.multiply(x, w, out=out)
+    return np.multiply(out, 1.0 / math.sqrt(ss / x.shape[-1] + EPS), out=out)
 
 
 def _swiglu(g: torch.Tensor) -> torch.Tensor:
