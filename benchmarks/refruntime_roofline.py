@@ -8,7 +8,7 @@
 Measured in this process, next to each model, with the same thread count:
 
 - the ceilings of ``devprof bench`` (:func:`devprof.bench.machine_ceilings`): fp32 GEMV read
-  bandwidth on a 256 MB matrix, the faster of torch's and numpy's BLAS; fp32 GEMM rate.
+  bandwidth on a 256 MB matrix, the fastest of torch's and numpy's BLAS, either way round; fp32 GEMM rate.
 
 Decode efficiency = (catalog ``weight_bytes_read_per_token("fp32")`` + KV bytes read per step) /
 time per step / GEMV bandwidth. Prefill efficiency = catalog ``prefill_flops(context)`` / time /

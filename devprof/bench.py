@@ -4,8 +4,8 @@ Everything is a ratio measured in the same process run, because these machines a
 noisy and absolute times drift:
 
 - the machine's own ceilings, before and after the runs (the better counts): fp32 GEMV read
-  bandwidth (a 256 MB matrix, far beyond the caches; the faster of torch's and numpy's BLAS) and
-  fp32 GEMM rate, with the runtime's thread count;
+  bandwidth (a 256 MB matrix, far beyond the caches; the fastest of torch's and numpy's BLAS,
+  the matrix either way round) and fp32 GEMM rate, with the runtime's thread count;
 - the reference runtime (torch fp32) on the MoE and the dense model: decode efficiency =
   (weight bytes a decode step reads, from the catalog, + KV-cache bytes read) ÷ time per step ÷
   GEMV bandwidth; prefill efficiency = catalog prefill FLOPs ÷ prefill time ÷ GEMM rate;
