@@ -4,6 +4,7 @@
     python benchmarks/refruntime_roofline.py --quick              # minis only
     python benchmarks/refruntime_roofline.py --process            # + whole-process times (minis, 8192)
     python benchmarks/refruntime_roofline.py --residency          # + residency granularity table
+    python benchmarks/refruntime_roofline.py --gemv --models none # GEMV read rate per decode shape
 
 Measured in this process, next to each model, with the same thread count:
 
@@ -178,6 +179,44 @@ def residency_table() -> list[dict]:
     return rows
 
 
+def gemv_table(threads: int) -> list[dict]:
+    """GB/s of one fp32 GEMV per shape a MobileMoE-S / MobileLLM-Pro decode step runs, out of the
+    caches (a ring of copies > 200 MB), for each way to run it: numpy/OpenBLAS ``x @ W`` with W
+    [in, out] (what decode does), numpy ``W @ x`` with W [out, in], and torch's ``F.linear``
+    (MKL). Interleaved, best of 7 rounds."""
+    import torch.nn.functional as F
+
+    shapes = [("MoE-S expert w2", 384, 768), ("MoE-S expert w13 / wo", 768, 768),
+              ("MoE-S qkv", 768, 1280), ("MoE-S shared w2", 1536, 768), ("MoE-S shared w13", 768, 3072),
+              ("Pro qkv", 1280, 1792), ("Pro ffn w2", 6144, 1280), ("Pro ffn w13", 1280, 12288),
+              ("256 MB (bench ceiling)", 8192, 8192)]
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, k, n in shapes:
+        copies = max(2, (200 << 20) // (k * n * 4))
+        w_in_out = [rng.standard_normal((k, n), dtype=np.float32) for _ in range(copies)]
+        w_out_in = [np.ascontiguousarray(w.T) for w in w_in_out]
+        w_t = [torch.from_numpy(w) for w in w_out_in]
+        x = rng.standard_normal((1, k), dtype=np.float32)
+        xt = torch.from_numpy(x)
+        out = np.empty((1, n), np.float32)
+        ways = {"numpy x@W": lambda i: np.matmul(x, w_in_out[i % copies], out=out),
+                "numpy W@x": lambda i: np.matmul(w_out_in[i % copies], x[0], out=out[0]),
+                "torch": lambda i: F.linear(xt, w_t[i % copies])}
+        reps = max(4, min(200, (400 << 20) // (k * n * 4)))
+        best = dict.fromkeys(ways, float("inf"))
+        with torch.inference_mode():
+            for _ in range(7):
+                for name, fn in ways.items():
+                    t = time.perf_counter()
+                    for i in range(reps):
+                        fn(i)
+                    best[name] = min(best[name], (time.perf_counter() - t) / reps)
+        rows.append({"shape": label, "in": k, "out": n, "mb": k * n * 4 / 1e6,
+                     **{name: k * n * 4 / t / 1e9 for name, t in best.items()}})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="mobilemoe-s-mini,mobilellm-pro-mini,mobilemoe-s,mobilellm-pro")
@@ -187,6 +226,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="minis only")
     ap.add_argument("--process", action="store_true", help="whole-process wall times (minis, 8192 + 128)")
     ap.add_argument("--residency", action="store_true", help="residency granularity vs alignment")
+    ap.add_argument("--gemv", action="store_true", help="GEMV read rate per decode shape and kernel")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
     tune_malloc()  # as the runtime process does
@@ -229,6 +269,14 @@ def main() -> None:
             out.setdefault("residency", []).append(r)
             print(f"| {r['align_kib']} KiB | {r['cache']} | {r['touched_mib']:.2f} "
                   f"| {r['mapped_mib']:.2f} | {r['mapped_mib'] / r['touched_mib']:.2f} |", flush=True)
+    if args.gemv:
+        print()
+        print("| GEMV (fp32, out of cache) | in x out | MB | numpy x@W GB/s | numpy W@x GB/s | torch GB/s |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in gemv_table(args.threads):
+            out.setdefault("gemv", []).append(r)
+            print(f"| {r['shape']} | {r['in']} x {r['out']} | {r['mb']:.1f} | {r['numpy x@W']:.1f} "
+                  f"| {r['numpy W@x']:.1f} | {r['torch']:.1f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
