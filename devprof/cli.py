@@ -100,6 +100,9 @@ def cli() -> None:
               help="Tokenizer file pushed with --model-bundle (and --baseline-bundle unless --baseline-tokenizer).")
 @click.option("--baseline-tokenizer", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--binary", "binary_name", default=None, help="A registered binary by name (`devprof bins list`).")
+@click.option("--runtime-arg", "runtime_args", multiple=True, metavar="ARG",
+              help="One more argument for the runtime's command line, e.g. --runtime-arg=--no-repack (llama.cpp "
+                   "without its CPU repack copy of the weights); repeat for several. Stored with the run.")
 @click.option("--cooldown-c", type=float, default=None, help="Before each repetition, wait until the hottest thermal zone is below this (C).")
 @click.option("--cooldown-timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="Longest cool-down wait (s).")
 @adb_server_option
@@ -107,7 +110,8 @@ def cli() -> None:
 @db_option
 def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sample_ms, runtime, weights, cache,
         threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
-        baseline_tokenizer, binary_name, cooldown_c, cooldown_timeout, adb_server, devices_file, db_path) -> None:
+        baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, adb_server, devices_file,
+        db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
     from devprof.catalog import get_model
@@ -130,6 +134,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
         weights=weights or ("q4_0" if runtime == "llamacpp" else "fp32"),
         seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
         cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
+        runtime_args=list(runtime_args),
     )
     get_adapter(runtime)
     plan.validate()

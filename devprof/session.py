@@ -49,6 +49,7 @@ class Plan:
     binary_name: str | None = None  # a registered binary by name (else chosen by runtime/platform/ABI)
     #: model name -> (model file, tokenizer file or None): user bundles (.pte, .gguf) for prebuilt runtimes
     model_files: dict[str, tuple[Path, Path | None]] = field(default_factory=dict)
+    runtime_args: list[str] = field(default_factory=list)  # appended to every runtime command line
     settings: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -122,6 +123,7 @@ class Session:
             new_tokens=plan.new_tokens, reps=plan.reps, warmup=plan.warmup, sample_ms=plan.sample_ms,
             settings={**plan.settings, "weights": plan.weights, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
                       "cpu_mask": plan.cpu_mask, "timeout_s": plan.timeout_s,
+                      **({"runtime_args": list(plan.runtime_args)} if plan.runtime_args else {}),
                       "prompt_sources": wl.source_report()},
         )
         run_id = self.store.create_run(meta)
@@ -263,7 +265,8 @@ class Session:
         inv = rt.Invocation(
             binary=s.binary, model_path=s.model_path, tokenizer_path=s.tokenizer_path,
             prompt_file=ppaths["prompt.txt"], max_new_tokens=plan.new_tokens, threads=plan.threads,
-            extra={"prompt_ids_file": ppaths["prompt.ids"], "routing_trace": trace_dev},
+            extra={"prompt_ids_file": ppaths["prompt.ids"], "routing_trace": trace_dev,
+                   "extra_args": list(plan.runtime_args)},
         )
         argv = self._argv(s, inv)
         if plan.cooldown_c is not None:
@@ -314,7 +317,8 @@ class Session:
                   "prompt_file": inv.prompt_file, "prompt_ids_file": inv.extra.get("prompt_ids_file", ""),
                   "max_new_tokens": inv.max_new_tokens, "threads": inv.threads,
                   "routing_trace": inv.extra.get("routing_trace", "")}
-        return Binary("", "", "", "", "", "", command=s.command).argv(values)
+        # --runtime-arg values go after the template's own arguments, as the adapters append them
+        return Binary("", "", "", "", "", "", command=s.command).argv(values) + list(inv.extra.get("extra_args") or [])
 
     def _cool_down(self, limit_c: float, timeout_s: float) -> None:
         import time

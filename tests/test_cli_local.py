@@ -178,6 +178,32 @@ def test_llamacpp_runtime_q4_end_to_end(tmp_path):
     assert rows["mobilemoe-s-mini"]["decode_tok_s"] > 0 and rows["mobilellm-pro-mini"]["prefill_tok_s"] > 0
 
 
+def test_runtime_arg_reaches_llamacpp(tmp_path):
+    """--runtime-arg=--no-repack: llama.cpp keeps no CPU repack copy of the Q4_0 weights, so the
+    process's anonymous memory drops by about the GGUF's size; the argument is stored with the run."""
+    from devprof.catalog import get_model
+    from devprof.gguf_export import build_gguf
+
+    db = tmp_path / "s.db"
+    anon = {}
+    for extra in ([], ["--runtime-arg=--no-repack"]):
+        res = invoke("run", "--runtime", "llamacpp", "--weights", "q4_0", *SMALL, "--reps", "1", "--workload", "real",
+                     "--baseline", "none", "--db", str(db), *extra)
+        assert res.exit_code == 0, res.output
+        doc = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+        assert doc["run"]["settings"].get("runtime_args") == (["--no-repack"] if extra else None)
+        anon[bool(extra)] = doc["results"][0]["peak_rss_anon_mb"]
+    gguf_mb = build_gguf(get_model("mobilemoe-s-mini"), seed=0, weights="q4_0").stat().st_size / 1e6
+    assert anon[False] - anon[True] > 0.5 * gguf_mb, (anon, gguf_mb)
+
+
+def test_runtime_arg_the_runtime_refuses_is_one_line(tmp_path):
+    res = invoke("run", *SMALL, "--reps", "1", "--workload", "real", "--baseline", "none",
+                 "--db", str(tmp_path / "s.db"), "--runtime-arg=--bogus")
+    assert res.exit_code != 0
+    assert "unrecognized arguments: --bogus" in res.output and "Traceback" not in res.output
+
+
 def _ok(db: Path) -> int:
     if not db.exists():
         return 0

@@ -137,7 +137,7 @@ def _setting_warnings(a: RunRecord, b: RunRecord) -> list[str]:
     if ma.new_tokens != mb.new_tokens:
         out.append(f"different generation lengths: A {ma.new_tokens} new tokens, B {mb.new_tokens}")
     sa, sb = ma.settings or {}, mb.settings or {}
-    for key in ("cache", "threads", "cpu_mask", "seed", "binary", "weights"):
+    for key in ("cache", "threads", "cpu_mask", "seed", "binary", "weights", "runtime_args"):
         if key in sa or key in sb:
             if sa.get(key) != sb.get(key):
                 out.append(f"setting {key} differs: A {sa.get(key)!r}, B {sb.get(key)!r}")
