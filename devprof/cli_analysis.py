@@ -23,20 +23,6 @@ from pathlib import Path
 
 import click
 
-from devprof.errors import DevprofError
-
-
-def _write_text(path: Path, text: str, what: str) -> Path:
-    from devprof.export import _atomic_write
-
-    path = Path(path)
-    if path.is_dir():
-        raise DevprofError(f"cannot write the {what} to {path}: it is a folder (give a file name)")
-    try:
-        _atomic_write(path, text)
-    except OSError as e:
-        raise DevprofError(f"cannot write the {what} to {path}: {e.strerror or e}") from None
-    return path
 
 
 def _echo_json(doc: dict) -> None:
@@ -61,9 +47,10 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
     record = store.load_run(run_ref)
     report = analyse_compare(record)
     if html_path is not None:
+        from devprof.export import write_text
         from devprof.report.html import CompareHTMLRenderer
 
-        _write_text(html_path, CompareHTMLRenderer().render(report), "HTML page")
+        write_text(html_path, CompareHTMLRenderer().render(report), "HTML page")
     if as_json:
         _echo_json(to_dict(report))
     else:

@@ -42,6 +42,7 @@ import numpy as np
 from devprof import stats
 from devprof.errors import DevprofError, UsageError
 from devprof.report.base import phase_spans, phase_spans_from_durations, rep_label, when
+from devprof.report.jsonout import finite_json
 from devprof.results import Repetition
 from devprof.store import RunRecord
 
@@ -139,17 +140,7 @@ def to_json(record: RunRecord) -> str:
         reps.append(d)
     doc = {"format": FORMAT, "run": run_dict(a), "repetitions": reps, "summary": [result_dict(r) for r in a.rows],
            "ratios": [ratio_dict(r) for r in a.ratios]}
-    return json.dumps(_clean(doc), indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
+    return json.dumps(finite_json(doc), indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
 
 
 def _md(text: Any) -> str:
@@ -429,6 +420,18 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def write_text(path: Path, text: str, what: str) -> Path:
+    """Write a user-named file atomically; a folder or an OS error is one clear DevprofError."""
+    path = Path(path)
+    if path.is_dir():
+        raise DevprofError(f"cannot write the {what} to {path}: it is a folder (give a file name)")
+    try:
+        _atomic_write(path, text)
+    except OSError as e:
+        raise DevprofError(f"cannot write to {path} (the {what}): {e.strerror or e}") from None
+    return path
+
+
 def render(record: RunRecord, fmt: str) -> str:
     """csv, json or md as text."""
     if fmt == "csv":
@@ -463,15 +466,7 @@ def write_perfetto(record: RunRecord, folder: Path) -> list[Path]:
 def write(record: RunRecord, fmt: str, out: Path) -> list[Path]:
     if fmt == "perfetto":
         return write_perfetto(record, out)
-    text = render(record, fmt)
-    out = Path(out)
-    if out.is_dir():
-        raise DevprofError(f"cannot write the {fmt} export to {out}: it is a folder (give a file name)")
-    try:
-        _atomic_write(out, text)
-    except OSError as e:
-        raise DevprofError(f"cannot write to {out}: {e.strerror or e}") from None
-    return [out]
+    return [write_text(out, render(record, fmt), f"{fmt} export")]
 
 
 __all__ = ["FORMATS", "columns", "perfetto_trace", "perfetto_traces", "render", "repetition_rows", "summary_rows",

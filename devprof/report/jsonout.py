@@ -82,18 +82,18 @@ class JSONRenderer(Renderer):
         }
 
     def render(self, record: RunRecord | Analysis) -> str:
-        return json.dumps(_clean(self.data(record)), indent=self.indent, ensure_ascii=False, allow_nan=False,
+        return json.dumps(finite_json(self.data(record)), indent=self.indent, ensure_ascii=False, allow_nan=False,
                           default=str)
 
 
-def _clean(obj: Any) -> Any:
+def finite_json(obj: Any) -> Any:
     """Non-finite floats (from settings or extras) become null: JSON has no NaN."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
 
 
