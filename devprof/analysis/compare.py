@@ -82,6 +82,16 @@ class Delta:
     def n(self) -> int:
         return min(self.templated.n if self.templated else 0, self.real.n if self.real else 0)
 
+    def pct_text(self) -> str:
+        return "—" if self.pct is None else f"{self.pct:.1f}%"
+
+    def ci_text(self) -> str:
+        """The CI of the percentage as text, or "n < 2" when there is none to give."""
+        if self.degenerate:
+            return "n < 2"
+        lo, hi = self.pct_ci
+        return f"{lo:.1f}–{hi:.1f}%"
+
 
 @dataclass
 class Pair:

@@ -108,12 +108,7 @@ def _memory_tables(rep: CompareReport, mc: ModelCompare) -> list[RenderableType]
                 continue
             nd = 0 if name == "distinct_experts" else 1
             show = name != "distinct_experts" and not one_state
-            pct = "—" if d.pct is None else f"{d.pct:.1f}%"
-            if d.degenerate:
-                ci = "n < 2"
-            else:
-                lo, hi = d.pct_ci
-                ci = f"{lo:.1f}–{hi:.1f}%"
+            pct, ci = d.pct_text(), d.ci_text()
             clear = Text("yes", style="green") if d.clear else Text("no", style="dim")
             t.add_row(Text(_LABEL[name].format(metric=metric)),
                       _metric_text(d.templated, nd, p.cache_templated if show else None),

@@ -658,12 +658,7 @@ excludes 1.0 (the findings above say it in words).</caption>
                 nd = 0 if name == "distinct_experts" else 1
                 cache_t = "" if name == "distinct_experts" else f' <span class="cache">cache {h("/".join(p.cache_templated) or "?")}</span>'
                 cache_r = "" if name == "distinct_experts" else f' <span class="cache">cache {h("/".join(p.cache_real) or "?")}</span>'
-                pct = "—" if d.pct is None else f"{d.pct:.1f}%"
-                if d.degenerate:
-                    ci = "n &lt; 2"
-                else:
-                    lo, hi = d.pct_ci
-                    ci = f"{lo:.1f}–{hi:.1f}%"
+                pct, ci = d.pct_text(), h(d.ci_text())
                 clear = '<span class="ok">yes</span>' if d.clear else '<span class="na">no</span>'
                 rows.append(f"<tr><td>{h(p.real)}</td><td>{h(labels[name])}</td><td>{d.n}</td>"
                             f"<td>{self._metric_cell(d.templated, nd)}{cache_t}</td>"
