@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from devprof import stats
 from devprof.catalog import ModelSpec, get_model
 from devprof.devices.base import RunRequest
 from devprof.devices.local import LocalDevice
@@ -269,6 +270,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
             log(f"pair {i + 1}: decode {on or 0:.2f} tok/s sampled, {off or 0:.2f} unsampled")
         fig["sampler_overhead"] = _r(_med(fracs), 4)
         fig["sampler_overhead_pairs"] = [round(f, 4) for f in fracs]
+        if len(fracs) >= 2:  # how well the pairs pin the median down on this machine
+            ci = stats.bootstrap_ci(fracs)
+            fig["sampler_overhead_ci"] = [round(ci.low, 4), round(ci.high, 4)]
         # The sampler's own CPU time over the run's wall time: what it can take from the
         # runtime at most (a fraction of one core, against all the cores the runtime uses),
         # exact where the pairs above are bounded by the machine's run-to-run noise.
@@ -313,8 +317,11 @@ def table_rows(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             continue
         v = fig[key]
         op, goal = TARGETS.get(key, ("", None))
-        rows.append((key, "n/a" if v is None else f"{v:.3f}", f"{op} {goal:g}" if goal is not None else "",
-                     verdict(v, op, goal)))
+        said = verdict(v, op, goal)
+        ci = fig.get(f"{key}_ci")
+        if ci and goal is not None and ci[0] <= goal <= ci[1]:
+            said += f"; 95% CI {ci[0]:.3f}…{ci[1]:.3f} spans the target"
+        rows.append((key, "n/a" if v is None else f"{v:.3f}", f"{op} {goal:g}" if goal is not None else "", said))
     return rows
 
 

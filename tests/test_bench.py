@@ -32,6 +32,15 @@ def test_verdicts_say_by_how_much():
     assert set(TARGETS) <= set(ISSUE_KEYS) | {"moe_decode_speedup_over_bytes_ratio", "sampler_cpu_share_of_runtime_cores"}
 
 
+def test_a_figure_whose_ci_spans_its_target_says_so():
+    rows = {r[0]: r for r in table_rows({"sampler_overhead": 0.035, "sampler_overhead_ci": [-0.08, 0.15],
+                                         "samples_peak_over_vmhwm": 1.0})}
+    assert rows["sampler_overhead"][3] == "missed: 0.035 > 0.01; 95% CI -0.080…0.150 spans the target"
+    assert rows["samples_peak_over_vmhwm"][3] == "met"
+    tight = table_rows({"sampler_overhead": 0.035, "sampler_overhead_ci": [0.02, 0.05]})
+    assert tight[0][3] == "missed: 0.035 > 0.01"
+
+
 def test_time_v_parser():
     err = "\tCommand being timed: \"x\"\n\tMaximum resident set size (kbytes): 438252\n\tExit status: 0\n"
     assert _time_v_maxrss(err) == 438252
