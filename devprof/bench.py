@@ -38,7 +38,7 @@ from devprof import stats
 from devprof.catalog import ModelSpec, get_model
 from devprof.devices.base import RunRequest
 from devprof.devices.local import LocalDevice
-from devprof.errors import DevprofError, RuntimeFailed
+from devprof.errors import DevprofError, RuntimeFailed, UsageError
 from devprof.results import ProcessOutcome, RunResult
 
 PAIRS = {"quick": ("mobilemoe-s-mini", "mobilellm-pro-mini"), "full": ("mobilemoe-s", "mobilellm-pro")}
@@ -186,7 +186,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
     moe, dense = cfg.pair
     for spec in (moe, dense):
         if cfg.context > spec.max_context:
-            raise DevprofError(f"--context {cfg.context} is larger than {spec.display} allows")
+            raise UsageError(f"--context {cfg.context} is larger than {spec.display} allows")
     work = Path(tempfile.mkdtemp(prefix="devprof-bench-"))
     try:
         runner = Runner(cfg, work)

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from devprof import REPO_ROOT, __version__
-from devprof.errors import DevprofError, UsageError
+from devprof.errors import DevprofError, UsageError, path_error
 
-console = Console(stderr=True, soft_wrap=True)
+# log_path=False: the user's log says what happened, not which line of devprof said it (cli.py:238)
+console = Console(stderr=True, soft_wrap=True, log_path=False)
 # Piped output (a file, CI logs) gets room for the tables instead of rich's 80-column default.
 out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 150)
 
@@ -48,6 +51,16 @@ def _open_store(db_path: Path | None, must_exist: bool = False):
     if must_exist and not Path(path).exists():
         raise UsageError(f"no results store at {path}: run `devprof run` first (or pass --db)")
     return Store(path)
+
+
+def _load_shown(store, ref: str):
+    """A run to show or report: one with nothing measured is an error (exit 2), never an empty page."""
+    record = store.load_run(ref)
+    if not record.measured():
+        m = record.meta
+        why = " ".join(f"{m.status}: {m.note}".split()) if m.note else m.status
+        raise UsageError(f"run {m.run_id} has no measured repetition ({why}): nothing to show")
+    return record
 
 
 def _int_list(value: str, name: str) -> list[int]:
@@ -138,6 +151,11 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
     )
     get_adapter(runtime)
     plan.validate()
+    if binary_name:  # an unknown name is bad input: say so before a run is stored
+        from devprof import bins
+
+        if binary_name not in {b.name for b in bins.load()}:
+            raise UsageError(f"no registered binary named {binary_name!r}; `devprof bins list` shows them")
     store = _open_store(db_path)
     targets = devices.resolve(device, adb_server=adb_server, devices_file=devices_file)
     started = time.monotonic()
@@ -160,7 +178,8 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
 
         for r in records:
             TerminalRenderer(console=out).print(r)
-        out.print(f"{len(records)} run(s) finished in {elapsed:.0f} s: " + ", ".join(m.run_id for m in metas))
+        out.print(f"{len(records)} run(s) finished in {elapsed:.0f} s: " + ", ".join(m.run_id for m in metas),
+                  markup=False, highlight=False)
     for p in paths:
         click.echo(f"report: {p}", err=True)
 
@@ -190,7 +209,7 @@ def _run_parallel(targets, store, plan, quiet: bool):
     if errors and not metas:
         raise DevprofError("; ".join(errors))
     for e in errors:
-        console.print(f"[red]error:[/] {e}", highlight=False)
+        console.print(f"[red]error:[/] {escape(e)}", highlight=False)
     return metas
 
 
@@ -202,7 +221,7 @@ class _LineObserver:
 
     def stage(self, message: str) -> None:
         if self.enabled:
-            self.console.log(f"[{self.serial}] {message}")
+            self.console.log(Text(f"[{self.serial}] {message}"))
 
     def total(self, n: int) -> None:
         self.n = n
@@ -211,7 +230,7 @@ class _LineObserver:
         if self.enabled and not rep.warmup:
             r = rep.result
             dec = f" decode {r.decode_tok_s:.1f} tok/s" if r is not None and r.decode_tok_s else ""
-            self.console.log(f"[{self.serial}] {rep.model} {rep.workload} {rep.context} rep {rep.index + 1}:{dec}")
+            self.console.log(Text(f"[{self.serial}] {rep.model} {rep.workload} {rep.context} rep {rep.index + 1}:{dec}"))
 
 
 class _RichObserver:
@@ -219,7 +238,7 @@ class _RichObserver:
 
     def __init__(self, console: Console, enabled: bool = True) -> None:
         self.console, self.enabled = console, enabled
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                                  disable=not enabled, transient=False)
         self.task = None
@@ -235,7 +254,7 @@ class _RichObserver:
 
     def stage(self, message: str) -> None:
         if self.enabled:
-            self.progress.console.log(message)
+            self.progress.console.log(Text(message))
 
     def total(self, n: int) -> None:
         self.progress.update(self.task, total=n)
@@ -258,7 +277,7 @@ def _write_report(record, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(HtmlRenderer().render(record), encoding="utf-8")
     except OSError as e:
-        raise DevprofError(f"cannot write the report to {path}: {e.strerror}") from None
+        raise path_error(f"cannot write the report to {path}: {e.strerror}", e) from None
     return path
 
 
@@ -270,7 +289,7 @@ def _write_report(record, path: Path) -> Path:
 def show(run_ref, as_json, db_path) -> None:
     """Show the figures of a run (RUN id, a unique prefix, latest, latest~1)."""
     store = _open_store(db_path, must_exist=True)
-    record = store.load_run(run_ref)
+    record = _load_shown(store, run_ref)
     if as_json:
         from devprof.report import JsonRenderer
 
@@ -290,7 +309,7 @@ def show(run_ref, as_json, db_path) -> None:
 def report(run_ref, out_path, open_it, db_path) -> None:
     """Write the self-contained HTML report of a run."""
     store = _open_store(db_path, must_exist=True)
-    record = store.load_run(run_ref)
+    record = _load_shown(store, run_ref)
     path = _write_report(record, out_path or store.path.parent / f"{record.meta.run_id}.html")
     click.echo(str(path))
     if open_it:
@@ -313,13 +332,14 @@ def list_runs(limit, as_json, db_path) -> None:
             "device_kind": m.device.kind, "runtime": m.runtime, "models": m.models,
             "workloads": m.workloads, "contexts": m.contexts, "reps": m.reps} for m in runs]))
         return
-    t = Table(title=f"runs in {store.path}")
+    t = Table(title=escape(f"runs in {store.path}"))
     for col in ("run", "created", "status", "device", "runtime", "models", "workloads", "context", "reps"):
         t.add_column(col)
     for m in runs:
         style = {"complete": "green", "interrupted": "yellow", "running": "cyan"}.get(m.status, "red")
-        t.add_row(m.run_id, m.created, f"[{style}]{m.status}[/]", m.device.name, m.runtime,
-                  " vs ".join(m.models), ",".join(m.workloads), ",".join(map(str, m.contexts)), str(m.reps))
+        t.add_row(Text(m.run_id), Text(m.created), Text(m.status, style=style), Text(m.device.name or ""),
+                  Text(m.runtime), Text(" vs ".join(m.models)), Text(",".join(m.workloads)),
+                  Text(",".join(map(str, m.contexts))), Text(str(m.reps)))
     out.print(t)
 
 
@@ -372,9 +392,9 @@ def devices_cmd(as_json, adb_server, devices_file) -> None:
         ram = d.extra.get("mem_total_mb")
         alias = "local" if d.kind == "local" else ", ".join(d.extra.get("aliases") or [])
         name = d.name if d.kind == "android" else f"{d.name} ({d.model})" if d.model else d.name
-        t.add_row(d.serial, alias, name, d.os_version,
-                  str(d.extra.get("abi") or d.extra.get("machine", "")),
-                  f"{ram / 1024:.1f} GiB" if ram else "", str(d.extra.get("state", "ready")))
+        t.add_row(Text(d.serial), Text(alias), Text(name or ""), Text(d.os_version or ""),
+                  Text(str(d.extra.get("abi") or d.extra.get("machine", ""))),
+                  f"{ram / 1024:.1f} GiB" if ram else "", Text(str(d.extra.get("state", "ready"))))
     out.print(t)
 
 
@@ -394,7 +414,7 @@ def bench(quick, context, new_tokens, reps, sampler_pairs, threads, no_llamacpp)
                       new_tokens=new_tokens or (128 if quick else 32), reps=reps,
                       sampler_pairs=sampler_pairs or (5 if quick else 9), threads=threads, llamacpp=not no_llamacpp)
     started = time.monotonic()
-    res = run_bench(cfg, log=lambda m: console.log(m))
+    res = run_bench(cfg, log=lambda m: console.log(Text(str(m))))
     t = Table(title=f"devprof bench: {' vs '.join(res.figures['models'])}, {cfg.context} tokens, "
                     f"{res.figures['threads']} threads; GEMV {res.figures['gemv_read_gb_s']} GB/s, "
                     f"GEMM {res.figures['gemm_gflop_s']} GFLOP/s")
@@ -402,10 +422,10 @@ def bench(quick, context, new_tokens, reps, sampler_pairs, threads, no_llamacpp)
         t.add_column(col)
     for row in res.rows:
         style = "green" if row[3] == "met" else "yellow" if row[3] else ""
-        t.add_row(*row[:3], f"[{style}]{row[3]}[/]" if style else row[3])
+        t.add_row(*(Text(str(c)) for c in row[:3]), Text(str(row[3]), style=style))
     out.print(t)
     for n in res.notes:
-        out.print(f"note: {n}")
+        out.print(Text(f"note: {n}"))
     out.print(f"took {time.monotonic() - started:.0f} s (load average at the end {res.figures['load_average_end']})")
     click.echo(to_json(res))
 
@@ -428,8 +448,9 @@ def bins_add(path, runtime, platform, abi, name, command, notes) -> None:
     from devprof import bins as b
 
     entry = b.add(path, runtime, platform, abi, name=name, command=command, notes=notes)
-    out.print(f"registered [bold]{entry.name}[/] ({entry.runtime}, {entry.platform}/{entry.abi}, sha256 {entry.sha256[:12]}) "
-              f"in {b.manifest_path()}")
+    out.print(Text.assemble("registered ", (entry.name, "bold"),
+                            f" ({entry.runtime}, {entry.platform}/{entry.abi}, sha256 {entry.sha256[:12]}) "
+                            f"in {b.manifest_path()}"))
 
 
 @bins.command(name="list")
@@ -444,16 +465,17 @@ def bins_list(as_json) -> None:
     if as_json:
         out.print_json(json.dumps([asdict(e) for e in entries]))
         return
-    t = Table(title=str(b.manifest_path()))
+    t = Table(title=escape(str(b.manifest_path())))
     for col in ("name", "runtime", "platform", "abi", "path", "sha256", "ok"):
         t.add_column(col)
     for e in entries:
         try:
             e.verify()
-            ok = "[green]yes[/]"
+            ok = Text("yes", style="green")
         except DevprofError as err:
-            ok = f"[red]{err.message}[/]"
-        t.add_row(e.name, e.runtime, e.platform, e.abi, e.path, e.sha256[:12], ok)
+            ok = Text(err.message, style="red")
+        t.add_row(Text(e.name), Text(e.runtime), Text(e.platform), Text(e.abi), Text(str(e.path)), Text(e.sha256[:12]),
+                  ok)
     out.print(t)
 
 
@@ -470,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except click.ClickException as e:
-        console.print(f"[red]error:[/] {e.format_message()}", highlight=False)
+        console.print(f"[red]error:[/] {escape(e.format_message())}", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
@@ -480,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # a bug: say so in one line; the traceback only on request
         if os.environ.get("DEVPROF_DEBUG"):
             raise
-        console.print(f"[red]internal error:[/] {type(e).__name__}: {e} (set DEVPROF_DEBUG=1 for the traceback)",
+        console.print(f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))} (set DEVPROF_DEBUG=1 for the traceback)",
                       highlight=False)
         sys.exit(1)
 

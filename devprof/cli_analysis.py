@@ -117,7 +117,7 @@ def export(run_ref, fmt, out_path, db_path) -> None:
         for p in paths:
             click.echo(str(p))
         console.print(f"{len(paths)} trace(s) in {folder}: open one in ui.perfetto.dev (or chrome://tracing)",
-                      highlight=False)
+                      highlight=False, markup=False)
         return
     if out_path is None:
         click.echo(ex.render(record, fmt), nl=False)

@@ -6,6 +6,8 @@ never a traceback. Deeper layers raise these; only ``cli.py`` decides how to sho
 
 from __future__ import annotations
 
+import errno
+
 import click
 
 
@@ -39,3 +41,23 @@ class ParseError(RuntimeFailed):
 
 class StoreError(DevprofError):
     """The result store cannot be opened or written."""
+
+
+#: OS errors that mean "the path the user gave cannot be used" (bad input, exit 2), as opposed to a
+#: failure while writing (a full disk, an I/O error: exit 1).
+_BAD_PATH_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EACCES", "EPERM", "ENOENT", "ENOTDIR", "EISDIR", "EROFS", "ENAMETOOLONG",
+                                      "ELOOP", "EEXIST") if hasattr(errno, name))
+
+
+def is_bad_path(e: BaseException) -> bool:
+    """Whether an OSError says the path itself is unusable (permissions, no such folder, a file in the way)."""
+    return isinstance(e, OSError) and e.errno in _BAD_PATH_ERRNOS
+
+
+def path_error(message: str, e: BaseException, cls: type[DevprofError] = DevprofError) -> DevprofError:
+    """``cls(message)``, with exit code 2 when ``e`` says the user's path is unusable (else ``cls``'s own)."""
+    err = cls(message)
+    if is_bad_path(e):
+        err.exit_code = UsageError.exit_code
+    return err

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from devprof import stats
-from devprof.errors import DevprofError, UsageError
+from devprof.errors import DevprofError, UsageError, path_error
 from devprof.report.base import phase_spans, phase_spans_from_durations, rep_label, when
 from devprof.report.jsonout import finite_json
 from devprof.results import Repetition
@@ -424,11 +424,11 @@ def write_text(path: Path, text: str, what: str) -> Path:
     """Write a user-named file atomically; a folder or an OS error is one clear DevprofError."""
     path = Path(path)
     if path.is_dir():
-        raise DevprofError(f"cannot write the {what} to {path}: it is a folder (give a file name)")
+        raise UsageError(f"cannot write the {what} to {path}: it is a folder (give a file name)")
     try:
         _atomic_write(path, text)
     except OSError as e:
-        raise DevprofError(f"cannot write to {path} (the {what}): {e.strerror or e}") from None
+        raise path_error(f"cannot write to {path} (the {what}): {e.strerror or e}", e) from None
     return path
 
 
@@ -450,7 +450,7 @@ def write_perfetto(record: RunRecord, folder: Path) -> list[Path]:
     try:
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
-            raise DevprofError(f"cannot write Perfetto traces into {folder}: it is a file (give a folder)")
+            raise UsageError(f"cannot write Perfetto traces into {folder}: it is a file (give a folder)")
         for name, doc in docs:
             problems = validate_trace(doc)
             if problems:  # a bug here, not the user's: say what
@@ -459,7 +459,7 @@ def write_perfetto(record: RunRecord, folder: Path) -> list[Path]:
             _atomic_write(path, json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
             written.append(path)
     except OSError as e:
-        raise DevprofError(f"cannot write to {e.filename or folder}: {e.strerror or e}") from None
+        raise path_error(f"cannot write to {e.filename or folder}: {e.strerror or e}", e) from None
     return written
 
 

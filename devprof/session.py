@@ -61,6 +61,15 @@ class Plan:
         for m in self.models:
             for c in self.contexts:
                 check_context(m, c)
+        if self.cpu_mask is not None:
+            mask = self.cpu_mask.strip().lower().removeprefix("0x")
+            if not mask or any(ch not in "0123456789abcdef" for ch in mask) or int(mask, 16) == 0:
+                raise UsageError(f"--cpu-mask must be a non-zero hex CPU mask like f0, got {self.cpu_mask!r}")
+        missing = [m.name for m in self.models if m.name not in self.model_files]
+        if self.runtime not in ("reference", "llamacpp") and missing:  # checked before a run is stored
+            raise UsageError(f"--runtime {self.runtime} runs a prebuilt model file: give {missing[0]}'s with "
+                             + ("--model-bundle" if missing[0] == self.models[0].name else "--baseline-bundle")
+                             + (" (and the baseline's with --baseline-bundle)" if len(missing) > 1 else ""))
 
 
 class Observer(Protocol):
@@ -151,11 +160,15 @@ class Session:
             raise DeviceLost(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
         except DevprofError as e:
             self._finish(run_id, "failed", e.message)
-            raise type(e)(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
+            err = type(e)(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}")
+            err.exit_code = e.exit_code  # e.g. a bad path's 2 (errors.path_error)
+            raise err from None
         self._finish(run_id, "complete", "")
         return meta
 
     def _finish(self, run_id: str, status: str, note: str) -> None:
+        if status != "complete" and self.kept == 0:  # nothing measured: a failed run, never `latest`
+            status, note = "failed", f"{note or status} (before its first measured repetition)"
         self.store.finish_run(run_id, status, note)
         if self.meta:
             self.meta.status, self.meta.note = status, note

@@ -31,6 +31,7 @@ the full records, so a repetition read back equals the one written. ``MIGRATIONS
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -44,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devprof.errors import StoreError, UsageError
+from devprof.errors import StoreError, UsageError, path_error
 from devprof.results import (
     DeviceInfo, MemorySample, ProcessOutcome, Repetition, RoutingSummary, RunMeta, RunResult,
 )
@@ -294,6 +295,8 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_dir():
                 raise IsADirectoryError(21, "it is a directory")
+            if not self.path.exists() and not os.access(self.path.parent, os.W_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")  # sqlite would only say "unable to open"
             conn = sqlite3.connect(str(self.path), timeout=self.BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
             self._conn = conn
@@ -311,7 +314,7 @@ class Store:
             raise
         except (OSError, sqlite3.Error) as e:
             self.close()
-            raise StoreError(f"cannot open the result store {self.path}: {_reason(e)}") from None
+            raise path_error(f"cannot open the result store {self.path}: {_reason(e)}", e, StoreError) from None
 
     # ---- plumbing -------------------------------------------------------------------------
     def close(self) -> None:
@@ -483,22 +486,38 @@ class Store:
     def _ids_newest_first(self, c: sqlite3.Connection) -> list[str]:
         return [r[0] for r in c.execute("SELECT run_id FROM runs ORDER BY created DESC, rowid DESC")]
 
+    def _measured_ids_newest_first(self, c: sqlite3.Connection) -> list[str]:
+        """Runs with at least one measured repetition (not warm-up, status ok): what `latest` can mean."""
+        return [r[0] for r in c.execute(
+            "SELECT run_id FROM runs r WHERE EXISTS (SELECT 1 FROM repetitions p WHERE p.run_id = r.run_id "
+            "AND p.warmup = 0 AND p.status = 'ok') ORDER BY created DESC, rowid DESC")]
+
     def resolve(self, ref: str) -> str:
-        """A run id from "latest", "latest~N", a full id or a unique prefix of one."""
+        """A run id from "latest", "latest~N", a full id or a unique prefix of one.
+
+        ``latest~N`` counts only runs with at least one measured repetition: a run that failed (or was
+        stopped) before its first one has nothing to show, so it is never what `latest` means; its id
+        still names it.
+        """
         ref = (ref or "latest").strip()
         with self._read() as c:
             if ref == "latest" or ref.startswith("latest~"):
-                ids = self._ids_newest_first(c)
                 n = 0
                 if ref != "latest":
                     try:
                         n = int(ref[len("latest~"):])
                     except ValueError:
                         raise UsageError(f"bad run reference {ref!r}: use latest, latest~N, a run id or a prefix") from None
+                ids = self._measured_ids_newest_first(c)
                 if not ids:
-                    raise UsageError(f"no runs in {self.path} yet: run `devprof run` first")
+                    empty = len(self._ids_newest_first(c))
+                    if not empty:
+                        raise UsageError(f"no runs in {self.path} yet: run `devprof run` first")
+                    raise UsageError(f"no run in {self.path} has a measured repetition yet ({empty} run(s) "
+                                     "ended before their first one: `devprof list` shows them)")
                 if n < 0 or n >= len(ids):
-                    raise UsageError(f"{ref}: the store {self.path} holds only {len(ids)} run(s)")
+                    raise UsageError(f"{ref}: the store {self.path} holds only {len(ids)} run(s) with measured "
+                                     "repetitions")
                 return ids[n]
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (ref,)).fetchone():
                 return ref

@@ -220,6 +220,7 @@ def three_runs(store):
                          ("20260102-000000-aaab", "2026-01-02T00:00:00+00:00"),
                          ("20260103-000000-bbbb", "2026-01-03T00:00:00+00:00")):
         store.create_run(_small_meta(run_id=rid, created=created))
+        store.add_repetition(rid, F.make_rep(workload="real", context=256, new_tokens=8))
     return store
 
 
@@ -263,6 +264,35 @@ def test_resolve_in_empty_store(store):
         store.load_run("latest")
 
 
+def test_latest_skips_runs_without_a_measured_repetition(three_runs):
+    s = three_runs
+    # newer runs that measured nothing: one failed at once, one with only a warm-up and a failed rep
+    s.create_run(_small_meta(run_id="20260104-000000-cccc", created="2026-01-04T00:00:00+00:00"))
+    s.finish_run("20260104-000000-cccc", "failed", "runtime exited with code 3")
+    s.create_run(_small_meta(run_id="20260105-000000-dddd", created="2026-01-05T00:00:00+00:00"))
+    s.add_repetition("20260105-000000-dddd", F.make_rep(workload="real", context=256, new_tokens=8, warmup=True,
+                                                         index=-1))
+    s.add_repetition("20260105-000000-dddd", F.make_rep(workload="real", context=256, new_tokens=8,
+                                                         status="failed"))
+    s.finish_run("20260105-000000-dddd", "failed", "runtime exited with code 3")
+    assert s.resolve("latest") == "20260103-000000-bbbb"
+    assert s.resolve("latest~1") == "20260102-000000-aaab"
+    assert s.load_run("latest").meta.run_id == "20260103-000000-bbbb"
+    with pytest.raises(UsageError, match="holds only 3 run"):
+        s.resolve("latest~3")
+    assert s.resolve("20260104-000000-cccc") == "20260104-000000-cccc"  # its id still names it
+    assert s.resolve("20260105") == "20260105-000000-dddd"
+    assert [m.run_id for m in s.list_runs(limit=2)] == ["20260105-000000-dddd", "20260104-000000-cccc"]
+
+
+def test_latest_when_no_run_measured_anything(store):
+    store.create_run(_small_meta(run_id="20260104-000000-cccc", created="2026-01-04T00:00:00+00:00"))
+    store.finish_run("20260104-000000-cccc", "failed", "no device")
+    with pytest.raises(UsageError) as e:
+        store.resolve("latest")
+    assert "no run in" in e.value.message and "has a measured repetition yet" in e.value.message
+
+
 # ---- errors --------------------------------------------------------------------------------------
 def test_unwritable_paths_raise_store_error_naming_the_path(tmp_path):
     afile = tmp_path / "afile"
@@ -292,6 +322,7 @@ def test_reopening_keeps_data_and_schema(tmp_path):
     db = tmp_path / "devprof.db"
     with Store(db) as s:
         run_id = s.create_run(_small_meta())
+        s.add_repetition(run_id, F.make_rep(workload="real", context=256, new_tokens=8))
     with Store(db) as s:
         assert s.schema_version == SCHEMA_VERSION
         assert s.resolve("latest") == run_id

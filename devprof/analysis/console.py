@@ -10,6 +10,7 @@ import io
 
 from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -98,7 +99,7 @@ def _memory_tables(rep: CompareReport, mc: ModelCompare) -> list[RenderableType]
         n = min((d.n for d in p.deltas.values() if d.ratio is not None), default=0)
         cache = f"page cache {states.pop() if states else 'unknown'} on both sides" if one_state else \
             "page-cache state in brackets"
-        t = Table(title=f"Memory, templated vs {p.real}: median ±CV, n={n}; {cache}", box=box.SIMPLE_HEAD,
+        t = Table(title=escape(f"Memory, templated vs {p.real}: median ±CV, n={n}; {cache}"), box=box.SIMPLE_HEAD,
                   title_justify="left", pad_edge=False)
         for col, j in (("", "left"), ("templated", "right"), (p.real, "right"), ("understated", "right"),
                        (f"{rep.level:.0%} CI", "right"), ("clear", "left")):
@@ -191,8 +192,8 @@ def _projection_table(mc: ModelCompare) -> Table:
     targets = list(dict.fromkeys(p.target for p in mc.projections))
     by = {(p.target, p.workload): p for p in mc.projections}
     caches = {v.workload: v.cache_state for v in mc.routing}
-    t = Table(title=f"Projection: INT4 weights resident in full-size models (GiB), from {mc.display}'s per-layer "
-                    f"coverage at {mc.context} tokens; assumption below", box=box.SIMPLE_HEAD, title_justify="left",
+    t = Table(title=escape(f"Projection: INT4 weights resident in full-size models (GiB), from {mc.display}'s per-layer "
+                         f"coverage at {mc.context} tokens; assumption below"), box=box.SIMPLE_HEAD, title_justify="left",
               pad_edge=False)
     t.add_column("model")
     t.add_column("all", justify="right")
@@ -246,7 +247,7 @@ def diff_renderables(d: DiffReport) -> list[RenderableType]:
     for r in d.rows:
         groups.setdefault((r.display, r.workload, r.context), []).append(r)
     for (display, workload, context), rows in groups.items():
-        t = Table(title=f"{display} · {workload} · {context} tokens", box=box.SIMPLE_HEAD, title_justify="left",
+        t = Table(title=escape(f"{display} · {workload} · {context} tokens"), box=box.SIMPLE_HEAD, title_justify="left",
                   pad_edge=False, title_style="bold")
         for col, j in (("metric", "left"), ("A", "right"), ("B", "right"), ("change", "right"), ("95% CI", "right"),
                        ("", "left")):

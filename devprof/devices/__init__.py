@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from devprof.devices.base import Device
 from devprof.devices.local import LocalDevice
-from devprof.errors import DeviceError
+from devprof.errors import UsageError
 from devprof.results import DeviceInfo
 
 
@@ -28,7 +28,7 @@ def resolve(spec: str, **opts) -> list[Device]:
         return [LocalDevice()]
     backends = _phone_backends()
     if not backends:
-        raise DeviceError(
+        raise UsageError(
             f"unknown device {spec!r}: only 'local' is available (phone backends are not installed)")
     errors = []
     for backend in backends:
@@ -36,7 +36,9 @@ def resolve(spec: str, **opts) -> list[Device]:
         if devices:
             return devices
         errors.extend(getattr(backend, "last_errors", []))
-    raise DeviceError(f"no device matches {spec!r}" + (f" ({'; '.join(errors)})" if errors else "")
+    # no alias, serial or UDID of that name: bad input (exit 2); a known alias whose phone is not
+    # attached, or an attached phone that cannot be used, is a DeviceError from the backend (exit 1)
+    raise UsageError(f"no device matches {spec!r}" + (f" ({'; '.join(errors)})" if errors else "")
                       + "; `devprof devices` lists what is attached")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -142,6 +143,7 @@ class TerminalRenderer(Renderer):
         for c in cols:  # the cache states may wrap; the figures never do
             t.add_column(heads[c], justify="left" if c == "cache" else "right", no_wrap=stacked and c != "cache",
                          min_width=4 if c == "cache" else None)
+        t.title = escape(t.title)  # names from the store are shown literally, never read as rich markup
         for r in a.rows:
             n = Text(str(r.n), style="red" if r.n < a.record.meta.reps else "")
             if r.n_failed:
@@ -161,7 +163,7 @@ class TerminalRenderer(Renderer):
 
     def _ratios(self, a: Analysis) -> Table:
         s, b = a.ratios[0].subject, a.ratios[0].baseline
-        t = Table(title=f"{stats.model_info(s)[0]} ÷ {stats.model_info(b)[0]}", box=box.SIMPLE_HEAD,
+        t = Table(title=escape(f"{stats.model_info(s)[0]} ÷ {stats.model_info(b)[0]}"), box=box.SIMPLE_HEAD,
                   title_justify="left", pad_edge=False,
                   caption="ratio of the medians; 95% bootstrap CI; clear = the CI excludes 1.0",
                   caption_justify="left")

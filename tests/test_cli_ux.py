@@ -1,0 +1,155 @@
+"""What a user sees first: literal text (no rich markup eating brackets), no source locations in the
+log, exit code 2 for every kind of bad input, tables that keep ids and names whole at 80 columns,
+and the estimate `devprof run` prints before a long plan.
+
+Through the CLI (CliRunner, or a subprocess where the real terminal path matters).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import factories as F
+from adb_env import AdbServer
+from devprof.cli import cli
+from devprof.store import Store
+
+SMALL = ["--context", "128", "--new-tokens", "4", "--warmup", "0", "--reps", "1"]
+SOURCE_LOCATION = re.compile(r"\b\w+\.py:\d+")
+
+
+def invoke(*args: str, **kw):
+    return CliRunner().invoke(cli, list(args), **kw)
+
+
+def _store_with_run(path: Path) -> str:
+    meta, reps = F.make_run(reps=2, warmup=0, workloads=("templated", "real"), contexts=(512,))
+    with Store(path) as s:
+        run_id = s.create_run(meta)
+        for r in reps:
+            s.add_repetition(run_id, r)
+        s.finish_run(run_id, "complete")
+    return run_id
+
+
+# ---- 3: text reaches the terminal literally ---------------------------------------------------------
+def test_install_hint_keeps_its_brackets_and_the_log_has_no_source_locations(tmp_path):
+    """Without the llamacpp extra's gguf module, the hint is `pip install -e '.[llamacpp]'`, brackets and all."""
+    code = "import sys; sys.modules['gguf'] = None; from devprof.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "run", "--runtime", "llamacpp", "--baseline", "none",
+                           "--workload", "templated", *SMALL, "--db", str(tmp_path / "s.db")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "pip install -e '.[llamacpp]'" in out, out
+    assert "writing the MobileMoE-S-mini GGUF" in out  # a log line was written ...
+    assert not SOURCE_LOCATION.search(out), out  # ... without cli.py:NNN at its end
+    assert "Traceback" not in out
+
+
+def test_user_text_with_brackets_is_shown_literally(tmp_path):
+    db = tmp_path / "[lab]" / "s.db"
+    _store_with_run(db)
+    res = invoke("show", "run[1]", "--db", str(db))
+    assert res.exit_code == 2 and "no run 'run[1]'" in res.output, res.output
+    res = invoke("list", "--db", str(db), env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and f"runs in {db}" in res.output, res.output
+    res = invoke("show", "latest", "--db", str(tmp_path / "[none]" / "s.db"))
+    assert res.exit_code == 2 and "[none]" in res.output
+
+
+# ---- 6: exit code 2 for bad input ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def adb():
+    with AdbServer() as server:
+        yield server
+
+
+@pytest.fixture
+def private_adb(adb, monkeypatch):
+    """A private adb server, so resolving a phone never starts (or asks) the user's own."""
+    for k, v in adb.env.items():
+        if k.startswith("ANDROID_ADB") or k.startswith("ADB_"):
+            monkeypatch.setenv(k, v)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "s26"], "no device matches 's26'"),
+    (["--device", "nokia3310"], "no device matches 'nokia3310'"),
+])
+def test_unknown_device_is_bad_input(private_adb, tmp_path, args, message):
+    res = invoke("run", *args, *SMALL, "--db", str(tmp_path / "s.db"))
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "gpt5"], "unknown model 'gpt5'"),
+    (["--baseline", "llama"], "unknown model 'llama'"),
+    (["--workload", "chat"], "unknown workload"),
+    (["--context", "abc"], "--context must be a number"),
+    (["--context", "0"], "--context must be positive"),
+    (["--context", "16384"], "larger than MobileMoE-S-mini allows"),
+    (["--runtime", "tflite"], "unknown runtime 'tflite'"),
+    (["--weights", "q4_0"], "the reference runtime runs fp32 weights only"),
+    (["--weights", "q5_1"], "Invalid value for '--weights'"),
+    (["--runtime", "executorch"], "--runtime executorch runs a prebuilt model file"),
+    (["--cpu-mask", "zz"], "--cpu-mask must be a non-zero hex CPU mask"),
+    (["--cpu-mask", "0"], "--cpu-mask must be a non-zero hex CPU mask"),
+    (["--binary", "nosuch"], "no registered binary named 'nosuch'"),
+    (["--reps", "0"], "Invalid value for '--reps'"),
+    (["--model-bundle", "/nonexistent/m.pte"], "does not exist"),
+    (["--baseline", "none", "--baseline-bundle", __file__], "--baseline-bundle needs a --baseline model"),
+    (["--devices-file", "/nonexistent/devices.toml", "--device", "s25"], "devices file not found"),
+    (["--no-such-option"], "No such option"),
+])
+def test_bad_run_input_exits_2_and_stores_nothing(private_adb, tmp_path, args, message):
+    db = tmp_path / "s.db"
+    res = invoke("run", *args, "--db", str(db))
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    if db.exists():
+        with Store(db) as s:
+            assert s.list_runs() == []
+
+
+def test_bad_paths_and_references_exit_2(tmp_path):
+    db = tmp_path / "s.db"
+    run_id = _store_with_run(db)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        (["run", "--db", str(afile / "devprof.db")], "cannot open the result store"),
+        (["show", "nosuch", "--db", str(db)], "no run 'nosuch'"),
+        (["show", "latest~x", "--db", str(db)], "bad run reference"),
+        (["show", "latest~5", "--db", str(db)], "holds only 1 run"),
+        (["show", "--db", str(tmp_path / "none.db")], "no results store"),
+        (["report", run_id, "--out", str(afile / "r.html"), "--db", str(db)], "cannot write the report"),
+        (["report", run_id, "--out", str(tmp_path), "--db", str(db)], "is a directory"),
+        (["export", run_id, "--out", str(tmp_path), "--db", str(db)], "it is a folder"),
+        (["export", run_id, "--out", str(afile / "x.csv"), "--db", str(db)], "cannot write to"),
+        (["export", run_id, "--format", "perfetto", "--out", str(afile), "--db", str(db)], "it is a file"),
+        (["export", run_id, "--format", "xls", "--db", str(db)], "Invalid value for '--format'"),
+        (["compare", "nosuch", "--db", str(db)], "no run 'nosuch'"),
+        (["compare", run_id, "--html", str(afile / "c.html"), "--db", str(db)], "cannot write to"),
+        (["diff", run_id, "nosuch", "--db", str(db)], "no run 'nosuch'"),
+        (["diff", run_id, run_id, "--db", str(db), "--db-b", str(tmp_path / "none.db")], "no results store"),
+        (["diff", run_id, run_id, "--threshold", "-1", "--db", str(db)], "Invalid value for '--threshold'"),
+        (["models", "--context", "0"], "Invalid value for '--context'"),
+        (["bench", "--context", "10000000", "--no-llamacpp"], "is larger than"),
+        (["bins", "add", str(tmp_path / "missing"), "--runtime", "reference", "--platform", "host"], "does not exist"),
+    ]
+    for args, message in cases:
+        res = invoke(*args)
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and "Traceback" not in res.output, (args, res.output)
