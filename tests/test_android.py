@@ -113,7 +113,7 @@ def test_unknown_alias_and_no_match(adb, env, tmp_path):
         res = invoke("run", "--device", "pixel9", *QUICK, "--db", str(tmp_path / "s.db"))
         assert res.exit_code == 1 and "no attached Android device is a Pixel 9" in res.output
         res = invoke("run", "--device", "nokia3310", *QUICK, "--db", str(tmp_path / "s.db"))
-        assert res.exit_code == 1 and "no device matches 'nokia3310'" in res.output
+        assert res.exit_code == 2 and "no device matches 'nokia3310'" in res.output  # no such name: bad input
 
 
 def test_corrupt_push_is_caught(adb, env, tmp_path):

@@ -85,7 +85,7 @@ def test_models_and_devices():
     (["--workload", "chat"], "unknown workload", 2),
     (["--context", "16384"], "larger than MobileMoE-S-mini allows (8192 tokens)", 2),
     (["--context", "abc"], "--context must be a number", 2),
-    (["--device", "nokia3310"], "no device matches 'nokia3310'", 1),
+    (["--device", "nokia3310"], "no device matches 'nokia3310'", 2),
     (["--runtime", "tflite"], "unknown runtime 'tflite'", 2),
     (["--weights", "q4_0"], "the reference runtime runs fp32 weights only", 2),
 ])
@@ -108,7 +108,7 @@ def test_unwritable_db_and_missing_run(tmp_path):
         else:
             target = ro / "devprof.db"
         res = invoke("run", *SMALL, "--db", str(target))
-        assert res.exit_code == 1 and str(target) in res.output and "Traceback" not in res.output
+        assert res.exit_code == 2 and str(target) in res.output and "Traceback" not in res.output  # a bad --db path
     finally:
         ro.chmod(0o700)
     res = invoke("show", "latest", "--db", str(tmp_path / "none.db"))
@@ -135,6 +135,36 @@ def test_runtime_that_fails_or_prints_nothing(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "no usable stats" in res.output and "PyTorchObserver" in res.output
     runs = json.loads(invoke("list", "--json", "--db", str(tmp_path / "s.db")).output)
     assert [r["status"] for r in runs] == ["failed", "failed"]
+
+
+def test_a_run_that_measured_nothing_is_never_latest(local_run, tmp_path, monkeypatch):
+    """A failed run newer than a complete one: `latest` is still the complete one; the failed one, named
+    by its id, is a one-line error (exit 2) for show and report, never an empty page."""
+    db = tmp_path / "s.db"
+    src = sqlite3.connect(local_run[0])
+    with sqlite3.connect(db) as dst:
+        src.backup(dst)
+    src.close()
+    good = json.loads(invoke("list", "--json", "--db", str(db)).output)[0]["run_id"]
+    _bins(tmp_path, "crash", 'echo "segfault in expert 7" >&2; exit 3\n', monkeypatch)
+    res = invoke("run", *SMALL, "--reps", "1", "--binary", "crash", "--db", str(db))
+    assert res.exit_code == 1
+    runs = json.loads(invoke("list", "--json", "--db", str(db)).output)
+    bad = runs[0]["run_id"]
+    assert bad != good and runs[0]["status"] == "failed"
+    for cmd in (["show", "--json"], ["show"], ["report", "--out", str(tmp_path / "r.html")], ["compare", "--json"],
+                ["export", "--format", "json"]):
+        res = invoke(*cmd, "--db", str(db))  # RUN defaults to latest
+        assert res.exit_code == 0, (cmd, res.output)
+        assert bad not in res.output
+    assert json.loads(invoke("show", "--json", "--db", str(db)).output)["run"]["run_id"] == good
+    assert invoke("diff", "latest", good, "--db", str(db)).exit_code == 0
+    for args in (["show", bad, "--json"], ["show", bad], ["report", bad, "--out", str(tmp_path / "bad.html")]):
+        res = invoke(*args, "--db", str(db))
+        assert res.exit_code == 2, res.output
+        assert f"run {bad} has no measured repetition (failed: runtime exited with code 3" in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.html").exists()
 
 
 def test_changed_binary_is_refused(tmp_path, monkeypatch):

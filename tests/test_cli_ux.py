@@ -117,10 +117,22 @@ def test_bad_run_input_exits_2_and_stores_nothing(private_adb, tmp_path, args, m
     res = invoke("run", *args, "--db", str(db))
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
-    assert len(res.output.strip().splitlines()) == 1, res.output
+    if not _click_parser_error(message):  # click's own usage text under CliRunner; main() makes it one line
+        assert len(res.output.strip().splitlines()) == 1, res.output
     if db.exists():
         with Store(db) as s:
             assert s.list_runs() == []
+
+
+def _click_parser_error(message: str) -> bool:
+    return message.startswith(("Invalid value", "No such option", "does not exist"))
+
+
+def test_parser_errors_are_one_line_through_the_entry_point():
+    for args in (["run", "--weights", "q5_1"], ["run", "--no-such-option"], ["show", "a", "b"]):
+        proc = subprocess.run([sys.executable, "-m", "devprof", *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
 
 
 def test_bad_paths_and_references_exit_2(tmp_path):
@@ -153,3 +165,34 @@ def test_bad_paths_and_references_exit_2(tmp_path):
         res = invoke(*args)
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+# ---- 4: a run that measured nothing ------------------------------------------------------------------
+def test_ctrl_c_before_the_first_repetition_stores_a_failed_run(tmp_path):
+    import signal
+    import sqlite3
+    import time
+
+    script = tmp_path / "sleepy.sh"
+    script.write_text("#!/bin/sh\nsleep 60\n")
+    script.chmod(0o755)
+    env = {**os.environ, "DEVPROF_BINS_MANIFEST": str(tmp_path / "manifest.toml")}
+    add = subprocess.run([sys.executable, "-m", "devprof", "bins", "add", str(script), "--runtime", "reference",
+                          "--platform", "host", "--abi", "any", "--name", "sleepy"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert add.returncode == 0, add.stderr
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen([sys.executable, "-m", "devprof", "run", *SMALL, "--binary", "sleepy", "--db", str(db)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not subprocess.run(["pgrep", "-f", str(script)],
+                                                             capture_output=True, text=True).stdout.strip():
+        time.sleep(0.1)  # until the runtime (the shell script) runs under devprof
+    assert time.monotonic() < deadline, "the runtime never started"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    status, note = sqlite3.connect(db).execute("SELECT status, note FROM runs").fetchone()
+    assert status == "failed" and "Ctrl-C" in note and "before its first measured repetition" in note
+    res = invoke("show", "latest", "--db", str(db))
+    assert res.exit_code == 2 and "has a measured repetition yet" in res.output
