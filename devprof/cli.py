@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -23,8 +23,27 @@ from devprof.errors import DevprofError, UsageError, path_error
 
 # log_path=False: the user's log says what happened, not which line of devprof said it (cli.py:238)
 console = Console(stderr=True, soft_wrap=True, log_path=False)
-# Piped output (a file, CI logs) gets room for the tables instead of rich's 80-column default.
-out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 150)
+
+
+class _Stdout(Console):
+    """Standard output, sized when printing (not at import): $COLUMNS when set, else the terminal's
+    width; piped output (a file, CI logs) gets 150 columns of room for the tables instead of rich's 80."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        cols = os.environ.get("COLUMNS", "")
+        if cols.isdigit() and int(cols) > 0:
+            return ConsoleDimensions(int(cols), Console.size.fget(self).height)
+        if not self.is_terminal:
+            return ConsoleDimensions(150, 25)
+        return Console.size.fget(self)
+
+    @size.setter
+    def size(self, new_size) -> None:
+        Console.size.fset(self, new_size)
+
+
+out = _Stdout()
 
 
 def default_db() -> Path:
@@ -332,15 +351,20 @@ def list_runs(limit, as_json, db_path) -> None:
             "device_kind": m.device.kind, "runtime": m.runtime, "models": m.models,
             "workloads": m.workloads, "contexts": m.contexts, "reps": m.reps} for m in runs]))
         return
-    t = Table(title=escape(f"runs in {store.path}"))
-    for col in ("run", "created", "status", "device", "runtime", "models", "workloads", "context", "reps"):
-        t.add_column(col)
+    from devprof.report.fit import Col, fit_table
+
+    # the run id (it holds the creation time) and the model names are never cut; narrow terminals
+    # lose created, reps, runtime, workloads and context, in that order
+    cols = [Col("run", keep=True), Col("created", drop=5), Col("status"), Col("device"), Col("runtime", drop=3),
+            Col("models", keep=True), Col("workloads", drop=2), Col("context", drop=1), Col("reps", "right", drop=4)]
+    rows = []
     for m in runs:
         style = {"complete": "green", "interrupted": "yellow", "running": "cyan"}.get(m.status, "red")
-        t.add_row(Text(m.run_id), Text(m.created), Text(m.status, style=style), Text(m.device.name or ""),
-                  Text(m.runtime), Text(" vs ".join(m.models)), Text(",".join(m.workloads)),
-                  Text(",".join(map(str, m.contexts))), Text(str(m.reps)))
-    out.print(t)
+        models = m.models[:1] + [f"vs {x}" for x in m.models[1:]]
+        rows.append([Text(m.run_id), Text(m.created), Text(m.status, style=style), Text(m.device.name or ""),
+                     Text(m.runtime), Text("\n".join(models)), Text(", ".join(m.workloads)),
+                     Text(", ".join(map(str, m.contexts))), Text(str(m.reps))])
+    out.print(fit_table(out, cols, rows, title=escape(f"runs in {store.path}")))
 
 
 @cli.command()
@@ -353,22 +377,25 @@ def models(as_json, context) -> None:
     if as_json:
         out.print_json(json.dumps([m.summary(context) for m in MODELS.values()]))
         return
-    t = Table(title=f"models (KV cache and FLOPs at {context} tokens; (3rd) = third-party figure)")
-    for col, j in (("model", "left"), ("kind", "left"), ("layers", "right"), ("hidden", "right"),
-                   ("experts", "left"), ("total", "right"), ("active", "right"), ("INT4 GiB", "right"),
-                   ("fp32 GiB", "right"), ("KV fp16 MiB", "right"), ("decode GFLOP/tok", "right"),
-                   ("prefill TFLOP", "right")):
-        t.add_column(col, justify=j)
+    from devprof.report.fit import Col, fit_table
+
+    # model names are never cut; narrow terminals lose fp32 GiB, hidden, prefill, layers, decode, in that order
+    cols = [Col("model", keep=True), Col("kind"), Col("layers", "right", drop=3), Col("hidden", "right", drop=5),
+            Col("experts"), Col("total", "right"), Col("active", "right"), Col("INT4 GiB", "right"),
+            Col("fp32 GiB", "right", drop=6), Col("KV fp16 MiB", "right"), Col("decode GFLOP/tok", "right", drop=2),
+            Col("prefill TFLOP", "right", drop=4)]
+    rows = []
     for m in MODELS.values():
         exp = f"{m.n_experts}x{m.expert_ffn} top-{m.top_k}" + (f" +{m.n_shared}x{m.shared_ffn}" if m.n_shared else "") if m.is_moe else f"ffn {m.ffn}"
         mark = lambda f: " (3rd)" if f in m.third_party else ""  # noqa: E731
-        t.add_row(m.name, m.kind, f"{m.n_layers}{mark('n_layers')}", str(m.hidden), exp,
+        rows.append([m.name, m.kind, f"{m.n_layers}{mark('n_layers')}", str(m.hidden), exp,
                   f"{m.total_params / 1e9:.3f}B{mark('total_params')}", f"{m.active_params / 1e6:.0f}M{mark('active_params')}",
                   f"{m.weight_bytes('int4') / 2**30:.3f}", f"{m.weight_bytes('fp32') / 2**30:.2f}",
                   f"{m.kv_cache_bytes(min(context, m.max_context), 2) / 2**20:.1f}",
                   f"{m.decode_flops_per_token(min(context, m.max_context)) / 1e9:.2f}",
-                  f"{m.prefill_flops(min(context, m.max_context)) / 1e12:.2f}")
-    out.print(t)
+                  f"{m.prefill_flops(min(context, m.max_context)) / 1e12:.2f}"])
+    out.print(fit_table(out, cols, [[Text(c) for c in r] for r in rows],
+                        title=f"models (KV cache and FLOPs at {context} tokens; (3rd) = third-party figure)"))
 
 
 @cli.command(name="devices")
@@ -385,17 +412,19 @@ def devices_cmd(as_json, adb_server, devices_file) -> None:
     if as_json:
         out.print_json(json.dumps([asdict(d) for d in found]))
         return
-    t = Table(title="devices")
-    for col in ("serial", "alias", "name", "OS", "ABI", "RAM", "state"):
-        t.add_column(col)
+    from devprof.report.fit import Col, fit_table
+
+    cols = [Col("serial", keep=True), Col("alias"), Col("name"), Col("OS", drop=1), Col("ABI", drop=2),
+            Col("RAM", "right", drop=3), Col("state")]
+    rows = []
     for d in found:
         ram = d.extra.get("mem_total_mb")
         alias = "local" if d.kind == "local" else ", ".join(d.extra.get("aliases") or [])
         name = d.name if d.kind == "android" else f"{d.name} ({d.model})" if d.model else d.name
-        t.add_row(Text(d.serial), Text(alias), Text(name or ""), Text(d.os_version or ""),
-                  Text(str(d.extra.get("abi") or d.extra.get("machine", ""))),
-                  f"{ram / 1024:.1f} GiB" if ram else "", Text(str(d.extra.get("state", "ready"))))
-    out.print(t)
+        rows.append([Text(d.serial), Text(alias), Text(name or ""), Text(d.os_version or ""),
+                     Text(str(d.extra.get("abi") or d.extra.get("machine", ""))),
+                     Text(f"{ram / 1024:.1f} GiB" if ram else ""), Text(str(d.extra.get("state", "ready")))])
+    out.print(fit_table(out, cols, rows, title="devices"))
 
 
 @cli.command()
@@ -465,18 +494,20 @@ def bins_list(as_json) -> None:
     if as_json:
         out.print_json(json.dumps([asdict(e) for e in entries]))
         return
-    t = Table(title=escape(str(b.manifest_path())))
-    for col in ("name", "runtime", "platform", "abi", "path", "sha256", "ok"):
-        t.add_column(col)
+    from devprof.report.fit import Col, fit_table
+
+    cols = [Col("name", keep=True), Col("runtime"), Col("platform", drop=2), Col("abi", drop=3), Col("path"),
+            Col("sha256", drop=1), Col("ok")]
+    rows = []
     for e in entries:
         try:
             e.verify()
             ok = Text("yes", style="green")
         except DevprofError as err:
             ok = Text(err.message, style="red")
-        t.add_row(Text(e.name), Text(e.runtime), Text(e.platform), Text(e.abi), Text(str(e.path)), Text(e.sha256[:12]),
-                  ok)
-    out.print(t)
+        rows.append([Text(e.name), Text(e.runtime), Text(e.platform), Text(e.abi), Text(str(e.path)),
+                     Text(e.sha256[:12]), ok])
+    out.print(fit_table(out, cols, rows, title=escape(str(b.manifest_path()))))
 
 
 # --------------------------------------------------------------------------------------------

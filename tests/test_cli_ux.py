@@ -196,3 +196,68 @@ def test_ctrl_c_before_the_first_repetition_stores_a_failed_run(tmp_path):
     assert status == "failed" and "Ctrl-C" in note and "before its first measured repetition" in note
     res = invoke("show", "latest", "--db", str(db))
     assert res.exit_code == 2 and "has a measured repetition yet" in res.output
+
+
+# ---- 5: tables that fit 80 and 120 columns, ids and names whole -------------------------------------
+def _lines_fit(output: str, width: int) -> None:
+    too_wide = [ln for ln in output.splitlines() if len(ln) > width]
+    assert not too_wide, too_wide
+    assert "…" not in output, output
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_list_keeps_run_ids_and_model_names_whole(tmp_path, columns):
+    db = tmp_path / "s.db"
+    ids = []
+    with Store(db) as s:
+        for seed, status in ((0, "complete"), (1, "interrupted")):
+            meta, reps = F.make_run(seed=seed, reps=1, warmup=0, workloads=("templated", "real", "real:code"),
+                                    contexts=(1024, 8192), created=f"2026-09-2{seed + 1}T14:05:07+00:00")
+            run_id = s.create_run(meta)
+            for r in reps:
+                s.add_repetition(run_id, r)
+            s.finish_run(run_id, status)
+            ids.append(run_id)
+    res = invoke("list", "--db", str(db), env={"COLUMNS": str(columns)})
+    assert res.exit_code == 0, res.output
+    _lines_fit(res.output, columns)
+    for run_id in ids:
+        assert run_id in res.output
+    assert F.MOE in res.output and F.DENSE in res.output and "interrupted" in res.output
+    if columns == 80:
+        assert "not shown at 80 columns: created" in res.output
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_models_keeps_names_whole(columns):
+    from devprof.catalog import MODELS
+
+    res = invoke("models", env={"COLUMNS": str(columns)})
+    assert res.exit_code == 0, res.output
+    _lines_fit(res.output, columns)
+    for name in MODELS:
+        assert re.search(rf"^{re.escape(name)}\s", res.output, re.M), name
+    for head in ("kind", "total", "active", "INT4"):
+        assert head in res.output
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_show_devices_and_bins_fit(tmp_path, columns, monkeypatch):
+    env = {"COLUMNS": str(columns)}
+    db = tmp_path / "s.db"
+    run_id = _store_with_run(db)
+    res = invoke("show", "--db", str(db), env=env)
+    assert res.exit_code == 0 and run_id in res.output
+    assert "MobileMoE-S-mini" in res.output and "MobileLLM-Pro-mini" in res.output
+    res = invoke("devices", env=env)
+    assert res.exit_code == 0 and re.search(r"^local\s", res.output, re.M), res.output
+    _lines_fit(res.output, columns)
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("DEVPROF_BINS_MANIFEST", str(tmp_path / "manifest.toml"))
+    name = "a-rather-long-binary-name-for-the-s25-llamacpp-build"
+    assert invoke("bins", "add", str(script), "--runtime", "llamacpp", "--platform", "android", "--name", name).exit_code == 0
+    res = invoke("bins", "list", env=env)
+    assert res.exit_code == 0 and name in res.output, res.output
+    _lines_fit(res.output, columns)
