@@ -137,13 +137,14 @@ def cli() -> None:
                    "without its CPU repack copy of the weights); repeat for several. Stored with the run.")
 @click.option("--cooldown-c", type=float, default=None, help="Before each repetition, wait until the hottest thermal zone is below this (C).")
 @click.option("--cooldown-timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="Longest cool-down wait (s).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and how long it would take; run nothing.")
 @adb_server_option
 @devices_file_option
 @db_option
 def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sample_ms, runtime, weights, cache,
         threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
-        baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, adb_server, devices_file,
-        db_path) -> None:
+        baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, dry_run, adb_server,
+        devices_file, db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
     from devprof.catalog import get_model
@@ -175,8 +176,17 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
 
         if binary_name not in {b.name for b in bins.load()}:
             raise UsageError(f"no registered binary named {binary_name!r}; `devprof bins list` shows them")
-    store = _open_store(db_path)
+    if dry_run and not Path(db_path or default_db()).exists():
+        store = None  # a dry run creates no store; without one the estimate is catalog arithmetic
+    else:
+        store = _open_store(db_path)
     targets = devices.resolve(device, adb_server=adb_server, devices_file=devices_file)
+    est = _estimate(plan, store, targets)
+    if dry_run:
+        _print_plan(plan, targets, est)
+        return
+    if est.seconds > ANNOUNCE_ABOVE_S and not as_json:
+        console.print(Text(f"estimate: {est.words()}"), highlight=False)
     started = time.monotonic()
     if len(targets) == 1:
         with targets[0] as dev, _RichObserver(console, enabled=not as_json) as obs:
@@ -201,6 +211,35 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
                   markup=False, highlight=False)
     for p in paths:
         click.echo(f"report: {p}", err=True)
+
+
+ANNOUNCE_ABOVE_S = 60.0  # devprof.estimate.ANNOUNCE_ABOVE_S, without importing it for every command
+
+
+def _estimate(plan, store, targets):
+    """The longest device's estimate (devices of --device all run side by side)."""
+    from devprof.estimate import estimate
+
+    ests = [estimate(plan, store, device_serial=getattr(t, "serial", "local"), device_kind=getattr(t, "kind", "local"))
+            for t in targets]
+    return max(ests, key=lambda e: e.seconds)
+
+
+def _print_plan(plan, targets, est) -> None:
+    """`run --dry-run`: what would run, where, and for how long."""
+    names = [m.name for m in plan.models]
+    lines = [
+        f"plan: {' vs '.join(names)} · runtime {plan.runtime} ({plan.weights}) · workloads {', '.join(plan.workloads)}"
+        f" · context {', '.join(map(str, plan.contexts))} · {plan.new_tokens} new tokens · cache {plan.cache}",
+        f"on: {', '.join(getattr(t, 'serial', 'local') for t in targets)}",
+        f"{len(plan.models)} model(s) x {len(plan.workloads)} workload(s) x {len(plan.contexts)} context(s) x "
+        f"({plan.warmup} warm-up + {plan.reps} reps) = {est.runs} runtime runs",
+        f"estimate: {est.words()}",
+    ]
+    for c in est.cells:
+        lines.append(f"  {c.model} {c.workload} {c.context}: {c.seconds_per_run:.1f} s per run ({c.source})")
+    for ln in lines:
+        out.print(Text(ln))
 
 
 def _run_parallel(targets, store, plan, quiet: bool):

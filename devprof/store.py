@@ -565,6 +565,31 @@ class Store:
             rows = [dict(r) for r in c.execute(sql, args)]
         return [_effective(_meta_from_row(r), r) for r in rows]
 
+    def rep_timings(self, device_serial: str, runtime: str, model: str, weights: str | None = None,
+                    limit: int = 200) -> list[dict[str, Any]]:
+        """The newest successful repetitions (warm-ups included) of ``model`` on one device and runtime:
+        context, new_tokens, wall_ms, prefill_tok_s, decode_tok_s; what ``devprof.estimate`` rescales."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT p.context, p.wall_ms, p.prefill_tok_s, p.decode_tok_s, r.meta_json FROM repetitions p "
+                "JOIN runs r ON r.run_id = p.run_id WHERE r.device_serial = ? AND r.runtime = ? AND p.model = ? "
+                "AND p.status = 'ok' AND p.wall_ms IS NOT NULL ORDER BY p.rep_id DESC LIMIT ?",
+                (device_serial, runtime, model, int(limit) * 4)).fetchall()
+        out = []
+        for ctx, wall, pre, dec, meta_json in rows:
+            try:
+                meta = json.loads(meta_json)
+            except ValueError:
+                continue
+            settings = meta.get("settings") or {}
+            if weights is not None and settings.get("weights", "fp32") != weights:
+                continue
+            out.append({"context": ctx, "wall_ms": wall, "prefill_tok_s": pre, "decode_tok_s": dec,
+                        "new_tokens": meta.get("new_tokens")})
+            if len(out) >= limit:
+                break
+        return out
+
     def rep_ids(self, run_id: str) -> list[int]:
         with self._read() as c:
             return [r[0] for r in c.execute("SELECT rep_id FROM repetitions WHERE run_id = ? ORDER BY rep_id",
