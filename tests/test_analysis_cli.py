@@ -147,7 +147,7 @@ def test_unwritable_out_is_one_line(app, db, tmp_path, capsys):
                  ["compare", "20260921-140507-aaaa", "--html", str(blocker / "x.html")]):
         with pytest.raises(SystemExit) as e:
             cli_mod.main([*argv, "--db", str(db)])
-        assert e.value.code == 1
+        assert e.value.code == 2  # a path that cannot be written is bad input
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: cannot write") and len(err.splitlines()) == 1, err
 
