@@ -72,6 +72,20 @@ def _open_store(db_path: Path | None, must_exist: bool = False):
     return Store(path)
 
 
+def _check_writable(path: Path, option: str) -> None:
+    """Bad input (exit 2) when ``path`` could not be created: a file in the way, or no permission."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder: give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: {parent} is not writable")
+
+
 def _load_shown(store, ref: str):
     """A run to show or report: one with nothing measured is an error (exit 2), never an empty page."""
     record = store.load_run(ref)
@@ -118,7 +132,7 @@ def cli() -> None:
               help="Weight format of devprof's own bundles [default: fp32 for reference, q4_0 for llamacpp].")
 @click.option("--cache", type=click.Choice(["cold", "warm"]), default="cold", show_default=True,
               help="cold: evict the weights file from the page cache before every repetition.")
-@click.option("--threads", default=-1, show_default=True, type=int, help="Runtime CPU threads (-1: the runtime's default).")
+@click.option("--threads", default=-1, show_default=True, type=click.IntRange(-1), help="Runtime CPU threads (-1: the runtime's default).")
 @click.option("--cpu-mask", default=None, help="Pin the runtime with taskset (hex mask, e.g. f0).")
 @click.option("--timeout", "timeout_s", default=900.0, show_default=True, type=click.FloatRange(1), help="Seconds before a repetition is killed.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the model weights and prompt choice.")
@@ -171,6 +185,8 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
     )
     get_adapter(runtime)
     plan.validate()
+    if out_path is not None:  # found out now, not after the run
+        _check_writable(out_path, "--out")
     if binary_name:  # an unknown name is bad input: say so before a run is stored
         from devprof import bins
 

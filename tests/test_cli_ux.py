@@ -111,6 +111,8 @@ def test_unknown_device_is_bad_input(private_adb, tmp_path, args, message):
     (["--baseline", "none", "--baseline-bundle", __file__], "--baseline-bundle needs a --baseline model"),
     (["--devices-file", "/nonexistent/devices.toml", "--device", "s25"], "devices file not found"),
     (["--no-such-option"], "No such option"),
+    (["--threads", "-5"], "Invalid value for '--threads'"),
+    (["--out", __file__ + "/r.html"], "is a file, not a folder"),
 ])
 def test_bad_run_input_exits_2_and_stores_nothing(private_adb, tmp_path, args, message):
     db = tmp_path / "s.db"
