@@ -56,7 +56,7 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
     else:
         from devprof.analysis.console import compare_renderables
 
-        for r in compare_renderables(report):
+        for r in compare_renderables(report, width=out.width):
             out.print(r)
     if html_path is not None:
         click.echo(f"report: {html_path}", err=True)

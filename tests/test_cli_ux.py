@@ -251,6 +251,13 @@ def test_show_devices_and_bins_fit(tmp_path, columns, monkeypatch):
     res = invoke("show", "--db", str(db), env=env)
     assert res.exit_code == 0 and run_id in res.output
     assert "MobileMoE-S-mini" in res.output and "MobileLLM-Pro-mini" in res.output
+    _lines_fit(res.output, columns)
+    res = invoke("compare", "--db", str(db), env=env)
+    assert res.exit_code == 0 and run_id in res.output and "effective" in res.output, res.output
+    _lines_fit(res.output, columns)
+    res = invoke("diff", run_id, run_id, "--db", str(db), env=env)
+    assert res.exit_code == 0 and "prefill tok/s" in res.output
+    assert not [ln for ln in res.output.splitlines() if len(ln) > columns]
     res = invoke("devices", env=env)
     assert res.exit_code == 0 and re.search(r"^local\s", res.output, re.M), res.output
     _lines_fit(res.output, columns)

@@ -45,7 +45,8 @@ def _metric_text(m: stats.Metric | None, decimals: int, cache: list[str] | None 
 
 
 # ---- compare -------------------------------------------------------------------------------------
-def compare_renderables(rep: CompareReport) -> list[RenderableType]:
+def compare_renderables(rep: CompareReport, width: int = 140) -> list[RenderableType]:
+    """``width``: the terminal's; below 90 columns the routing table leaves out its first milestone."""
     m = rep.record.meta
     d = m.device
     out: list[RenderableType] = [Text.assemble(
@@ -54,7 +55,7 @@ def compare_renderables(rep: CompareReport) -> list[RenderableType]:
     for msg in rep.messages:
         out.append(Text(msg, style="yellow"))
     for mc in rep.models:
-        out.extend(_model(rep, mc))
+        out.extend(_model(rep, mc, width))
     if rep.warnings:
         out.append(Group(*[Text(f"! {w}", style="yellow") for w in rep.warnings]))
     if any(mc.projections for mc in rep.models):
@@ -64,7 +65,7 @@ def compare_renderables(rep: CompareReport) -> list[RenderableType]:
     return out
 
 
-def _model(rep: CompareReport, mc: ModelCompare) -> list[RenderableType]:
+def _model(rep: CompareReport, mc: ModelCompare, width: int = 140) -> list[RenderableType]:
     out: list[RenderableType] = [Text(f"\n{mc.display} at {mc.context} tokens of context", style="bold underline")]
     if mc.pairs:
         out.extend(_memory_tables(rep, mc))
@@ -80,7 +81,7 @@ def _model(rep: CompareReport, mc: ModelCompare) -> list[RenderableType]:
     elif mc.templated is None:
         out.append(Text("No templated workload in this run: nothing to hold the real prompts against.", style="dim"))
     if mc.routing:
-        out.extend(_routing(mc))
+        out.extend(_routing(mc, width))
     if mc.joins:
         out.extend(_join(mc))
     if mc.projections:
@@ -129,9 +130,11 @@ def _milestones(n: int) -> list[int]:
     return pts + [n]
 
 
-def _routing(mc: ModelCompare) -> list[RenderableType]:
+def _routing(mc: ModelCompare, width: int = 140) -> list[RenderableType]:
     n_max = max(v.n_tokens for v in mc.routing)
     miles = _milestones(n_max)
+    if width < 90 and len(miles) > 3:  # room for every other column (and its header) at 80 columns
+        miles = miles[1:]
     t = Table(title="Routing: distinct (layer, expert) pairs after n tokens, and how even the load is",
               box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     t.add_column("workload")
