@@ -201,6 +201,8 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
     if dry_run:
         _print_plan(plan, targets, est)
         return
+    from devprof.estimate import ANNOUNCE_ABOVE_S
+
     if est.seconds > ANNOUNCE_ABOVE_S and not as_json:
         console.print(Text(f"estimate: {est.words()}"), highlight=False)
     started = time.monotonic()
@@ -227,9 +229,6 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
                   markup=False, highlight=False)
     for p in paths:
         click.echo(f"report: {p}", err=True)
-
-
-ANNOUNCE_ABOVE_S = 60.0  # devprof.estimate.ANNOUNCE_ABOVE_S, without importing it for every command
 
 
 def _estimate(plan, store, targets):
