@@ -93,7 +93,8 @@ def duration(seconds: float) -> str:
 def catalog_seconds(spec: ModelSpec, context: int, new_tokens: int, runtime: str, weights: str) -> float:
     """One runtime process by catalog arithmetic: start-up + (prefill + decode FLOPs) / rate."""
     startup, gflops = CATALOG_RATES.get((runtime, weights), _DEFAULT_RATE)
-    work = spec.prefill_flops(context) + sum(spec.decode_flops_per_token(context + i) for i in range(0, new_tokens, 8)) * 8
+    # decode: every step attends to the cache so far; the step halfway through stands for the average one
+    work = spec.prefill_flops(context) + new_tokens * spec.decode_flops_per_token(context + new_tokens // 2)
     return startup + work / (gflops * 1e9)
 
 
