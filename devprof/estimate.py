@@ -59,13 +59,13 @@ class Estimate:
     seconds: float
     runs: int  # runtime processes, warm-ups included
     cells: list[Cell] = field(default_factory=list)
+    history_reps: int = 0  # distinct earlier repetitions the history cells came from
 
     @property
     def source(self) -> str:
         kinds = {c.source for c in self.cells}
         if kinds == {"history"}:
-            n = sum(c.n_history for c in self.cells)
-            return f"from {n} similar earlier repetitions in the store"
+            return f"from {self.history_reps} similar earlier repetitions in the store"
         if kinds == {"catalog"}:
             return "from catalog arithmetic (FLOPs at this host's measured rate; no similar runs in the store yet)"
         k = sum(1 for c in self.cells if c.source == "history")
@@ -120,20 +120,25 @@ def estimate(plan: Plan, store: Store | None = None, device_serial: str = "local
     """How long ``plan`` takes on one device (devices of ``--device all`` run side by side)."""
     per_cell = plan.warmup + plan.reps
     overhead = PER_REP_OVERHEAD_S.get(device_kind, 1.0)
-    cells = []
+    cells, used = [], 0
     for spec in plan.models:
         rows = store.rep_timings(device_serial, plan.runtime, spec.name, plan.weights) if store is not None else []
+        rows = [r for r in rows if r.get("wall_ms") and r.get("prefill_tok_s") and r.get("decode_tok_s")]
+        taken: set[int] = set()  # which of the rows the history cells of this model came from
         for context in plan.contexts:
             hist = history_seconds(rows, context, plan.new_tokens) if rows else None
+            same = {i for i, r in enumerate(rows) if r["context"] == context} or set(range(len(rows)))
+            if hist is not None:
+                taken |= same
             for workload in plan.workloads:
                 if hist is not None:
-                    n = sum(1 for r in rows if r["context"] == context) or len(rows)
-                    cells.append(Cell(spec.name, workload, context, per_cell, hist + overhead, "history", n))
+                    cells.append(Cell(spec.name, workload, context, per_cell, hist + overhead, "history", len(same)))
                 else:
                     s = catalog_seconds(spec, context, plan.new_tokens, plan.runtime, plan.weights)
                     cells.append(Cell(spec.name, workload, context, per_cell, s + overhead, "catalog"))
+        used += len(taken)
     total = sum(c.runs * c.seconds_per_run for c in cells)
-    return Estimate(seconds=total, runs=sum(c.runs for c in cells), cells=cells)
+    return Estimate(seconds=total, runs=sum(c.runs for c in cells), cells=cells, history_reps=used)
 
 
 __all__ = ["ANNOUNCE_ABOVE_S", "CATALOG_RATES", "Cell", "Estimate", "catalog_seconds", "duration", "estimate",

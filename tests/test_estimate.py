@@ -56,7 +56,7 @@ def test_history_of_the_same_cells_is_preferred_and_rescaled(tmp_path):
         plan = _plan(contexts=[2048], new_tokens=64, reps=3, warmup=1)
         est = estimate(plan, s, device_serial="R5CY20ABCDE", device_kind="android")
         assert {c.source for c in est.cells} == {"history"}
-        assert "from 32 similar earlier repetitions" in est.words()  # 8 per model, counted for each of 2 workloads
+        assert "from 16 similar earlier repetitions" in est.words()  # 8 per model (warm-ups included)
         for model in (F.MOE, F.DENSE):
             walls = [r.outcome.wall_ms / 1000 for r in reps if r.model == model]
             cell = next(c for c in est.cells if c.model == model)
