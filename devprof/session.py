@@ -158,10 +158,22 @@ class Session:
             self._finish(run_id, "lost", e.message)
             raise DeviceLost(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
         except DevprofError as e:
-            self._finish(run_id, "failed", e.message)
+            self._finish_quietly(run_id, "failed", e.message)
             raise type(e)(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
+        except OSError as e:  # the artifacts' disk filled up or went away: the store keeps what it has
+            msg = f"cannot write the run's files under {run_dir}: {e.strerror or e}"
+            self._finish_quietly(run_id, "failed", msg)
+            raise DevprofError(f"{msg}; kept {self.kept} finished repetition(s) in run {run_id}") from None
         self._finish(run_id, "complete", "")
         return meta
+
+    def _finish_quietly(self, run_id: str, status: str, note: str) -> None:
+        """Mark the run ended while already reporting an error: a store that cannot take even
+        that (its disk is full) must not replace the error the user needs to see."""
+        try:
+            self._finish(run_id, status, note)
+        except DevprofError:
+            pass
 
     def _finish(self, run_id: str, status: str, note: str) -> None:
         self.store.finish_run(run_id, status, note)

@@ -33,7 +33,7 @@ SAMPLER = Path(__file__).with_name("sampler.sh")
 IO_TIMEOUT = 15.0
 #: How often a running repetition checks that the phone still answers (one in-process sync STAT
 #: on adbd: no process is started on the phone, so the measurement is not disturbed).
-PROBE_INTERVAL = 10.0
+PROBE_INTERVAL = 5.0
 
 
 def _client(adb_server: str | None):
@@ -608,8 +608,14 @@ def _sampler_pid(mem: str) -> int | None:
 
 
 def _why(e: BaseException) -> str:
+    import socket
+
+    import adbutils
+
     if isinstance(e, EOFError):
         return "the adb connection closed (device unplugged or adbd gone?)"
+    if isinstance(e, (adbutils.AdbTimeout, socket.timeout, TimeoutError)):
+        return f"it stopped answering (nothing for {IO_TIMEOUT:g} s: adbd frozen or USB hung?)"
     return str(e) or type(e).__name__
 
 
