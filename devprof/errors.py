@@ -72,7 +72,7 @@ def signal_hint(signum: int, runtime: str = "") -> str:
                 "(e.g. pip install --no-cache-dir --force-reinstall) or use a baseline build")
     if signum in (signal.SIGSEGV, signal.SIGBUS):
         return ("try --runtime-arg=--no-repack (llama.cpp's CPU repack kernels), or rebuild the runtime for this CPU"
-                if llama else "the runtime crashed: its stderr is kept with the run; try a smaller --context "
+                if llama else "the runtime crashed (its stderr is kept with the run): try a smaller --context "
                               "or rebuild the runtime")
     if signum == signal.SIGABRT:
         return "the runtime aborted (a failed check): see its stderr kept with the run"

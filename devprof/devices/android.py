@@ -164,7 +164,7 @@ class AndroidDevice(Device):
         self._shell_v2: bool | None = None  # detected once: phones without it get the legacy shell
 
     # -- plumbing --------------------------------------------------------------------------
-    def sh(self, cmd: str | list[str], timeout: float = 60.0) -> tuple[int, str]:
+    def sh(self, cmd: str | list[str], timeout: float = 2 * IO_TIMEOUT) -> tuple[int, str]:
         """Run a shell command (a list is quoted element by element); (exit code, output)."""
         if isinstance(cmd, list):
             cmd = " ".join(shlex.quote(c) for c in cmd)
@@ -186,7 +186,7 @@ class AndroidDevice(Device):
             self._shell_v2 = "shell_v2" in {f.strip() for f in features.split(",")}
         return self._shell_v2
 
-    def _check(self, cmd: str | list[str], what: str, timeout: float = 60.0) -> str:
+    def _check(self, cmd: str | list[str], what: str, timeout: float = 2 * IO_TIMEOUT) -> str:
         rc, out = self.sh(cmd, timeout)
         if rc != 0:
             raise DeviceError(f"{what} failed on {self.serial} (exit {rc}): {out.strip()[:200]}")
@@ -236,7 +236,7 @@ class AndroidDevice(Device):
         if not names:
             return {}
         cmd = f"cd {shlex.quote(remote_dir)} && sha256sum " + " ".join(shlex.quote(n) for n in names) + " 2>/dev/null"
-        _, out = self.sh(cmd, timeout=600)
+        _, out = self.sh(cmd, timeout=120)  # silent while it hashes: room for a slow phone
         found = {}
         for line in out.splitlines():
             parts = line.split(None, 1)
@@ -380,7 +380,7 @@ class AndroidDevice(Device):
 
     def drop_page_cache(self, device_path: str) -> tuple[str, str]:
         # Needs root: `echo 1 > /proc/sys/vm/drop_caches`. Without it the cache state is unknown.
-        rc, _ = self.sh("sync; echo 1 > /proc/sys/vm/drop_caches", timeout=4 * IO_TIMEOUT)
+        rc, _ = self.sh("sync; echo 1 > /proc/sys/vm/drop_caches", timeout=2 * IO_TIMEOUT)
         if rc == 0:
             return "cold", "drop_caches (root)"
         return "unknown", "cannot drop the page cache without root"
