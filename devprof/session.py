@@ -301,8 +301,9 @@ class Session:
         freqs_before = dev.cpu_freqs()
         outcome = dev.run(RunRequest(argv=argv, sample_ms=plan.sample_ms,
                                      timeout_s=plan.timeout_s, cpu_mask=plan.cpu_mask, cancel=self.cancel))
-        thermal_after = dev.thermal()
-        freqs_after = dev.cpu_freqs()
+        gone = outcome.status == "lost"  # a device that stopped answering is not asked again
+        thermal_after = {} if gone else dev.thermal()
+        freqs_after = {} if gone else dev.cpu_freqs()
         artifacts = _save_outputs(rdir, run_dir, outcome)
         result = None
         if outcome.status == "ok":

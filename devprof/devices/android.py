@@ -445,7 +445,7 @@ class AndroidDevice(Device):
                                   wall_ms=(time.monotonic() - t0) * 1000.0, status="lost", note=why)
 
         if status == "lost":
-            return lost(f"{self.serial} stopped answering: {silent.why}")
+            return lost(f"{self.serial} stopped answering ({silent.why})")
         if status != "ok":
             if not self._kill_remote(base):
                 # the phone did not answer the kill either: it is gone (frozen adbd, hung USB)
@@ -514,8 +514,8 @@ class AndroidDevice(Device):
 
 class _Probe(threading.Thread):
     """Checks every PROBE_INTERVAL that the phone still answers (a sync STAT, served inside adbd);
-    two silences in a row make it gone: a frozen adbd or a hung USB link is found within about
-    half a minute, whatever the run's --timeout."""
+    two silences of IO_TIMEOUT in a row make it gone: a frozen adbd or a hung USB link is found
+    within PROBE_INTERVAL + 2 * IO_TIMEOUT (35 s), whatever the run's --timeout."""
 
     def __init__(self, dev, path: str) -> None:
         super().__init__(daemon=True, name="adb-probe")
@@ -526,13 +526,14 @@ class _Probe(threading.Thread):
 
     def run(self) -> None:
         misses = 0
-        while not self._stop_evt.wait(PROBE_INTERVAL):
+        while not self._stop_evt.wait(0 if misses else PROBE_INTERVAL):  # a silence is checked again at once
             try:
                 self.dev.sync.stat(self.path)
                 misses = 0
             except _adb_errors() as e:
                 misses += 1
-                self.why = f"no answer to 2 checks {PROBE_INTERVAL:g} s apart ({_why(e)})"
+                self.why = (f"no answer within {IO_TIMEOUT:g} s to 2 checks in a row: adbd frozen or USB hung?"
+                            if isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower() else _why(e))
                 if misses >= 2:
                     self._gone.set()
                     return
