@@ -188,7 +188,7 @@ def _run_parallel(targets, store, plan, quiet: bool):
             return session.run()
 
     metas, errors = [], []
-    interrupted: Interrupted | None = None
+    interrupted: list[str] = []
     with ThreadPoolExecutor(max_workers=len(targets)) as pool:
         futures = {pool.submit(work, d): d for d in targets}
         for fut, dev in futures.items():
@@ -199,15 +199,15 @@ def _run_parallel(targets, store, plan, quiet: bool):
                     cancel.set()  # every session stops its runtime and stores its run as interrupted
                     continue
                 except Interrupted as e:
-                    interrupted = e
+                    interrupted.append(f"{dev.serial}: {e.message.split(': ', 1)[-1]}")
                 except DevprofError as e:
                     errors.append(f"{dev.serial}: {e.message}")
                 break
-    if cancel.is_set() or interrupted is not None:
+    if cancel.is_set() or interrupted:
         from devprof.errors import signal_name, stop_signal
 
         by = f" by {signal_name(stop_signal[0])}" if stop_signal else ""
-        err = Interrupted(f"interrupted{by}: every device's finished repetitions are kept")
+        err = Interrupted(f"interrupted{by}: " + ("; ".join(interrupted + errors) or "finished repetitions are kept"))
         err.exit_code = _interrupted_exit()
         raise err
     if errors and not metas:

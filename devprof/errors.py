@@ -68,8 +68,9 @@ def signal_hint(signum: int, runtime: str = "") -> str:
 
     llama = runtime == "llamacpp"
     if signum == signal.SIGILL:
-        return ("the binary uses CPU instructions this CPU lacks: rebuild the runtime for this CPU "
-                "(e.g. pip install --no-cache-dir --force-reinstall) or use a baseline build")
+        return ("the binary uses CPU instructions this CPU lacks: rebuild the runtime for this CPU or use a "
+                "portable baseline build (a wheel pip cached on another machine: pip install --no-cache-dir "
+                "--force-reinstall)")
     if signum in (signal.SIGSEGV, signal.SIGBUS):
         return ("try --runtime-arg=--no-repack (llama.cpp's CPU repack kernels), or rebuild the runtime for this CPU"
                 if llama else "the runtime crashed (its stderr is kept with the run): try a smaller --context "

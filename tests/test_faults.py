@@ -55,6 +55,9 @@ def error_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.startswith(("error:", "internal error:"))]
     assert len(lines) == 1, stderr
     assert not lines[0].startswith("internal error"), lines[0]
+    if os.environ.get("DEVPROF_FAULT_LOG"):  # collect what users see, for docs/faults.md
+        with open(os.environ["DEVPROF_FAULT_LOG"], "a") as f:
+            f.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\t{lines[0]}\n")
     return lines[0]
 
 
@@ -597,6 +600,30 @@ def test_sigterm_stops_the_runtime_on_the_phone(adb, tmp_path):
         assert status == "interrupted" and n == kept(line) >= 1
         time.sleep(1.0)
         assert runtime_pids(str(phone.sandbox)) == []
+
+
+def test_sigterm_stops_every_phone_of_device_all(adb, tmp_path):
+    """`--device all` runs one session per phone in threads; SIGTERM reaches the main thread
+    only, which passes it on: every phone's runtime is stopped and every run is interrupted."""
+    db = tmp_path / "s.db"
+    with FakePhone(adb) as a, FakePhone(adb, model="Pixel 9 Pro", android_version="16") as b:
+        proc = start(["run", "--device", "all", *TINY, "--reps", "6", "--db", str(db),
+                      "--adb-server", f"127.0.0.1:{adb.port}"], env=_phone_env(adb))
+        wait_for(lambda: n_ok(db) >= 2, 300, "two repetitions", proc)
+        wait_for(lambda: runtime_pids(str(a.sandbox)) or runtime_pids(str(b.sandbox)), 120, "a running repetition",
+                 proc)
+        proc.send_signal(signal.SIGTERM)
+        rc, _, err = finish(proc, 90)
+        line = error_line(err)
+        assert rc == 143 and line.startswith("error: interrupted by SIGTERM: "), line
+        assert a.serial in line and b.serial in line
+        con = sqlite3.connect(db)
+        runs = con.execute("SELECT run_id, status FROM runs").fetchall()
+        assert len(runs) == 2 and {st for _, st in runs} == {"interrupted"}
+        per_run = dict(con.execute("SELECT run_id, count(*) FROM repetitions WHERE status = 'ok' GROUP BY run_id"))
+        assert sum(map(int, re.findall(r"kept (\d+) finished", line))) == sum(per_run.values()) >= 2
+        time.sleep(1.0)
+        assert runtime_pids(str(a.sandbox)) == [] and runtime_pids(str(b.sandbox)) == []
 
 
 def test_phone_arguments_are_not_shell(adb, tmp_path):
