@@ -373,8 +373,8 @@ class Session:
         if o.status == "oom":
             raise RuntimeFailed(f"{where} was killed for memory (OOM): {o.note}")
         last = _last_line(o.stderr) or _last_line(o.stdout) or o.note
-        if o.status == "timeout":
-            raise RuntimeFailed(f"{where}: {o.note}")
+        if o.status == "timeout":  # the note's first clause; the rest (how the peak was read) stays stored
+            raise RuntimeFailed(f"{where}: {o.note.split(';')[0]}")
         if o.exit_code is not None and o.exit_code < 0:  # died by a signal: name it and what to try
             sig = -o.exit_code
             raise RuntimeFailed(f"runtime {killed_by(sig)} on {where}: {signal_hint(sig, self.plan.runtime)}")

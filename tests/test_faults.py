@@ -272,12 +272,12 @@ def test_timeout_kills_the_runtime_and_keeps_what_finished(tmp_path):
     env = register(tmp_path, "hang", "exec sleep 300", good=1)
     t0 = time.monotonic()
     # the timeout must leave room for the first (real) repetition on a busy 2-core machine
-    rc, _, err = devprof("run", *TINY, "--reps", "2", "--binary", "hang", "--timeout", "40", "--db", str(db), env=env)
+    rc, _, err = devprof("run", *TINY, "--reps", "2", "--binary", "hang", "--timeout", "20", "--db", str(db), env=env)
     line = error_line(err)
-    assert rc == 1 and "killed after the 40 s timeout" in line
+    assert rc == 1 and "killed after the 20 s timeout" in line and "peak" not in line
     status, n = stored(db)
     assert status == "failed" and n == kept(line) == 1
-    assert time.monotonic() - t0 < 40 + 60
+    assert time.monotonic() - t0 < 20 + 60
     left = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout.split()
     hang_children = [p for p in left if str(tmp_path) in Path(f"/proc/{p}/cmdline").read_text(errors="replace")] \
         if left else []
@@ -501,7 +501,7 @@ def test_full_phone_storage_is_refused_before_pushing(adb, tmp_path):
                              env=_phone_env(adb))
         line = error_line(err)
         assert rc == 1
-        m = re.search(r"not enough space on \S+ for \S+: ([\d.]+) MiB to push, ([\d.]+) MiB free", line)
+        m = re.search(r"not enough space on \S+ in /data/local/tmp/devprof: ([\d.]+) MiB to push, ([\d.]+) MiB free", line)
         assert m, line
         assert float(m.group(1)) > 100 and float(m.group(2)) <= 8
         assert not list((phone.sandbox / "data/local/tmp/devprof").glob("*/weights.bin"))

@@ -288,7 +288,7 @@ class AndroidDevice(Device):
         free = self.free_bytes(remote_dir)
         if free is not None and need > free:
             raise DeviceError(
-                f"not enough space on {self.serial} for {remote_dir}: {_mib(need)} to push, {_mib(free)} free; "
+                f"not enough space on {self.serial} in {REMOTE_ROOT}: {_mib(need)} to push, {_mib(free)} free; "
                 f"free some space on the phone (old devprof bundles: adb -s {self.serial} shell rm -r {REMOTE_ROOT})")
 
     def _push(self, src: Path, dst: str, mode: int) -> None:
