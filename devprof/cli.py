@@ -168,14 +168,11 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
 def _run_parallel(targets, store, plan, quiet: bool):
     """One worker thread per device, each with its own store connection; failures on one device
     do not stop the others, and are reported together at the end."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from devprof.session import Session
+    from devprof.session import Interrupted, Session
     from devprof.store import Store
-
-    import threading
-
-    from devprof.session import Interrupted
 
     cancel = threading.Event()  # Ctrl-C / SIGTERM reach the main thread only: pass them on
 

@@ -324,8 +324,8 @@ class Session:
 
                 routing = summarize(local_trace)
                 artifacts["routing"] = str(local_trace.relative_to(run_dir))
-        if outcome.status != "lost":
-            dev.discard(trace_dev)  # scratch files do not pile up on the device
+        if s.model.is_moe and outcome.status != "lost":
+            dev.discard(trace_dev)  # pulled or not, the trace does not pile up on the device
         return Repetition(
             model=s.model.name, workload=workload, context=context, index=index, warmup=warm,
             result=result, outcome=outcome, cache_state=cache_state, cache_note=cache_note,
