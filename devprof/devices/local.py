@@ -59,8 +59,9 @@ def exit_peak_kb(maxrss: int | None, own_hwm_kb: int | None,
 
     ``maxrss`` is wait4's ru_maxrss; it holds the spawning process's VmHWM (``own_hwm_kb``,
     read just before the spawn) as a floor, inherited at exec, so it is the child's own peak
-    only above that floor. Below it, the last sampled VmHWM (or the highest sampled RSS) is
-    the peak; with no samples there is none to report."""
+    only above that floor, and then the peak is the larger of it and every sampled VmHWM (the
+    two are read at different moments and can differ by a few pages). Below it, the highest
+    sampled VmHWM (or RSS) is the peak; with no samples there is none to report."""
     sampled = max((s.hwm_kb or s.rss_kb for s in samples), default=None)
     if maxrss and (own_hwm_kb is None or maxrss > own_hwm_kb):
         return max(int(maxrss), sampled or 0), ""  # every VmHWM seen: exit figure and samples
