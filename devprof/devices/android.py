@@ -615,6 +615,9 @@ def _why(e: BaseException) -> str:
 
     if isinstance(e, EOFError):
         return "the adb connection closed (device unplugged or adbd gone?)"
+    text = str(e)
+    if "offline" in text or "not found" in text:  # what the adb server says once it noticed
+        return f"adb says {text} (device unplugged or adbd gone?)"
     if isinstance(e, (adbutils.AdbTimeout, socket.timeout, TimeoutError)):
         return f"it stopped answering (nothing for {IO_TIMEOUT:g} s: adbd frozen or USB hung?)"
     return str(e) or type(e).__name__
