@@ -555,10 +555,12 @@ def test_phone_without_shell_v2_is_quiet(adb, tmp_path):
     db = tmp_path / "s.db"
     feats = ["stat_v2", "ls_v2", "fixed_push_mkdir", "fixed_push_symlink_timestamp"]
     with FakePhone(adb, features=feats) as phone:
-        rc, _, err = finish(_phone_run(adb, phone, db, "--workload", "real", "--baseline", "mobilellm-pro-mini"))
+        rc, _, err = finish(_phone_run(adb, phone, db))
         assert rc == 0, err
         assert "not supported by device" not in err and "Traceback" not in err
-        assert stored(db) == ("complete", 2)
+        assert stored(db) == ("complete", 1)
+        log = phone.log()
+        assert "shell,v2" not in log and "OPEN 'shell:" in log  # every command went through the legacy shell
 
 
 def test_scratch_files_are_removed_after_each_repetition(adb, tmp_path):
