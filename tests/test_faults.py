@@ -193,7 +193,11 @@ def test_runtime_killed_by_the_oom_killer_is_oom(tmp_path):
     try:
         cg.mkdir()
         (cg / "memory.limit_in_bytes").write_text(str(1536 * 2**20))
+        if (cg / "memory.memsw.limit_in_bytes").exists():  # no swapping out of the limit either
+            (cg / "memory.memsw.limit_in_bytes").write_text(str(1536 * 2**20))
     except (OSError, AttributeError) as e:
+        if cg is not None and cg.exists():
+            cg.rmdir()
         pytest.skip(f"no writable memory cgroup here ({e})")
     try:
         db = tmp_path / "s.db"
