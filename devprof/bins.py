@@ -154,11 +154,10 @@ def save(entries: list[Binary], manifest: Path | None = None) -> None:
             if v != "" or k in ("name", "runtime", "platform", "abi", "path", "sha256"):
                 lines.append(f"{k} = {_toml_str(v)}")
         lines.append("")
+    from devprof.export import _atomic_write  # the one atomic writer: no half-written or stray file
+
     try:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = manifest.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines), encoding="utf-8")
-        tmp.replace(manifest)
+        _atomic_write(manifest, "\n".join(lines))
     except OSError as e:
         raise DevprofError(f"cannot write the binaries manifest {manifest}: {e.strerror}") from None
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from devprof import REPO_ROOT, __version__
-from devprof.errors import DevprofError, UsageError, path_error
+from devprof.errors import DevprofError, UsageError
 
 # log_path=False: the user's log says what happened, not which line of devprof said it (cli.py:238)
 console = Console(stderr=True, soft_wrap=True, log_path=False)
@@ -260,25 +260,45 @@ def _print_plan(plan, targets, est) -> None:
 def _run_parallel(targets, store, plan, quiet: bool):
     """One worker thread per device, each with its own store connection; failures on one device
     do not stop the others, and are reported together at the end."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from devprof.session import Session
+    from devprof.session import Interrupted, Session
     from devprof.store import Store
+
+    cancel = threading.Event()  # Ctrl-C / SIGTERM reach the main thread only: pass them on
 
     def work(dev):
         with dev:
             own = Store(store.path)
             obs = _LineObserver(console, dev.serial, enabled=not quiet)
-            return Session(dev, own, plan, store.path.parent / "runs", observer=obs).run()
+            session = Session(dev, own, plan, store.path.parent / "runs", observer=obs)
+            session.cancel = cancel
+            return session.run()
 
     metas, errors = [], []
+    interrupted: list[str] = []
     with ThreadPoolExecutor(max_workers=len(targets)) as pool:
         futures = {pool.submit(work, d): d for d in targets}
         for fut, dev in futures.items():
-            try:
-                metas.append(fut.result())
-            except DevprofError as e:
-                errors.append(f"{dev.serial}: {e.message}")
+            while True:
+                try:
+                    metas.append(fut.result())
+                except KeyboardInterrupt:
+                    cancel.set()  # every session stops its runtime and stores its run as interrupted
+                    continue
+                except Interrupted as e:
+                    interrupted.append(f"{dev.serial}: {e.message.split(': ', 1)[-1]}")
+                except DevprofError as e:
+                    errors.append(f"{dev.serial}: {e.message}")
+                break
+    if cancel.is_set() or interrupted:
+        from devprof.errors import signal_name, stop_signal
+
+        by = f" by {signal_name(stop_signal[0])}" if stop_signal else ""
+        err = Interrupted(f"interrupted{by}: " + ("; ".join(interrupted + errors) or "finished repetitions are kept"))
+        err.exit_code = _interrupted_exit()
+        raise err
     if errors and not metas:
         raise DevprofError("; ".join(errors))
     for e in errors:
@@ -343,15 +363,11 @@ class _RichObserver:
 
 
 def _write_report(record, path: Path) -> Path:
+    from devprof.export import write_text
     from devprof.report import HtmlRenderer
 
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(HtmlRenderer().render(record), encoding="utf-8")
-    except OSError as e:
-        raise path_error(f"cannot write the report to {path}: {e.strerror}", e) from None
-    return path
+    # atomic: a temporary file beside it, renamed into place; a full disk leaves no empty report
+    return write_text(Path(path), HtmlRenderer().render(record), "report")
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,8 +581,33 @@ def bins_list(as_json) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+def _on_stop_signal(signum, _frame) -> None:
+    """SIGTERM (what a CI cancel or `kill` sends) takes Ctrl-C's path: the running repetition's
+    process is stopped on the host or the device, the run is stored as interrupted with every
+    finished repetition, and devprof exits 128 + the signal (143). A second one while that clean-up
+    runs is ignored, so the clean-up finishes."""
+    from devprof.errors import stop_signal
+
+    if stop_signal:
+        return
+    stop_signal.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted_exit() -> int:
+    from devprof.errors import stop_signal
+
+    return 128 + stop_signal[0] if stop_signal else 130
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line and a non-zero exit for every error, never a traceback."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGTERM, _on_stop_signal)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        pass
     try:
         rv = cli.main(args=argv, prog_name="devprof", standalone_mode=False)
         if isinstance(rv, int) and rv:  # a command's ctx.exit(code) comes back as a return value here
@@ -575,13 +616,13 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("DEVPROF_DEBUG"):
             raise
         console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        sys.exit(_interrupted_exit())
     except click.ClickException as e:
         console.print(f"[red]error:[/] {escape(e.format_message())}", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        sys.exit(_interrupted_exit())
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # a bug: say so in one line; the traceback only on request

@@ -61,3 +61,47 @@ def path_error(message: str, e: BaseException, cls: type[DevprofError] = Devprof
     if is_bad_path(e):
         err.exit_code = UsageError.exit_code
     return err
+
+
+# ---- signals: how a process died, and what to try (one line each) ------------------------------
+
+#: The signal that stopped devprof itself (set by the CLI's SIGTERM handler): a run it interrupts
+#: is stored as interrupted and the command exits 128 + the signal (143 for SIGTERM).
+stop_signal: list[int] = []
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def killed_by(signum: int) -> str:
+    """'killed by signal 11 (SIGSEGV)'."""
+    return f"killed by signal {signum} ({signal_name(signum)})"
+
+
+def signal_hint(signum: int, runtime: str = "") -> str:
+    """What to try after a runtime died by ``signum`` (one clause, no trailing period)."""
+    import signal
+
+    llama = runtime == "llamacpp"
+    if signum == signal.SIGILL:
+        return ("the binary uses CPU instructions this CPU lacks: rebuild the runtime for this CPU or use a "
+                "portable baseline build (a wheel pip cached on another machine: pip install --no-cache-dir "
+                "--force-reinstall)")
+    if signum in (signal.SIGSEGV, signal.SIGBUS):
+        return ("try --runtime-arg=--no-repack (llama.cpp's CPU repack kernels), or rebuild the runtime for this CPU"
+                if llama else "the runtime crashed (its stderr is kept with the run): try a smaller --context "
+                              "or rebuild the runtime")
+    if signum == signal.SIGABRT:
+        return "the runtime aborted (a failed check): see its stderr kept with the run"
+    if signum == signal.SIGKILL:
+        return ("no out-of-memory record was found, so something else killed it (a watchdog, a CI "
+                "timeout, a user): run again")
+    if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        return "another process stopped it: run again"
+    return "see its stderr kept with the run"

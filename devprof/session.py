@@ -20,7 +20,8 @@ from typing import Protocol
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
 from devprof.devices.base import Device, RunRequest
-from devprof.errors import DeviceLost, DevprofError, ParseError, RuntimeFailed, UsageError
+from devprof.errors import (DeviceLost, DevprofError, ParseError, RuntimeFailed, UsageError, killed_by,
+                            signal_hint, signal_name, stop_signal)
 from devprof.results import ProcessOutcome, Repetition, RunMeta
 from devprof.runtimes import base as rt
 from devprof.store import Store
@@ -152,19 +153,38 @@ class Session:
                 for workload in plan.workloads:
                     self._run_cell(run_id, run_dir, staged, workload, context)
         except KeyboardInterrupt:
-            self._finish(run_id, "interrupted", "stopped by the user (Ctrl-C)")
-            raise Interrupted(
-                f"interrupted: kept {self.kept} finished repetition(s) in run {run_id}") from None
+            # Ctrl-C, or SIGTERM (a CI cancel), which the CLI turns into the same path: the
+            # device backend has already stopped the runtime; what was measured stays stored.
+            sig = stop_signal[0] if stop_signal else None
+            self._finish(run_id, "interrupted", f"stopped by {signal_name(sig)}" if sig
+                         else "stopped by the user (Ctrl-C)")
+            err = Interrupted(f"interrupted{' by ' + signal_name(sig) if sig else ''}: kept {self.kept} "
+                              f"finished repetition(s) in run {run_id}")
+            if sig:
+                err.exit_code = 128 + sig
+            raise err from None
         except DeviceLost as e:
             self._finish(run_id, "lost", e.message)
             raise DeviceLost(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
         except DevprofError as e:
-            self._finish(run_id, "failed", e.message)
+            self._finish_quietly(run_id, "failed", e.message)
             err = type(e)(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}")
             err.exit_code = e.exit_code  # e.g. a bad path's 2 (errors.path_error)
             raise err from None
+        except OSError as e:  # the artifacts' disk filled up or went away: the store keeps what it has
+            msg = f"cannot write the run's files under {run_dir}: {e.strerror or e}"
+            self._finish_quietly(run_id, "failed", msg)
+            raise DevprofError(f"{msg}; kept {self.kept} finished repetition(s) in run {run_id}") from None
         self._finish(run_id, "complete", "")
         return meta
+
+    def _finish_quietly(self, run_id: str, status: str, note: str) -> None:
+        """Mark the run ended while already reporting an error: a store that cannot take even
+        that (its disk is full) must not replace the error the user needs to see."""
+        try:
+            self._finish(run_id, status, note)
+        except DevprofError:
+            pass
 
     def _finish(self, run_id: str, status: str, note: str) -> None:
         if status != "complete" and self.kept == 0:  # nothing measured: a failed run, never `latest`
@@ -261,6 +281,8 @@ class Session:
         schedule = [(s, -(w + 1), True) for w in range(plan.warmup) for s in staged]
         schedule += [(s, i, False) for i in range(plan.reps) for s in staged]
         for s, index, warm in schedule:
+            if self.cancel.is_set():
+                raise KeyboardInterrupt
             rep = self._one(run_dir, s, workload, context, index, warm, ppaths)
             self.store.add_repetition(run_id, rep)
             if not warm and rep.outcome.status == "ok":
@@ -292,8 +314,9 @@ class Session:
         freqs_before = dev.cpu_freqs()
         outcome = dev.run(RunRequest(argv=argv, sample_ms=plan.sample_ms,
                                      timeout_s=plan.timeout_s, cpu_mask=plan.cpu_mask, cancel=self.cancel))
-        thermal_after = dev.thermal()
-        freqs_after = dev.cpu_freqs()
+        gone = outcome.status == "lost"  # a device that stopped answering is not asked again
+        thermal_after = {} if gone else dev.thermal()
+        freqs_after = {} if gone else dev.cpu_freqs()
         artifacts = _save_outputs(rdir, run_dir, outcome)
         result = None
         if outcome.status == "ok":
@@ -314,6 +337,8 @@ class Session:
 
                 routing = summarize(local_trace)
                 artifacts["routing"] = str(local_trace.relative_to(run_dir))
+        if s.model.is_moe and outcome.status != "lost":
+            dev.discard(trace_dev)  # pulled or not, the trace does not pile up on the device
         return Repetition(
             model=s.model.name, workload=workload, context=context, index=index, warmup=warm,
             result=result, outcome=outcome, cache_state=cache_state, cache_note=cache_note,
@@ -361,8 +386,11 @@ class Session:
         if o.status == "oom":
             raise RuntimeFailed(f"{where} was killed for memory (OOM): {o.note}")
         last = _last_line(o.stderr) or _last_line(o.stdout) or o.note
-        if o.status == "timeout":
-            raise RuntimeFailed(f"{where}: {o.note}")
+        if o.status == "timeout":  # the note's first clause; the rest (how the peak was read) stays stored
+            raise RuntimeFailed(f"{where}: {o.note.split(';')[0]}")
+        if o.exit_code is not None and o.exit_code < 0:  # died by a signal: name it and what to try
+            sig = -o.exit_code
+            raise RuntimeFailed(f"runtime {killed_by(sig)} on {where}: {signal_hint(sig, self.plan.runtime)}")
         if o.exit_code not in (0, None):
             raise RuntimeFailed(f"runtime exited with code {o.exit_code} on {where}: {last}")
         raise RuntimeFailed(f"runtime printed no usable stats on {where}: {o.note}")

@@ -181,13 +181,17 @@ def ratio_ci(a_values: Iterable[float], b_values: Iterable[float], level: float 
 def peak_rss_kb(rep: Repetition) -> int | None:
     """The device's own peak for the process (VmHWM / physFootprint peak).
 
-    Falls back to the largest VmHWM sample (still the kernel's high-water mark) when the device
-    reported none at exit; never to the largest polled VmRSS, which understates the peak.
+    Never the largest polled VmRSS, which understates the peak. The stored peak is the largest VmHWM seen: the device's exit figure, every sampled VmHWM
+    (a sample read just before exit can be a few pages above the exit figure) and the runtime's
+    own VmHWM at exit where it prints one (``result.extra["vmhwm_kb"]``).
     """
+    seen = [s.hwm_kb for s in rep.outcome.samples if s.hwm_kb is not None]
     if rep.outcome.peak_rss_kb is not None:
-        return rep.outcome.peak_rss_kb
-    hwm = [s.hwm_kb for s in rep.outcome.samples if s.hwm_kb is not None]
-    return max(hwm) if hwm else None
+        seen.append(rep.outcome.peak_rss_kb)
+    own = (rep.result.extra or {}).get("vmhwm_kb") if rep.result is not None else None
+    if isinstance(own, (int, float)) and own > 0 and rep.outcome.memory_metric in ("VmHWM", "", None):
+        seen.append(int(own))
+    return max(seen) if seen else None
 
 
 def memory_metric(rep: Repetition) -> str:

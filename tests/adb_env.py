@@ -282,6 +282,8 @@ class FakePhone:
         verbose: bool = False,
         timeout: float = 15,
         start: bool = True,
+        features: list[str] | None = None,
+        storage_kb: int | None = None,
     ):
         self.server = server
         self.unauthorized = unauthorized
@@ -308,6 +310,10 @@ class FakePhone:
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None  # the daemon's exit status once stopped/killed
         self._connect = connect
+        self.features = features  # None: adbd's defaults (shell_v2 included)
+        self.storage_kb = storage_kb  # a tmpfs of this size as /data/local/tmp: a phone that is nearly full
+        self._mounted: Path | None = None
+        self.frozen = False
         _live.add(self)
         if start:
             self.start()
@@ -368,6 +374,10 @@ class FakePhone:
             cmd.append("--sysfs")
         if self.verbose:
             cmd.append("--verbose")
+        if self.features is not None:
+            cmd += ["--features", ",".join(self.features)]
+        if self.storage_kb is not None and self._mounted is None:
+            self._mount_storage()
         self._log_file = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log_file,
@@ -417,6 +427,39 @@ class FakePhone:
         except TimeoutError as e:
             raise TimeoutError(f"{e}\n--- adbd log ---\n{self.log()}") from None
 
+    # ---- faults ----
+    def _mount_storage(self) -> None:
+        """A real small file system (tmpfs, needs root) as the phone's /data/local/tmp."""
+        target = self.sandbox / "data/local/tmp"
+        target.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.storage_kb}k", "tmpfs", str(target)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"cannot mount a {self.storage_kb} kB tmpfs (root needed): {r.stderr.strip()}")
+        self._mounted = target
+
+    def _unmount_storage(self) -> None:
+        if self._mounted is not None:
+            subprocess.run(["umount", "-l", str(self._mounted)], capture_output=True)
+            self._mounted = None
+
+    def freeze(self) -> None:
+        """SIGSTOP the daemon: the TCP link stays up but nothing answers (a frozen adbd, a hung USB link)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.process is not None and self.frozen:
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def log_line(self, buffer: str, line: str) -> None:
+        """Append a line to one of the phone's logcat buffers (main, events, ...)."""
+        f = self.sandbox / ".adbd" / f"logcat-{buffer}.txt"
+        with open(f, "a") as fh:
+            fh.write(line.rstrip("\n") + "\n")
+
     def kill(self, reap_orphans: bool = True) -> None:
         """SIGKILL the daemon: to the adb server the phone vanishes (goes offline).
 
@@ -435,6 +478,7 @@ class FakePhone:
 
     def stop(self) -> None:
         """Disconnect, SIGTERM the daemon (SIGKILL if it lingers), clean up."""
+        self.thaw()
         if self.process is not None:
             # Disconnect even a killed phone, or the server keeps trying to reconnect its port.
             if self.server is not None and self.server._started:
@@ -457,6 +501,7 @@ class FakePhone:
         if getattr(self, "_log_file", None):
             self._log_file.close()
             self._log_file = None
+        self._unmount_storage()
         shutil.rmtree(self._tmp, ignore_errors=True)
         if self._own_sandbox:
             shutil.rmtree(self.sandbox, ignore_errors=True)

@@ -5,6 +5,7 @@ It speaks the adb transport protocol over TCP, so the real adb client/server (an
 which talks to the server) drive it exactly like a phone on Wi-Fi debugging:
 
     python tests/adbd.py --port 0 --sandbox /tmp/phone --props props.json [--unauthorized] [--sysfs]
+                         [--features shell_v2,...]   (--features without shell_v2: a phone with the legacy shell only)
     adb connect 127.0.0.1:PORT
 
 Standard library only. On start it prints one line ``READY <port>`` to stdout (``--port 0``
@@ -26,6 +27,9 @@ sync (push/pull/stat/ls) paths::
 In command strings a prefix is rewritten only where it starts a path (not preceded by a letter,
 digit, ``_``, ``.``, ``-`` or ``/``) and ends at a component boundary. Paths built at run time by
 the shell (``$D/tmp``) are not rewritten, and output is not rewritten back.
+
+``logcat -d [-b BUFFER] [-s TAG...]`` (also in ``SANDBOX/.adbd/bin``) prints
+``SANDBOX/.adbd/logcat-BUFFER.txt``: tests append the low-memory killer's lines there.
 
 ``getprop`` (first on PATH, ``SANDBOX/.adbd/bin``) prints ``SANDBOX/.adbd/props.txt`` (rendered
 from the props at start; edit it to change a property): all ``[key]: [value]`` lines with no
@@ -204,6 +208,27 @@ exec awk -v k="[$1]: [" -v d="${{2-}}" \\
 """
 
 
+LOGCAT_SCRIPT = """#!/bin/sh
+# logcat for the fake adbd (tests/adbd.py): `logcat -d [-b BUFFER] [-s TAG...]` prints
+# SANDBOX/.adbd/logcat-BUFFER.txt (main by default; empty when missing): a test appends the lines a
+# phone's lmkd or ActivityManager would log. -s keeps lines whose tag is one of those given.
+D='{meta}'
+buf=main; tags=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -b) buf="$2"; shift 2 ;;
+    -s) shift; while [ $# -gt 0 ] && [ "${{1#-}}" = "$1" ]; do tags="$tags $1"; shift; done ;;
+    *) shift ;;
+  esac
+done
+f="$D/logcat-$buf.txt"
+[ -f "$f" ] || exit 0
+if [ -z "$tags" ]; then exec cat "$f"; fi
+for t in $tags; do grep -E " [VDIWEF] $t *:" "$f"; done
+exit 0
+"""
+
+
 def render_props(props: dict) -> str:
     """getprop's listing: ``[key]: [value]`` lines, sorted by key."""
     return "".join(f"[{k}]: [{props[k]}]\n" for k in sorted(props))
@@ -229,6 +254,9 @@ def setup_sandbox(sandbox: Path, props: dict, sysfs: bool) -> Path:
     getprop = bindir / "getprop"
     getprop.write_text(GETPROP_SCRIPT.format(props=str(props_file)))
     getprop.chmod(0o755)
+    logcat = bindir / "logcat"
+    logcat.write_text(LOGCAT_SCRIPT.format(meta=str(meta)))
+    logcat.chmod(0o755)
     if sysfs:
         thermal = sandbox / "sys/class/thermal"
         for i, (kind, temp) in enumerate(THERMAL_ZONES):
@@ -604,6 +632,8 @@ class Daemon:
             if head.split(",")[0] != "shell":
                 return None
             v2 = "v2" in opts
+            if v2 and "shell_v2" not in self.features:
+                return None  # a phone without the shell protocol v2 refuses it, as old adbd does
             return lambda s: self.shell_service(s, cmd, v2=v2)
         if service.startswith("exec:"):
             cmd = service[len("exec:"):]

@@ -49,3 +49,9 @@ def test_a_child_smaller_than_devprof_reports_its_own_peak(tmp_path):
     assert "sampled VmHWM" in out.note
     assert out.peak_rss_kb >= max(s.rss_kb for s in out.samples) * 0.99
     del ballast
+
+
+def test_exit_peak_is_never_below_a_sampled_vmhwm():
+    # the numbers: ru_maxrss 387,216 kB, a sample's VmHWM 387,420 kB a moment earlier
+    samples = [_sample(380_000, 387_420)]
+    assert exit_peak_kb(387_216, 200 * MiB, samples) == (387_420, "")

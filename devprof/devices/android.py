@@ -10,19 +10,30 @@ into a file, so sampling costs no adb round trip; stdout, stderr and samples are
 
 from __future__ import annotations
 
+import re
 import shlex
+import stat as stat_mod
+import struct
 import threading
 import time
 from pathlib import Path
 
 from devprof.devices import aliases as al
 from devprof.devices.base import Device, RunRequest, StageReport
-from devprof.errors import DeviceError, DeviceLost, UsageError
+from devprof.errors import DeviceError, DeviceLost, UsageError, killed_by
 from devprof.hashing import sha256_file
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
 REMOTE_ROOT = "/data/local/tmp/devprof"
 SAMPLER = Path(__file__).with_name("sampler.sh")
+#: Longest silence (s) of the phone on one adb socket before it counts as gone. A phone whose
+#: adbd froze or whose USB hung answers nothing at all; every adb call devprof makes is bounded
+#: by this (socket inactivity, so a long transfer that keeps moving is never cut), and a run is
+#: declared lost within its --timeout plus a few of these, whatever the --timeout.
+IO_TIMEOUT = 15.0
+#: How often a running repetition checks that the phone still answers (one in-process sync STAT
+#: on adbd: no process is started on the phone, so the measurement is not disturbed).
+PROBE_INTERVAL = 5.0
 
 
 def _client(adb_server: str | None):
@@ -32,8 +43,8 @@ def _client(adb_server: str | None):
         host, _, port = adb_server.rpartition(":")
         if not host or not port.isdigit():
             raise UsageError(f"--adb-server must be HOST:PORT, got {adb_server!r}")
-        return adbutils.AdbClient(host=host, port=int(port))
-    return adbutils.AdbClient()
+        return adbutils.AdbClient(host=host, port=int(port), socket_timeout=IO_TIMEOUT)
+    return adbutils.AdbClient(socket_timeout=IO_TIMEOUT)
 
 
 def _adb_errors():
@@ -150,19 +161,32 @@ class AndroidDevice(Device):
         self._scratch = f"{REMOTE_ROOT}/scratch"
         self._sampler_path: str | None = None
         self._seq = 0
+        self._shell_v2: bool | None = None  # detected once: phones without it get the legacy shell
 
     # -- plumbing --------------------------------------------------------------------------
-    def sh(self, cmd: str | list[str], timeout: float = 60.0) -> tuple[int, str]:
+    def sh(self, cmd: str | list[str], timeout: float = 2 * IO_TIMEOUT) -> tuple[int, str]:
         """Run a shell command (a list is quoted element by element); (exit code, output)."""
         if isinstance(cmd, list):
             cmd = " ".join(shlex.quote(c) for c in cmd)
         try:
-            r = self.dev.shell2(cmd, timeout=timeout, v2=True)
+            r = self.dev.shell2(cmd, timeout=timeout, v2=self.shell_v2())
         except _adb_errors() as e:
             raise DeviceLost(f"lost contact with {self.serial}: {_why(e)}") from None
         return r.returncode, r.output
 
-    def _check(self, cmd: str | list[str], what: str, timeout: float = 60.0) -> str:
+    def shell_v2(self) -> bool:
+        """Whether the phone speaks the shell protocol v2 (separate stderr, exit codes): read once
+        from the features adb learnt from its banner. Without it devprof uses the legacy shell
+        quietly (adbutils would warn on every command it was asked for v2)."""
+        if self._shell_v2 is None:
+            try:
+                features = self.dev.get_features()
+            except _adb_errors() as e:
+                raise DeviceLost(f"lost contact with {self.serial}: {_why(e)}") from None
+            self._shell_v2 = "shell_v2" in {f.strip() for f in features.split(",")}
+        return self._shell_v2
+
+    def _check(self, cmd: str | list[str], what: str, timeout: float = 2 * IO_TIMEOUT) -> str:
         rc, out = self.sh(cmd, timeout)
         if rc != 0:
             raise DeviceError(f"{what} failed on {self.serial} (exit {rc}): {out.strip()[:200]}")
@@ -212,7 +236,7 @@ class AndroidDevice(Device):
         if not names:
             return {}
         cmd = f"cd {shlex.quote(remote_dir)} && sha256sum " + " ".join(shlex.quote(n) for n in names) + " 2>/dev/null"
-        _, out = self.sh(cmd, timeout=600)
+        _, out = self.sh(cmd, timeout=120)  # silent while it hashes: room for a slow phone
         found = {}
         for line in out.splitlines():
             parts = line.split(None, 1)
@@ -233,16 +257,16 @@ class AndroidDevice(Device):
         want = {name: sha256_file(p) for name, p in local.items()}
         have = self._remote_hashes(remote_dir, list(fname.values()))
         report = StageReport(paths=dict(remote), remote_dir=remote_dir)
+        need = sum(p.stat().st_size for name, p in local.items() if have.get(fname[name]) != want[name])
+        if need:
+            self._check_space(remote_dir, need)
         for name, p in local.items():
             dst = remote[name]
             if have.get(fname[name]) == want[name]:
                 report.files_skipped += 1
                 continue
             mode = 0o755 if (p.stat().st_mode & 0o111 or name == "__binary__") else 0o644
-            try:
-                self.dev.sync.push(p, dst, mode=mode)
-            except _adb_errors() as e:
-                raise DeviceLost(f"push of {p.name} to {self.serial} failed: {e}") from None
+            self._push(p, dst, mode)
             got = self._remote_hashes(remote_dir, [fname[name]]).get(fname[name])
             if got != want[name]:
                 self.sh(["rm", "-f", dst])
@@ -255,8 +279,65 @@ class AndroidDevice(Device):
         report.seconds = time.monotonic() - started
         return report
 
+    def free_bytes(self, remote_dir: str) -> int | None:
+        """Bytes free for devprof in the file system of ``remote_dir`` (``df -k``; None if unknown)."""
+        rc, out = self.sh(f"df -k {shlex.quote(remote_dir)} 2>/dev/null", timeout=IO_TIMEOUT)
+        return parse_df_available(out) if rc == 0 else None
+
+    def _check_space(self, remote_dir: str, need: int) -> None:
+        free = self.free_bytes(remote_dir)
+        if free is not None and need > free:
+            raise DeviceError(
+                f"not enough space on {self.serial} in {REMOTE_ROOT}: {_mib(need)} to push, {_mib(free)} free; "
+                f"free some space on the phone (old devprof bundles: adb -s {self.serial} shell rm -r {REMOTE_ROOT})")
+
+    def _push(self, src: Path, dst: str, mode: int) -> None:
+        """Push one file over the sync protocol, naming the phone's own reason when it refuses
+        (adbutils reports a refusal as a bare "FAIL"). The socket times out after IO_TIMEOUT of
+        silence, so a phone that hangs mid-transfer is lost, not waited on forever."""
+        what = f"push of {src.name} to {self.serial}"
+        sent_error: BaseException | None = None
+        try:
+            with self.dev.open_transport(timeout=IO_TIMEOUT) as c:
+                c.send_command("sync:")
+                c.check_okay()
+                path = f"{dst},{stat_mod.S_IFREG | mode}".encode()
+                c.conn.sendall(b"SEND" + struct.pack("<I", len(path)) + path)
+                try:
+                    with open(src, "rb") as f:
+                        while True:
+                            chunk = f.read(64 * 1024)
+                            if not chunk:
+                                break
+                            c.conn.sendall(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+                    c.conn.sendall(b"DONE" + struct.pack("<I", int(time.time())))
+                except (ConnectionError, BrokenPipeError) as e:
+                    sent_error = e  # the phone may have refused and closed: its reason follows
+                reply = c.read(8)
+                if reply[:4] == b"OKAY":
+                    return
+                if reply[:4] == b"FAIL":
+                    n = struct.unpack("<I", reply[4:8])[0]
+                    reason = c.read(n).decode("utf-8", "replace").strip() if n else ""
+                    raise DeviceError(f"{what} failed: the phone says {reason or 'FAIL (no reason given)'}")
+                raise DeviceLost(f"{what} failed: unexpected reply {reply[:4]!r} from the phone")
+        except DeviceError:
+            raise
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) and not src.exists():
+                raise DeviceError(f"file to push does not exist: {src}") from None
+            raise DeviceLost(f"{what} failed: {_why(sent_error or e)}") from None
+        except _adb_errors() as e:
+            raise DeviceLost(f"{what} failed: {_why(sent_error or e)}") from None
+
     def scratch_path(self, name: str) -> str:
         return f"{self._scratch}/{name}"
+
+    def discard(self, device_path: str) -> None:
+        try:
+            self.sh(["rm", "-f", device_path], timeout=IO_TIMEOUT)
+        except DeviceLost:
+            pass
 
     def pull(self, device_path: str, local_path: Path) -> bool:
         local_path = Path(local_path)
@@ -270,14 +351,14 @@ class AndroidDevice(Device):
         return True
 
     def _read(self, device_path: str) -> str:
-        rc, out = self.sh(["cat", device_path], timeout=120)
+        rc, out = self.sh(["cat", device_path], timeout=2 * IO_TIMEOUT)
         return out if rc == 0 else ""
 
     # -- state -----------------------------------------------------------------------------
     def thermal(self) -> dict[str, float]:
         script = ('for z in /sys/class/thermal/thermal_zone*; do [ -r "$z/temp" ] || continue; '
                   't=$(cat "$z/type" 2>/dev/null); v=$(cat "$z/temp" 2>/dev/null); echo "${z##*/} $t $v"; done')
-        rc, out = self.sh(script, timeout=20)
+        rc, out = self.sh(script, timeout=IO_TIMEOUT)
         zones = {}
         for line in out.splitlines():
             parts = line.split()
@@ -289,7 +370,7 @@ class AndroidDevice(Device):
     def cpu_freqs(self) -> dict[str, float]:
         script = ('for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq; do [ -r "$f" ] || continue; '
                   'c=${f%/cpufreq/*}; echo "${c##*/} $(cat "$f" 2>/dev/null)"; done')
-        _, out = self.sh(script, timeout=20)
+        _, out = self.sh(script, timeout=IO_TIMEOUT)
         freqs = {}
         for line in out.splitlines():
             parts = line.split()
@@ -299,7 +380,7 @@ class AndroidDevice(Device):
 
     def drop_page_cache(self, device_path: str) -> tuple[str, str]:
         # Needs root: `echo 1 > /proc/sys/vm/drop_caches`. Without it the cache state is unknown.
-        rc, _ = self.sh("sync; echo 1 > /proc/sys/vm/drop_caches", timeout=60)
+        rc, _ = self.sh("sync; echo 1 > /proc/sys/vm/drop_caches", timeout=2 * IO_TIMEOUT)
         if rc == 0:
             return "cold", "drop_caches (root)"
         return "unknown", "cannot drop the page cache without root"
@@ -325,18 +406,21 @@ class AndroidDevice(Device):
         if req.cwd:
             cmd = f"cd {shlex.quote(req.cwd)} && {cmd}"
         result: dict = {}
+        v2 = self.shell_v2()
 
         def _go() -> None:
             try:
-                r = self.dev.shell2(cmd, timeout=req.timeout_s + 60, v2=True)
+                r = self.dev.shell2(cmd, timeout=req.timeout_s + 60, v2=v2)
                 result["rc"] = r.returncode
             except BaseException as e:  # noqa: BLE001 - reported as the outcome
                 result["error"] = e
 
+        silent = _Probe(self.dev, sampler)
         start_wall = time.time() * 1000.0
         t0 = time.monotonic()
         th = threading.Thread(target=_go, daemon=True)
         th.start()
+        silent.start()
         status, note = "ok", ""
         try:
             while th.is_alive():
@@ -347,52 +431,195 @@ class AndroidDevice(Device):
                 if time.monotonic() - t0 > req.timeout_s:
                     status, note = "timeout", f"killed after the {req.timeout_s:g} s timeout"
                     break
+                if silent.gone():
+                    status = "lost"
+                    break
         except KeyboardInterrupt:
             status, note = "interrupted", "stopped by the user (Ctrl-C)"
-        if status != "ok":
-            self._kill_remote(base)
-            th.join(10)
+        finally:
+            silent.stop()
         wall_ms = (time.monotonic() - t0) * 1000.0
+
+        def lost(why: str) -> ProcessOutcome:
+            return ProcessOutcome(exit_code=None, stdout="", stderr="", start_wall_ms=start_wall,
+                                  wall_ms=(time.monotonic() - t0) * 1000.0, status="lost", note=why)
+
+        if status == "lost":
+            return lost(f"{self.serial} stopped answering ({silent.why})")
+        if status != "ok":
+            if not self._kill_remote(base):
+                # the phone did not answer the kill either: it is gone (frozen adbd, hung USB)
+                return lost(f"{self.serial} stopped answering ({note}; the kill got no answer "
+                            f"within {IO_TIMEOUT:g} s)")
+            th.join(5)
         if "error" in result and status == "ok":
-            err = result["error"]
-            return ProcessOutcome(exit_code=None, stdout="", stderr="", start_wall_ms=start_wall, wall_ms=wall_ms,
-                                  status="lost", note=f"lost contact with {self.serial} during the run: {_why(err)}")
+            return lost(f"lost contact with {self.serial} during the run: {_why(result['error'])}")
         try:
             stdout, stderr, mem = self._read(base + ".stdout"), self._read(base + ".stderr"), self._read(base + ".mem")
-            self.sh(["rm", "-f", base + ".stdout", base + ".stderr", base + ".mem", base + ".pid"], timeout=20)
+            self.sh(["rm", "-f", base + ".stdout", base + ".stderr", base + ".mem", base + ".pid"], timeout=IO_TIMEOUT)
         except DeviceLost as e:
-            return ProcessOutcome(exit_code=None, stdout="", stderr="", start_wall_ms=start_wall, wall_ms=wall_ms,
-                                  status="lost", note=e.message)
+            return lost(e.message)
         samples, dev_start_wall, end_rc = parse_sampler_output(mem)
         rc = result.get("rc", end_rc)
-        if status == "ok":
-            if rc == 137 or (rc is not None and rc < 0 and rc == -9):
-                status, note = "oom", "killed by signal 9 (low-memory killer?)"
-                if samples:
-                    note += f"; last sampled RSS {samples[-1].rss_kb / 1024:.0f} MiB"
-            elif rc not in (0, None):
-                status, note = "failed", f"exit code {rc}"
+        exit_code = rc
+        if status == "ok" and rc is not None and 128 < rc < 128 + 65:
+            # the on-device shell reports a runtime killed by signal N as 128 + N
+            sig = rc - 128
+            exit_code = -sig
+            status, note = "failed", killed_by(sig)
+            if sig == 9:
+                evidence = self._lmk_evidence(_sampler_pid(mem), samples)
+                if evidence:
+                    status, note = "oom", f"{note} by the low-memory killer ({evidence})"
+        elif status == "ok" and rc not in (0, None):
+            status, note = "failed", f"exit code {rc}"
         hwm = [s.hwm_kb for s in samples if s.hwm_kb]
         return ProcessOutcome(
-            exit_code=rc if status not in ("interrupted", "timeout") else None, stdout=stdout, stderr=stderr,
+            exit_code=exit_code if status not in ("interrupted", "timeout") else None, stdout=stdout, stderr=stderr,
             start_wall_ms=dev_start_wall if dev_start_wall else start_wall, wall_ms=wall_ms, samples=samples,
             peak_rss_kb=max(hwm) if hwm else None, memory_metric="VmHWM", status=status,
             note=note or ("peak is the last sampled VmHWM" if hwm else ""),
         )
 
-    def _kill_remote(self, base: str) -> None:
+    def _lmk_evidence(self, pid: int | None, samples: list[MemorySample]) -> str:
+        """The low-memory killer's record of killing ``pid`` (lmkd's lines in the main log,
+        killinfo/lmk_kill in the events log), or memory near the phone's limit; "" when none."""
+        logs = []
+        for cmd in ("logcat -d -b events 2>/dev/null | grep -iE 'killinfo|lmk_kill|am_kill|lowmemory' | tail -n 200",
+                    "logcat -d -s lowmemorykiller lmkd 2>/dev/null | tail -n 200"):
+            try:
+                _, out = self.sh(cmd, timeout=IO_TIMEOUT)
+            except DeviceLost:
+                break
+            logs.append(out)
+        line = find_lmk_record("\n".join(logs), pid) if pid else ""
+        if line:
+            return f"logcat: {line[:160]}"
+        total_mb = self.info().extra.get("mem_total_mb")
+        if samples and total_mb and samples[-1].rss_kb / 1024 >= 0.85 * total_mb:
+            return f"last sampled RSS {samples[-1].rss_kb / 1024:.0f} MiB of {total_mb} MiB"
+        return ""
+
+    def _kill_remote(self, base: str) -> bool:
+        """Kill the runtime started by the sampler; False when the phone does not answer."""
         try:
-            self.sh(f"p=$(cat {shlex.quote(base + '.pid')} 2>/dev/null) && kill -9 \"$p\"", timeout=20)
+            self.sh(f"p=$(cat {shlex.quote(base + '.pid')} 2>/dev/null) && kill -9 \"$p\"", timeout=IO_TIMEOUT)
         except DeviceLost:
-            pass
+            return False
+        return True
 
     def close(self) -> None:
         pass
 
 
+class _Probe(threading.Thread):
+    """Checks every PROBE_INTERVAL that the phone still answers (a sync STAT, served inside adbd);
+    two silences of IO_TIMEOUT in a row make it gone: a frozen adbd or a hung USB link is found
+    within PROBE_INTERVAL + 2 * IO_TIMEOUT (35 s), whatever the run's --timeout."""
+
+    def __init__(self, dev, path: str) -> None:
+        super().__init__(daemon=True, name="adb-probe")
+        self.dev, self.path = dev, path
+        self._stop_evt = threading.Event()
+        self._gone = threading.Event()
+        self.why = ""
+
+    def run(self) -> None:
+        misses = 0
+        while not self._stop_evt.wait(0 if misses else PROBE_INTERVAL):  # a silence is checked again at once
+            try:
+                self.dev.sync.stat(self.path)
+                misses = 0
+            except _adb_errors() as e:
+                misses += 1
+                self.why = (f"no answer within {IO_TIMEOUT:g} s to 2 checks in a row: adbd frozen or USB hung?"
+                            if isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower() else _why(e))
+                if misses >= 2:
+                    self._gone.set()
+                    return
+
+    def gone(self) -> bool:
+        return self._gone.is_set()
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+_DF_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$", re.I)
+
+
+def _df_bytes(tok: str, unit: int) -> int | None:
+    m = _DF_SIZE.match(tok)
+    if not m:
+        return None
+    mult = {"": unit, "K": 1024, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
+    return int(float(m.group(1)) * mult)
+
+
+def parse_df_available(text: str) -> int | None:
+    """Free bytes from ``df -k DIR`` output: toybox/GNU/busybox (Filesystem 1K-blocks Used
+    Available Use% Mounted on; a long device name may wrap onto its own line) and the old
+    toolbox df (Filesystem Size Used Free Blksize, sizes like 1.9G). None when unparseable."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    head = lines[0].lower().split()
+    if not head or head[0] != "filesystem":
+        return None
+    toolbox = "free" in head and not any(h.startswith("avail") for h in head)
+    col = head.index("free") if toolbox else next((i for i, h in enumerate(head) if h.startswith("avail")), 3)
+    # the last data row (a wrapped device name puts the numbers on the next line): the sizes
+    # are the tokens after the file system name, so count columns from the name
+    tokens = " ".join(lines[1:]).split()
+    name_at = 0
+    for i, t in enumerate(tokens):  # the name is the last token before the first size
+        if _df_bytes(t, 1024) is not None:
+            name_at = i - 1
+            break
+    idx = name_at + col
+    if name_at < 0 or idx >= len(tokens):
+        return None
+    return _df_bytes(tokens[idx], 1024)
+
+
+def find_lmk_record(text: str, pid: int) -> str:
+    """The first log line in which the low-memory killer (lmkd, the kernel's lowmemorykiller,
+    the events log's killinfo/lmk_kill/am_kill) names ``pid``; "" when there is none."""
+    want = re.compile(rf"(?<![\d.]){pid}(?!\d)")
+    for line in text.splitlines():
+        low = line.lower()
+        if not any(k in low for k in ("killinfo", "lmk_kill", "lowmemorykiller", "lmkd", "am_kill", "low memory")):
+            continue
+        if want.search(line):
+            return " ".join(line.split())
+    return ""
+
+
+def _sampler_pid(mem: str) -> int | None:
+    """The runtime's pid from sampler.sh's "start UPTIME WALL PID" line."""
+    for line in mem.splitlines():
+        parts = line.split()
+        if parts[:1] == ["start"] and len(parts) >= 4 and parts[3].isdigit():
+            return int(parts[3])
+    return None
+
+
 def _why(e: BaseException) -> str:
+    import socket
+
+    import adbutils
+
     if isinstance(e, EOFError):
         return "the adb connection closed (device unplugged or adbd gone?)"
+    text = str(e)
+    if "offline" in text or "not found" in text:  # what the adb server says once it noticed
+        return f"adb says {text} (device unplugged or adbd gone?)"
+    if isinstance(e, (adbutils.AdbTimeout, socket.timeout, TimeoutError)):
+        return f"it stopped answering (nothing for {IO_TIMEOUT:g} s: adbd frozen or USB hung?)"
     return str(e) or type(e).__name__
 
 

@@ -67,6 +67,9 @@ class Device(ABC):
     def pull(self, device_path: str, local_path: Path) -> bool:
         """Copy a device file here; False when it does not exist."""
 
+    def discard(self, device_path: str) -> None:
+        """Remove a scratch file of the last run from the device (pulled or not); never raises."""
+
     def drop_page_cache(self, device_path: str) -> tuple[str, str]:
         """Try to evict a file from the page cache; returns (state, how) where state is
         cold | warm | unknown, describing the file's cache state before the next run."""

@@ -32,7 +32,7 @@ import psutil
 
 from devprof import pagecache
 from devprof.devices.base import Device, RunRequest, StageReport
-from devprof.errors import DeviceError
+from devprof.errors import DeviceError, killed_by
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
 _STATUS_RX = re.compile(rb"^(VmRSS|RssAnon|RssFile|VmHWM):\s+(\d+)", re.M)
@@ -59,11 +59,12 @@ def exit_peak_kb(maxrss: int | None, own_hwm_kb: int | None,
 
     ``maxrss`` is wait4's ru_maxrss; it holds the spawning process's VmHWM (``own_hwm_kb``,
     read just before the spawn) as a floor, inherited at exec, so it is the child's own peak
-    only above that floor. Below it, the last sampled VmHWM (or the highest sampled RSS) is
-    the peak; with no samples there is none to report."""
+    only above that floor, and then the peak is the larger of it and every sampled VmHWM (the
+    two are read at different moments and can differ by a few pages). Below it, the highest
+    sampled VmHWM (or RSS) is the peak; with no samples there is none to report."""
     sampled = max((s.hwm_kb or s.rss_kb for s in samples), default=None)
     if maxrss and (own_hwm_kb is None or maxrss > own_hwm_kb):
-        return int(maxrss), ""
+        return max(int(maxrss), sampled or 0), ""  # every VmHWM seen: exit figure and samples
     floor = f"ru_maxrss is devprof's own {(own_hwm_kb or 0) / 1024:.0f} MiB inherited at exec"
     if sampled is not None:
         return sampled, f"peak from the sampled VmHWM ({floor})"
@@ -158,6 +159,12 @@ class LocalDevice(Device):
             shutil.move(str(src), str(local_path))
         return True
 
+    def discard(self, device_path: str) -> None:
+        try:
+            Path(device_path).unlink(missing_ok=True)
+        except OSError:
+            pass
+
     def drop_page_cache(self, device_path: str) -> tuple[str, str]:
         return pagecache.evict(device_path)
 
@@ -201,6 +208,8 @@ class LocalDevice(Device):
                                         env=env, cwd=req.cwd, start_new_session=True)
             except OSError as e:
                 raise DeviceError(f"cannot start {argv[0]}: {e.strerror}") from None
+            oom_files = oom_counter_files(proc.pid)
+            oom_before = read_oom_counters(oom_files)
             sampler = StatusSampler(proc.pid, req.sample_ms, t0) if req.sample_ms > 0 else None
             if sampler:
                 sampler.start()
@@ -238,8 +247,11 @@ class LocalDevice(Device):
                 exit_code = os.waitstatus_to_exitcode(raw_status)
             proc.returncode = exit_code if exit_code is not None else -9  # we reaped it ourselves
             if status == "ok" and exit_code is not None and exit_code < 0:
-                status = "oom" if exit_code == -signal.SIGKILL else "failed"
-                note = f"killed by signal {-exit_code}"
+                status, note = "failed", killed_by(-exit_code)
+                if exit_code == -signal.SIGKILL:
+                    evidence = oom_evidence(oom_files, oom_before, read_oom_counters(oom_files))
+                    if evidence:
+                        status, note = "oom", f"{note} by the kernel's OOM killer ({evidence})"
             elif status == "ok" and exit_code not in (0, None):
                 status, note = "failed", f"exit code {exit_code}"
             out.seek(0)
@@ -262,6 +274,87 @@ class LocalDevice(Device):
     def close(self) -> None:
         if self._own_scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+# ---- out-of-memory evidence: the kernel's own OOM-kill counters ---------------------------------
+
+def _cgroup_mounts() -> tuple[str | None, str | None, str, str]:
+    """(cgroup2 mount point, cgroup v1 memory mount point, their mount roots) from mountinfo."""
+    v2 = v1 = None
+    v2_root = v1_root = "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None, None, "/", "/"
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if len(f) < 5 or len(r) < 3:
+            continue
+        if r[0] == "cgroup2" and v2 is None:
+            v2, v2_root = f[4], f[3]
+        elif r[0] == "cgroup" and "memory" in r[2].split(",") and v1 is None:
+            v1, v1_root = f[4], f[3]
+    return v2, v1, v2_root, v1_root
+
+
+def _under(mount: str, root: str, cg_path: str) -> Path:
+    rel = cg_path
+    if root != "/" and (rel == root or rel.startswith(root + "/")):
+        rel = rel[len(root):]
+    return Path(mount) / rel.lstrip("/")
+
+
+def oom_counter_files(pid: int) -> list[Path]:
+    """The files whose ``oom_kill`` count covers ``pid``: its memory cgroup's (v2 memory.events,
+    v1 memory.oom_control), found from /proc/PID/cgroup (devprof's own when the process is gone:
+    a child starts in its parent's cgroup), and the system-wide /proc/vmstat last."""
+    text = ""
+    for who in (str(pid), "self"):
+        try:
+            text = Path(f"/proc/{who}/cgroup").read_text()
+            break
+        except OSError:
+            continue
+    v2, v1, v2_root, v1_root = _cgroup_mounts()
+    files: list[Path] = []
+    for line in text.splitlines():
+        hid, _, rest = line.partition(":")
+        ctrls, _, cg_path = rest.partition(":")
+        if hid == "0" and ctrls == "" and v2:
+            f = _under(v2, v2_root, cg_path) / "memory.events"
+        elif "memory" in ctrls.split(",") and v1:
+            f = _under(v1, v1_root, cg_path) / "memory.oom_control"
+        else:
+            continue
+        if f.is_file():
+            files.append(f)
+    files.append(Path("/proc/vmstat"))
+    return files
+
+
+def read_oom_counters(files: list[Path]) -> dict[str, int]:
+    """``oom_kill`` of each readable file, by path."""
+    out: dict[str, int] = {}
+    for f in files:
+        try:
+            for line in f.read_text().splitlines():
+                k, _, v = line.partition(" ")
+                if k == "oom_kill" and v.strip().isdigit():
+                    out[str(f)] = int(v)
+        except OSError:
+            continue
+    return out
+
+
+def oom_evidence(files: list[Path], before: dict[str, int], after: dict[str, int]) -> str:
+    """Why a SIGKILL was the OOM killer's, or "" when no counter says so. The process's own cgroup
+    counters decide when there are any; the system-wide count only when no cgroup one is readable."""
+    cgroup = [str(f) for f in files if str(f) != "/proc/vmstat" and str(f) in before and str(f) in after]
+    for key in cgroup or [k for k in ("/proc/vmstat",) if k in before and k in after]:
+        if after[key] > before[key]:
+            return f"{key} oom_kill {before[key]} -> {after[key]}"
+    return ""
 
 
 def _kill_group(pid: int, done: threading.Event) -> None:

@@ -7,8 +7,6 @@ come from ``devprof.stats`` once, in ``analyse(record)``, and each renderer form
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,20 +29,10 @@ class Renderer(ABC):
 
     def write(self, record: RunRecord, path: Path | str) -> Path:
         """Render into ``path`` (written to a temporary file first, then renamed into place)."""
+        from devprof.export import _atomic_write  # the one atomic writer
+
         path = Path(path)
-        text = self.render(record)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            mask = os.umask(0o022)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600; a report is for sharing
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _atomic_write(path, self.render(record))
         return path
 
 
