@@ -124,9 +124,9 @@ def test_unknown_spec_lists_what_is_attached(world, opened, monkeypatch):
     assert ios.resolve("pixel12") == []
     assert "iPhone 16 Pro (iPhone17,1, 00008140-001A2C3E0A88801C)" in ios.last_errors[0]
     monkeypatch.setattr(devices, "BACKENDS", [ios])
-    with pytest.raises(DeviceError) as e:
+    with pytest.raises(UsageError) as e:  # no device of that name: bad input (exit 2)
         devices.resolve("pixel12")
-    assert "iPhone 16 Pro" in _one_line(e.value) and "devprof devices" in e.value.message
+    assert "iPhone 16 Pro" in _one_line(e.value) and "devprof devices" in e.value.message and e.value.exit_code == 2
     with pytest.raises(DeviceError) as e:  # an iOS alias whose phone is not there
         ios.resolve("iphone15")
     assert "no attached iPhone is a iPhone 15" in _one_line(e.value) and "iPhone17,1" in e.value.message
