@@ -252,9 +252,10 @@ def test_json_keys_are_stable(record):
     assert len(data["ratios"]) == 2 * 6
     for r in data["ratios"]:
         assert list(r) == ["subject", "baseline", "workload", "context", "metric", "label", "ratio", "ci",
-                           "n_subject", "n_baseline", "verdict"]
+                           "n_subject", "n_baseline", "verdict", "ci_method", "n_pairs", "clear", "finding"]
     pre = next(r for r in data["ratios"] if (r["metric"], r["workload"]) == ("prefill_tok_s", "real"))
     assert pre["label"] == "speedup" and 1.8 < pre["ratio"] < 2.5 and pre["verdict"]
+    assert pre["ci_method"] == "paired t on log ratios" and pre["n_pairs"] == 3 and pre["clear"]
     assert json.loads(JSONRenderer().render(record)) == data  # deterministic
 
 

@@ -114,8 +114,8 @@ def _memory_tables(rep: CompareReport, mc: ModelCompare) -> list[RenderableType]
                       _metric_text(d.templated, nd, p.cache_templated if show else None),
                       _metric_text(d.real, nd, p.cache_real if show else None), pct, ci, clear)
         out.append(t)
-    out.append(Text("understated = 1 − templated ÷ real (ratio of the medians), with the bootstrap CI of that ratio; "
-                    "clear = the CI excludes 0. Peak = the device's reported peak; RssFile/RssAnon = the largest "
+    out.append(Text("understated = 1 − templated ÷ real (ratio of the geometric means), with Welch's t-interval on the "
+                    f"logs; clear = the CI excludes 0.0% as printed (below n = {stats.MIN_N}: the range, never clear). Peak = the device's reported peak; RssFile/RssAnon = the largest "
                     "sample.", style="dim"))
     return out
 
@@ -227,7 +227,7 @@ def _projection_table(mc: ModelCompare) -> Table:
 
 # ---- diff ------------------------------------------------------------------------------------------
 _STATUS_STYLE = {"regression": "bold red", "improvement": "green", "within threshold": "", "no clear change": "dim",
-                 "changed": "cyan", "n < 2": "dim", "—": "dim"}
+                 "changed": "cyan", f"n < {stats.MIN_N}": "dim", "—": "dim"}
 
 
 def diff_renderables(d: DiffReport) -> list[RenderableType]:

@@ -2,13 +2,14 @@
 
 For each (model, workload, context) both runs measured and each metric of ``stats.METRICS``:
 the median of A and of B, the change ``median(B) / median(A) - 1`` with the bootstrap interval of
-that ratio of medians (``stats.ratio_ci``, resampling each run's repetitions), and a status:
+the ratio of the geometric means (``stats.ratio_ci``: Welch's t-interval on the logs), and a status:
 
 - ``regression``: B is worse (slower prefill or decode, higher TTFT, higher peak memory, RssFile or
   RssAnon) by more than the threshold, and the interval excludes "no change";
 - ``improvement``: the same, in the good direction;
 - ``within threshold``: the interval excludes no change but the change is at most the threshold;
-- ``no clear change``: the interval includes 1 (``n < 2`` on a side: no interval at all);
+- ``no clear change``: the interval includes 1 (fewer than ``stats.MIN_N`` on a side: no interval at all,
+  status ``n < 3``);
 - distinct experts are shown, never flagged (more or fewer is neither good nor bad).
 
 A diff across devices, runtimes or settings is allowed and says so in a warning line.
@@ -63,8 +64,8 @@ class DiffRow:
         if self.ratio is None:
             return "—"
         if self.ratio.degenerate:
-            return "n < 2"
-        if not self.ratio.excludes(1.0):
+            return f"n < {stats.MIN_N}"
+        if not self.ratio.clear_of(1.0, 2, scale=100.0, offset=1.0):
             return "no clear change"
         if abs(self.change_pct) <= self.threshold:
             return "within threshold"

@@ -90,7 +90,7 @@ class Analysis:
 
     @property
     def verdicts(self) -> list[str]:
-        return [r.verdict for r in self.ratios if r.verdict]
+        return [r.verdict for r in self.ratios if r.finding]  # clear and beyond ±2% of 1
 
 
 def analyse(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Analysis:

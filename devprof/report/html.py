@@ -303,15 +303,16 @@ largest sample.</caption>
         s, b = self.display.get(r0.subject, r0.subject), self.display.get(r0.baseline, r0.baseline)
         rows = []
         for r in self.a.ratios:
-            ci = "n &lt; 2" if r.degenerate else f"{r.ci_low:.3f}–{r.ci_high:.3f}"
+            ci = h(r.ci_text(3))
             clear = '<span class="ok">yes</span>' if r.verdict else '<span class="na">no</span>'
             rows.append(f"<tr><td>{h(r.workload)}</td><td>{r.context}</td><td>{h(stats.ratio_name(r.metric))}</td>"
                         f"<td><b>{r.ratio:.3f}×</b></td><td>{ci}</td><td>{r.n_subject} / {r.n_baseline}</td>"
                         f"<td>{clear}</td></tr>")
         return f"""<table class="ratios" id="ratio-table">
-<caption>{h(s)} ÷ {h(b)}: ratio of the medians with a 95% bootstrap interval (resampling both models'
-repetitions). A speedup above 1 and a memory or TTFT ratio below 1 favour {h(s)}; "clear" when the interval
-excludes 1.0 (the findings above say it in words).</caption>
+<caption>{h(s)} ÷ {h(b)}: geometric mean of the interleaved pairs' ratios (each repetition of {h(s)} ran
+back to back with one of {h(b)}) with a 95% t-interval on the logs of those ratios; with fewer than
+{stats.MIN_N} pairs only their range, never "clear". A speedup above 1 and a memory or TTFT ratio below 1
+favour {h(s)}; "clear" when the interval excludes 1.00 as printed (the findings above say it in words).</caption>
 <thead><tr><th>workload</th><th>context</th><th>ratio of</th><th>ratio</th><th>95% CI</th>
 <th>n</th><th>clear</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>"""
@@ -451,7 +452,7 @@ excludes 1.0 (the findings above say it in words).</caption>
                     ci = stats.workload_ratio(self.rec, model, name, w, ref, ctx)
                     if ci is None:
                         continue
-                    spread = "" if ci.degenerate else f" (95% CI {ci.low:.2f}–{ci.high:.2f})"
+                    spread = f" ({'95% CI ' if not ci.degenerate else ''}{stats.ci_text(ci.low, ci.high, ci.degenerate, ci.n)})"
                     bits.append(f"{what} {ci.estimate:.2f}×{spread}")
                 if bits:
                     out.append(h(f"{self.display[model]}: {w} ÷ {ref} prompts: " + ", ".join(bits) + "."))
@@ -667,7 +668,8 @@ excludes 1.0 (the findings above say it in words).</caption>
         return f"""<div class="wide"><table class="compare" id="compare-table-{h(mc.model)}-{mc.context}">
 <caption>Templated vs real prompts: median over the n measured repetitions with its 95% bootstrap interval and ±CV,
 and the page-cache state of the weights file before the runs (cold = evicted, warm = cached). "Understated by" =
-1 − templated ÷ real (ratio of the medians), with the bootstrap interval of that ratio; clear when it excludes 0.
+1 − templated ÷ real (ratio of the geometric means), with Welch's t-interval on the logs; clear when it excludes 0
+as printed (never below n = {stats.MIN_N}).
 Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</caption>
 <thead><tr><th>real workload</th><th>metric</th><th>n</th><th>templated</th><th>real</th><th>understated by</th>
 <th>95% CI</th><th>clear</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>"""
@@ -906,7 +908,7 @@ Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</captio
                 a, b = by.get((target, tmpl)), by.get((target, reals[0]))
                 if a and b:
                     ci = st.ratio_ci(a.values, b.values)
-                    spread = "" if ci.degenerate else f" ({(1 - ci.high) * 100:.1f}–{(1 - ci.low) * 100:.1f}%)"
+                    spread = f" ({'range ' if ci.degenerate else ''}{(1 - ci.high) * 100:.1f}–{(1 - ci.low) * 100:.1f}%)"
                     cells.append(f"{(1 - ci.estimate) * 100:.1f}%{spread}")
                 else:
                     cells.append("—")

@@ -55,6 +55,7 @@ def ratio_dict(r: stats.RatioRow) -> dict[str, Any]:
         "metric": r.metric, "label": r.label, "ratio": rounded(r.ratio, 4),
         "ci": [rounded(r.ci_low, 4), rounded(r.ci_high, 4)], "n_subject": r.n_subject,
         "n_baseline": r.n_baseline, "verdict": r.verdict,
+        "ci_method": r.method, "n_pairs": r.n_pairs, "clear": r.clear, "finding": r.finding,
     }
 
 

@@ -80,7 +80,7 @@ class TerminalRenderer(Renderer):
             out.append(Text("No repetitions were recorded.", style="dim"))
         if a.ratios:
             out.append(self._ratios(a))
-        headline = [r.verdict for r in a.ratios if r.verdict and r.metric in _HEADLINE]
+        headline = [r.verdict for r in a.ratios if r.finding and r.metric in _HEADLINE]
         if headline:
             out.append(Group(*[Text(f"• {v}") for v in headline]))
         elif a.ratios:
@@ -163,13 +163,14 @@ class TerminalRenderer(Renderer):
         s, b = a.ratios[0].subject, a.ratios[0].baseline
         t = Table(title=f"{stats.model_info(s)[0]} ÷ {stats.model_info(b)[0]}", box=box.SIMPLE_HEAD,
                   title_justify="left", pad_edge=False,
-                  caption="ratio of the medians; 95% bootstrap CI; clear = the CI excludes 1.0",
+                  caption=f"geometric mean of the interleaved pairs' ratios; 95% t-interval on their logs "
+                          f"(n < {stats.MIN_N}: the range, never clear); clear = the CI excludes 1.00",
                   caption_justify="left")
         for col, j in (("workload", "left"), ("ctx", "right"), ("metric", "left"), ("ratio", "right"),
                        ("95% CI", "right"), ("", "left")):
             t.add_column(col, justify=j)
         for r in a.ratios:
-            ci = "n < 2" if r.degenerate else f"{r.ci_low:.2f}–{r.ci_high:.2f}"
+            ci = r.ci_text()
             clear = Text("clear", style="green") if r.verdict else Text("not clear", style="dim")
             t.add_row(Text(r.workload), str(r.context), stats.ratio_name(r.metric), f"{r.ratio:.2f}×", ci, clear)
         return t
