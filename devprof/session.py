@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+from devprof import interference
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
 from devprof.devices.base import Device, RunRequest
@@ -277,10 +278,15 @@ class Session:
             cache_state, cache_note = getattr(dev, "cache_state", lambda p: ("unknown", "not measurable"))(s.weights_path)
         thermal_before = dev.thermal()
         freqs_before = dev.cpu_freqs()
+        cpu_before = dev.cpu_snapshot()
         outcome = dev.run(RunRequest(argv=argv, sample_ms=plan.sample_ms,
                                      timeout_s=plan.timeout_s, cpu_mask=plan.cpu_mask, cancel=self.cancel))
+        cpu_after = dev.cpu_snapshot()
         thermal_after = dev.thermal()
         freqs_after = dev.cpu_freqs()
+        conditions = {"interference": {**interference.measure(cpu_before, cpu_after, outcome),
+                                       **interference.thermal_figures(thermal_before, thermal_after,
+                                                                      freqs_before, freqs_after)}}
         artifacts = _save_outputs(rdir, run_dir, outcome)
         result = None
         if outcome.status == "ok":
@@ -305,7 +311,7 @@ class Session:
             model=s.model.name, workload=workload, context=context, index=index, warmup=warm,
             result=result, outcome=outcome, cache_state=cache_state, cache_note=cache_note,
             routing=routing, thermal_before=thermal_before, thermal_after=thermal_after,
-            artifacts=artifacts,
+            artifacts=artifacts, conditions=conditions,
         )
 
     def _argv(self, s: _Staged, inv: rt.Invocation) -> list[str]:

@@ -501,6 +501,11 @@ class RatioRow:
     verdict: str | None  # plain words, only when the interval excludes 1.0 (as printed, 2 decimals)
     method: str = ""  # "paired t on log ratios" | "Welch t on logs" | "range"
     n_pairs: int = 0  # interleaved (subject, baseline) pairs the interval rests on
+    level: float = 0.95
+
+    @property
+    def level_text(self) -> str:
+        return f"{self.level:.0%} CI"
 
     @property
     def ci(self) -> tuple[float, float]:
@@ -591,7 +596,7 @@ def ratios(record: RunRecord, subject: str | None = None, baseline: str | None =
                     label=METRIC_INFO[name].ratio_label, ratio=ci.estimate, ci_low=ci.low, ci_high=ci.high,
                     n_subject=len(a_vals), n_baseline=len(b_vals), degenerate=ci.degenerate,
                     verdict=_verdict(name, ci.estimate, ci, s_name, b_name, workload, context),
-                    method=ci.method, n_pairs=len(pa),
+                    method=ci.method, n_pairs=len(pa), level=level,
                 ))
     return out
 

@@ -221,7 +221,7 @@ def test_ios_device_names_its_memory_metric():
 # ---- JSON ---------------------------------------------------------------------------------------
 def test_json_keys_are_stable(record):
     data = json.loads(JSONRenderer().render(record))
-    assert list(data) == ["format", "run", "results", "ratios"]
+    assert list(data) == ["format", "run", "results", "ratios", "verdict", "noise"]
     assert data["format"] == "devprof.show/1"
     run = data["run"]
     for key in ("run_id", "created", "status", "device", "runtime", "models", "baseline", "workloads", "contexts",

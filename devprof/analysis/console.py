@@ -227,7 +227,7 @@ def _projection_table(mc: ModelCompare) -> Table:
 
 # ---- diff ------------------------------------------------------------------------------------------
 _STATUS_STYLE = {"regression": "bold red", "improvement": "green", "within threshold": "", "no clear change": "dim",
-                 "changed": "cyan", f"n < {stats.MIN_N}": "dim", "—": "dim"}
+                 "changed": "cyan", f"n < {stats.MIN_N}": "dim", "not judged (noisy)": "yellow", "—": "dim"}
 
 
 def diff_renderables(d: DiffReport) -> list[RenderableType]:
@@ -238,10 +238,12 @@ def diff_renderables(d: DiffReport) -> list[RenderableType]:
         Text.assemble(("B ", "bold"), (mb.run_id, "bold"), f" · {when(mb.created)} · {mb.device.name or mb.device.serial}"
                       f" · {mb.runtime}"),
     ]
+    for w in d.noise:
+        out.append(Text(w, style="bold yellow"))
     for w in d.warnings:
         out.append(Text(f"warning: {w}", style="yellow"))
-    out.append(Text(f"B vs A: change = median(B) ÷ median(A) − 1 with its 95% bootstrap CI; a regression is flagged "
-                    f"beyond {d.threshold:g}% when the CI excludes no change.", style="dim"))
+    out.append(Text(f"B vs A: change = ratio of the geometric means − 1 with Welch's 95% t-interval on the logs; a "
+                    f"regression is flagged beyond {d.threshold:g}% when the CI excludes no change.", style="dim"))
     groups: dict[tuple, list] = {}
     for r in d.rows:
         groups.setdefault((r.display, r.workload, r.context), []).append(r)
@@ -266,10 +268,15 @@ def diff_renderables(d: DiffReport) -> list[RenderableType]:
     for tag, keys in (("A", d.only_a), ("B", d.only_b)):
         if keys:
             out.append(Text(f"only in {tag}: " + ", ".join(f"{m}/{w}/{c}" for m, w, c in keys), style="dim"))
+    if d.unjudged:
+        out.append(Text(f"{len(d.unjudged)} change(s) beyond {d.threshold:g}% in the bad direction not called a "
+                        "regression: the data is noisy (above); rerun on a quiet device, or pass --allow-noisy",
+                        style="bold yellow"))
+        out.extend(Text(f"  ? {r.words()}") for r in d.unjudged)
     if d.regressions:
         out.append(Text(f"{len(d.regressions)} regression(s) beyond {d.threshold:g}%:", style="bold red"))
         out.extend(Text(f"  ✗ {r.words()}") for r in d.regressions)
-    else:
+    elif not d.unjudged:
         out.append(Text(f"No regression beyond {d.threshold:g}% that the intervals make clear.", style="green"))
     if d.improvements:
         out.append(Text(f"{len(d.improvements)} clear improvement(s):", style="green"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from abc import ABC, abstractmethod
 
-from devprof import stats
+from devprof import interference, stats
 from devprof.results import Repetition
 from devprof.store import RunRecord
 
@@ -60,6 +60,8 @@ class Analysis:
     failed: int  # measured repetitions that did not finish ok
     missing: int  # planned - measured (never run, or failed)
     level: float
+    noise: interference.NoiseVerdict | None = None  # whether the figures can be trusted (one line)
+    headline: str | None = None  # the one verdict on real prompts (analysis.verdict)
 
     @property
     def status(self) -> str:
@@ -90,15 +92,21 @@ class Analysis:
 
     @property
     def verdicts(self) -> list[str]:
-        return [r.verdict for r in self.ratios if r.finding]  # clear and beyond ±2% of 1
+        # clear and beyond ±2% of 1; real prompts first (templated ones understate the MoE)
+        found = [r for r in self.ratios if r.finding]
+        return [r.verdict for r in sorted(found, key=lambda r: r.workload.startswith("templated"))]
 
 
 def analyse(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Analysis:
     rows = stats.summarize(record, level=level, n_boot=n_boot, seed=seed)
     ratio_rows = stats.ratios(record, level=level, n_boot=n_boot, seed=seed, rows=rows)
     measured = len(record.measured())
+    from devprof.analysis.verdict import headline
+
     return Analysis(record=record, rows=rows, ratios=ratio_rows, planned=record.planned_reps, measured=measured,
-                    failed=len(record.failed_reps), missing=record.missing_reps, level=level)
+                    failed=len(record.failed_reps), missing=record.missing_reps, level=level,
+                    noise=interference.verdict(record, rows=rows),
+                    headline=headline(rows, ratio_rows, record.workloads(), level))
 
 
 # ---- formatting --------------------------------------------------------------------------------

@@ -245,6 +245,8 @@ this file needs no network.</footer>
         if self.a.problem:
             cls = "warn" if m.status in ("interrupted", "running", "complete") else "bad"
             banner = f'<p class="banner {cls}">{h(self.a.problem)}</p>'
+        if self.a.noise is not None and self.a.noise.noisy:
+            banner += f'<p class="banner warn" id="noise-verdict">{h(self.a.noise.line)}</p>'
         models = " vs ".join(h(self.display[x]) for x in m.models)
         return f"""<header>
 <h1>{models} on {h(d.name or d.serial)}</h1>
@@ -259,6 +261,8 @@ this file needs no network.</footer>
     def summary(self) -> str:
         a = self.a
         parts = []
+        if a.headline:
+            parts.append(f'<p class="headline" id="verdict"><b>{h(a.headline)}</b></p>')
         if a.verdicts:
             parts.append("<ul class=\"verdicts\">" + "".join(f"<li>{h(v)}</li>" for v in a.verdicts) + "</ul>")
         elif a.ratios:
@@ -1095,6 +1099,7 @@ nav a { color: #1864ab; text-decoration: none; }
 .status.ok { background: #d3f9d8; color: #2b8a3e; } .status.warn { background: #fff3bf; color: #e67700; }
 .status.bad { background: #ffe3e3; color: #c92a2a; } .status.info { background: #d0ebff; color: #1864ab; }
 .banner { padding: 8px 12px; border-radius: 6px; font-weight: 600; }
+.headline { font-size: 1.08em; max-width: 100%; overflow-wrap: anywhere; }
 .banner.warn { background: #fff3bf; border: 1px solid #ffd43b; } .banner.bad { background: #ffe3e3; border: 1px solid #ff8787; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: right; vertical-align: top;

@@ -80,6 +80,8 @@ class JSONRenderer(Renderer):
             "run": run_dict(a),
             "results": [result_dict(r) for r in a.rows],
             "ratios": [ratio_dict(r) for r in a.ratios],
+            "verdict": a.headline,
+            "noise": a.noise.to_dict() if a.noise is not None else None,
         }
 
     def render(self, record: RunRecord | Analysis) -> str:

@@ -73,6 +73,10 @@ class TerminalRenderer(Renderer):
         out: list[RenderableType] = [self._header(a)]
         if a.problem:
             out.append(Text(a.problem, style="bold yellow" if m.status in ("running", "interrupted") else "bold red"))
+        if a.noise is not None and a.noise.noisy:
+            out.append(Text(a.noise.line, style="bold yellow"))
+        if a.headline:
+            out.append(Text(a.headline, style="bold"))
         if a.rows:
             groups = [_SPEED + _MEMORY] if width >= self.WIDE else [_SPEED, _MEMORY]
             out.extend(self._summary(a, cols, stacked=len(groups) > 1) for cols in groups)
