@@ -105,12 +105,19 @@ def cli() -> None:
                    "without its CPU repack copy of the weights); repeat for several. Stored with the run.")
 @click.option("--cooldown-c", type=float, default=None, help="Before each repetition, wait until the hottest thermal zone is below this (C).")
 @click.option("--cooldown-timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="Longest cool-down wait (s).")
+@click.option("--ready", "ready", default=None, metavar="COND[,COND]",
+              help="Before each repetition wait until the device is quiet and cool: cpu<PCT (busy over 1 s), "
+                   "load<L (1-min load average), temp<C (hottest zone); 'none' turns it off "
+                   "[default: phones temp<45, this host none].")
+@click.option("--ready-timeout", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="Longest readiness wait before each repetition (s); then it goes on and records it.")
 @adb_server_option
 @devices_file_option
 @db_option
 def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sample_ms, runtime, weights, cache,
         threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
-        baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, adb_server, devices_file,
+        baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, ready, ready_timeout,
+        adb_server, devices_file,
         db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
@@ -134,10 +141,14 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
         weights=weights or ("q4_0" if runtime == "llamacpp" else "fp32"),
         seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
         cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
+        ready=ready, ready_timeout_s=ready_timeout,
         runtime_args=list(runtime_args),
     )
     get_adapter(runtime)
     plan.validate()
+    from devprof import readiness
+
+    readiness.parse(ready)  # bad conditions: one line, exit 2, before any device is touched
     store = _open_store(db_path)
     targets = devices.resolve(device, adb_server=adb_server, devices_file=devices_file)
     started = time.monotonic()

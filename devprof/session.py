@@ -47,6 +47,10 @@ class Plan:
     cpu_mask: str | None = None
     cooldown_c: float | None = None  # wait before each repetition until the hottest zone is below this
     cooldown_timeout_s: float = 300.0
+    #: the readiness gate before each repetition (devprof.readiness): "cpu<30,temp<45", "none", or None for
+    #: the device kind's default
+    ready: str | None = None
+    ready_timeout_s: float = 60.0
     binary_name: str | None = None  # a registered binary by name (else chosen by runtime/platform/ABI)
     #: model name -> (model file, tokenizer file or None): user bundles (.pte, .gguf) for prebuilt runtimes
     model_files: dict[str, tuple[Path, Path | None]] = field(default_factory=dict)
@@ -116,6 +120,10 @@ class Session:
         plan = self.plan
         plan.validate()
         info = self.device.info()
+        from devprof import readiness
+
+        self.ready_conds = readiness.parse(plan.ready if plan.ready is not None
+                                           else readiness.default_spec(self.device.kind))
         meta = RunMeta(
             run_id="", created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             device=info, runtime=plan.runtime, models=[m.name for m in plan.models],
@@ -125,6 +133,7 @@ class Session:
             settings={**plan.settings, "weights": plan.weights, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
                       "cpu_mask": plan.cpu_mask, "timeout_s": plan.timeout_s,
                       **({"runtime_args": list(plan.runtime_args)} if plan.runtime_args else {}),
+                      "ready": readiness.describe(self.ready_conds), "ready_timeout_s": plan.ready_timeout_s,
                       "prompt_sources": wl.source_report()},
         )
         run_id = self.store.create_run(meta)
@@ -272,6 +281,12 @@ class Session:
         argv = self._argv(s, inv)
         if plan.cooldown_c is not None:
             self._cool_down(plan.cooldown_c, plan.cooldown_timeout_s)
+        ready = None
+        if getattr(self, "ready_conds", None):
+            from devprof import readiness
+
+            ready = readiness.wait(dev, self.ready_conds, plan.ready_timeout_s, cancel=self.cancel,
+                                   progress=self.obs.stage)
         if plan.cache == "cold":
             cache_state, cache_note = dev.drop_page_cache(s.weights_path)
         else:
@@ -287,6 +302,8 @@ class Session:
         conditions = {"interference": {**interference.measure(cpu_before, cpu_after, outcome),
                                        **interference.thermal_figures(thermal_before, thermal_after,
                                                                       freqs_before, freqs_after)}}
+        if ready is not None:
+            conditions["ready"] = ready
         artifacts = _save_outputs(rdir, run_dir, outcome)
         result = None
         if outcome.status == "ok":
