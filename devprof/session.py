@@ -51,6 +51,8 @@ class Plan:
     #: the device kind's default
     ready: str | None = None
     ready_timeout_s: float = 60.0
+    #: --reps auto: the stopping rule (devprof.adaptive.Rule); None: exactly ``reps`` repetitions
+    adaptive: object | None = None
     binary_name: str | None = None  # a registered binary by name (else chosen by runtime/platform/ABI)
     #: model name -> (model file, tokenizer file or None): user bundles (.pte, .gguf) for prebuilt runtimes
     model_files: dict[str, tuple[Path, Path | None]] = field(default_factory=dict)
@@ -129,11 +131,13 @@ class Session:
             device=info, runtime=plan.runtime, models=[m.name for m in plan.models],
             baseline=plan.models[1].name if len(plan.models) > 1 else None,
             workloads=list(plan.workloads), contexts=list(plan.contexts),
-            new_tokens=plan.new_tokens, reps=plan.reps, warmup=plan.warmup, sample_ms=plan.sample_ms,
+            new_tokens=plan.new_tokens, warmup=plan.warmup, sample_ms=plan.sample_ms,
+            reps=plan.adaptive.min_reps if plan.adaptive is not None else plan.reps,
             settings={**plan.settings, "weights": plan.weights, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
                       "cpu_mask": plan.cpu_mask, "timeout_s": plan.timeout_s,
                       **({"runtime_args": list(plan.runtime_args)} if plan.runtime_args else {}),
                       "ready": readiness.describe(self.ready_conds), "ready_timeout_s": plan.ready_timeout_s,
+                      **({"reps": "auto"} if plan.adaptive is not None else {}),
                       "prompt_sources": wl.source_report()},
         )
         run_id = self.store.create_run(meta)
@@ -142,13 +146,15 @@ class Session:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.store.update_run(run_id, artifacts_dir=str(run_dir))
         meta.artifacts_dir = str(run_dir)
-        per_cell = plan.warmup + plan.reps
-        self.obs.total(len(plan.models) * len(plan.workloads) * len(plan.contexts) * per_cell)
+        per_cell = plan.warmup + (plan.adaptive.min_reps if plan.adaptive is not None else plan.reps)
+        self._planned = len(plan.models) * len(plan.workloads) * len(plan.contexts) * per_cell
+        self.obs.total(self._planned)
         try:
             binary = self._binary()
             staged = [self._stage_model(m, binary) for m in plan.models]
-            self.store.update_run(run_id, settings={**meta.settings, "bytes_pushed": self.pushed_bytes,
-                                                    "binary": binary.name if binary else "python -m devprof.refruntime"})
+            meta.settings.update(bytes_pushed=self.pushed_bytes,
+                                 binary=binary.name if binary else "python -m devprof.refruntime")
+            self.store.update_run(run_id, settings=dict(meta.settings))
             for context in plan.contexts:
                 for workload in plan.workloads:
                     self._run_cell(run_id, run_dir, staged, workload, context)
@@ -256,14 +262,52 @@ class Session:
         self.obs.stage(f"{workload} prompt, {context} tokens")
         _, ppaths = self._stage_prompt(run_dir, workload, context)
         schedule = [(s, -(w + 1), True) for w in range(plan.warmup) for s in staged]
-        schedule += [(s, i, False) for i in range(plan.reps) for s in staged]
+        if plan.adaptive is None:
+            schedule += [(s, i, False) for i in range(plan.reps) for s in staged]
         for s, index, warm in schedule:
-            rep = self._one(run_dir, s, workload, context, index, warm, ppaths)
-            self.store.add_repetition(run_id, rep)
-            if not warm and rep.outcome.status == "ok":
-                self.kept += 1
-            self.obs.repetition(rep, self.kept)
-            self._raise_for(rep)
+            self._rep(run_id, run_dir, s, workload, context, index, warm, ppaths)
+        if plan.adaptive is not None:
+            self._adaptive_rounds(run_id, run_dir, staged, workload, context, ppaths)
+
+    def _rep(self, run_id: str, run_dir: Path, s: _Staged, workload: str, context: int, index: int, warm: bool,
+             ppaths: dict[str, str]) -> Repetition:
+        rep = self._one(run_dir, s, workload, context, index, warm, ppaths)
+        self.store.add_repetition(run_id, rep)
+        if not warm and rep.outcome.status == "ok":
+            self.kept += 1
+        self.obs.repetition(rep, self.kept)
+        self._raise_for(rep)
+        return rep
+
+    def _adaptive_rounds(self, run_id: str, run_dir: Path, staged: list[_Staged], workload: str, context: int,
+                         ppaths: dict[str, str]) -> None:
+        """--reps auto: interleaved rounds until the speed ratios are known to ±target, or a cap."""
+        import time
+
+        from devprof import adaptive
+
+        rule = self.plan.adaptive
+        models = [s.model.name for s in staged]
+        reps: list[Repetition] = []
+        t0 = time.monotonic()
+        rounds = 0
+        while True:
+            for s in staged:
+                reps.append(self._rep(run_id, run_dir, s, workload, context, rounds, False, ppaths))
+            rounds += 1
+            why, w, what = adaptive.stop_reason(rule, rounds, time.monotonic() - t0, reps, models)
+            if why is not None:
+                break
+            if rounds >= rule.min_reps:
+                self._planned += len(staged)
+                self.obs.total(self._planned)
+        cell = {"workload": workload, "context": context, "rounds": rounds, "stopped": why,
+                "widest_pct": None if w == float("inf") else round(w * 100, 2), "what": what,
+                "seconds": round(time.monotonic() - t0, 1), **rule.to_dict()}
+        self.obs.stage(adaptive.describe_cell(cell))
+        ad = self.meta.settings.setdefault("adaptive", {**rule.to_dict(), "cells": []})
+        ad["cells"].append(cell)
+        self.store.update_run(run_id, settings=dict(self.meta.settings))
 
     def _one(self, run_dir: Path, s: _Staged, workload: str, context: int, index: int, warm: bool,
              ppaths: dict[str, str]) -> Repetition:

@@ -109,6 +109,25 @@ def analyse(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: in
                     headline=headline(rows, ratio_rows, record.workloads(), level))
 
 
+def reps_text(meta) -> str:
+    """"3 reps" or, for --reps auto, "auto reps (5-12 a cell, to ±5%, ≤120 s)"."""
+    ad = (meta.settings or {}).get("adaptive")
+    if (meta.settings or {}).get("reps") == "auto" and ad:
+        return (f"auto reps ({ad.get('min_reps')}–{ad.get('max_reps')} a cell, to ±{ad.get('target_pct', 5):g}%, "
+                f"≤{ad.get('max_s', 0):g} s)")
+    if (meta.settings or {}).get("reps") == "auto":
+        return f"auto reps (at least {meta.reps})"
+    return f"{meta.reps} reps"
+
+
+def adaptive_lines(meta) -> list[str]:
+    """For --reps auto, one line per cell: how many rounds and what ended it."""
+    from devprof.adaptive import describe_cell
+
+    ad = (meta.settings or {}).get("adaptive") or {}
+    return [describe_cell(c) for c in ad.get("cells", [])]
+
+
 # ---- formatting --------------------------------------------------------------------------------
 def rounded(x: float | None, decimals: int) -> float | None:
     """A float rounded for output; None for unknown, NaN or infinite values."""

@@ -40,7 +40,7 @@ from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from devprof import __version__, stats
 from devprof.report.base import (  # noqa: F401 (phase_spans* and representative are re-exported)
     Analysis, Renderer, analyse, fmt, fmt_cv, memory_metric_note, phase_spans, phase_spans_from_durations,
-    rep_label, representative, when,
+    adaptive_lines, rep_label, representative, reps_text, when,
 )
 from devprof.report.jsonout import JSONRenderer
 from devprof.store import RunRecord
@@ -253,7 +253,8 @@ this file needs no network.</footer>
 <p class="meta">Run <code>{h(m.run_id)}</code> · {h(when(m.created))} ·
 <span class="status {status_class}">{h(m.status)}</span> · runtime {h(m.runtime)} ·
 {self.a.measured} of {self.a.planned} measured repetitions
-({m.reps} per model, workload and context, after {m.warmup} warm-up)</p>
+({h(reps_text(m))} per model, workload and context, after {m.warmup} warm-up)</p>
+{"".join(f'<p class="meta adaptive">Repetitions: {h(x)}</p>' for x in adaptive_lines(m))}
 {banner}
 </header>"""
 

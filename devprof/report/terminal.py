@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from devprof import stats
-from devprof.report.base import Analysis, Renderer, analyse, fmt, fmt_cv, when
+from devprof.report.base import Analysis, Renderer, adaptive_lines, analyse, fmt, fmt_cv, reps_text, when
 from devprof.store import RunRecord
 
 _SPEED = ("prefill_tok_s", "decode_tok_s", "ttft_ms")
@@ -111,9 +111,11 @@ class TerminalRenderer(Renderer):
         line2 = Text.assemble(("Device: ", "bold"), " · ".join(dev))
         models = " vs ".join(stats.model_info(x)[0] for x in m.models)
         line3 = Text.assemble(("Models: ", "bold"), models, " · workloads ", ", ".join(m.workloads),
-                              " · context ", ", ".join(map(str, m.contexts)), f" · {m.reps} reps + {m.warmup} warm-up",
+                              " · context ", ", ".join(map(str, m.contexts)), f" · {reps_text(m)} + {m.warmup} warm-up",
                               f" · {m.new_tokens} new tokens")
-        return Group(line1, line2, line3)
+        lines = [line1, line2, line3]
+        lines += [Text("Repetitions: " + x, style="dim") for x in adaptive_lines(m)]
+        return Group(*lines)
 
     def _summary(self, a: Analysis, cols: tuple[str, ...], stacked: bool = False) -> Table:
         metric = "/".join(sorted({r.memory_metric for r in a.rows if r.n})) or a.record.meta.device.memory_metric
