@@ -372,6 +372,50 @@ def rep_value(rep: Repetition, metric: str) -> float | None:
     raise KeyError(f"unknown metric {metric!r}")
 
 
+def token_latencies(rep: Repetition) -> list[float]:
+    """The inter-token latencies (ms per decode step) a runtime printed for one repetition: the reference
+    runtime's ``decode_token_ms`` in its stats line, or ``extra["token_ms"]`` from a runtime adapter that
+    reads per-token timestamps (the native llama.cpp runner); [] where the runtime gives none."""
+    r = rep.result
+    if r is None:
+        return []
+    vals = r.extra.get("token_ms") or (r.extra.get("observer") or {}).get("decode_token_ms") or []
+    out = []
+    for v in vals:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f) and f >= 0:
+            out.append(f)
+    return out
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Inter-token latency over every decode step of the measured repetitions (pooled), ms."""
+
+    p50: float
+    p90: float
+    p99: float
+    n: int  # decode steps
+    n_reps: int
+
+    def to_dict(self) -> dict:
+        return {"p50": round(self.p50, 3), "p90": round(self.p90, 3), "p99": round(self.p99, 3), "n": self.n,
+                "n_reps": self.n_reps}
+
+
+def percentiles(reps: list[Repetition]) -> Percentiles | None:
+    per = [token_latencies(r) for r in reps]
+    vals = [v for p in per for v in p]
+    if not vals:
+        return None
+    q = np.quantile(np.asarray(vals), [0.5, 0.9, 0.99])  # linear interpolation; with few steps p99 ~ max
+    return Percentiles(p50=float(q[0]), p90=float(q[1]), p99=float(q[2]), n=len(vals),
+                       n_reps=sum(1 for p in per if p))
+
+
 def _finite(values: Iterable[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
@@ -429,6 +473,8 @@ class SummaryRow:
     peak_rss_anon_mb: Metric | None = None
     distinct_experts: Metric | None = None  # None for dense models
     values: dict[str, list[float]] = field(default_factory=dict, repr=False)  # metric -> per-rep values
+    itl: Percentiles | None = None  # inter-token latency p50/p90/p99 where the runtime printed per-token times
+    token_ms: list[float] = field(default_factory=list, repr=False)  # the pooled decode-step times
 
     def metric(self, name: str) -> Metric | None:
         return getattr(self, name)
@@ -477,6 +523,8 @@ def summarize(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: 
                         vals = []
                     row.values[name] = vals
                     setattr(row, name, metric(vals, level=level, n_boot=n_boot, seed=seed))
+                row.itl = percentiles(reps)
+                row.token_ms = [v for r in reps for v in token_latencies(r)]
                 rows.append(row)
     return rows
 

@@ -234,7 +234,7 @@ def test_json_keys_are_stable(record):
               "distinct_experts"):
         metric_keys += [m, f"{m}_ci", f"{m}_cv", f"{m}_min", f"{m}_max"]
     expected = ["model", "display", "kind", "workload", "context", "n", "n_failed", "cache_states",
-                "memory_metric", *metric_keys]
+                "memory_metric", *metric_keys, "inter_token_ms"]
     assert len(data["results"]) == 4
     for r in data["results"]:
         assert list(r) == expected

@@ -396,7 +396,40 @@ favour {h(s)}; "clear" when the interval excludes 1.00 as printed (the findings 
             layout.update(barmode="group", title={"text": f"Speed at {ctx} tokens of context"})
             out.append(self.figure(data, layout, "Bars: median of the measured repetitions; whiskers: 95% bootstrap "
                                                  "interval of the median. Higher is better for tok/s, lower for TTFT."))
+        itl = self._itl()
+        if itl:
+            out.append(itl)
         return "\n".join(out) or "<p>No measured repetitions.</p>"
+
+    def _itl(self) -> str:
+        """Inter-token latency: p50/p90/p99 per model and workload, TTFT apart, and the distribution."""
+        rows = [r for r in self.a.rows if r.itl is not None]
+        if not rows:
+            return ""
+        body = "".join(
+            f"<tr><td>{h(r.display)}</td><td>{h(r.workload)}</td><td>{r.context}</td><td>{r.itl.p50:.2f}</td>"
+            f"<td>{r.itl.p90:.2f}</td><td>{r.itl.p99:.2f}</td><td>{r.itl.n} ({r.itl.n_reps} reps)</td>"
+            f"<td>{fmt(r.ttft_ms.median if r.ttft_ms else None, 0)}</td></tr>" for r in rows)
+        table = f"""<div class="wide"><table class="itl" id="itl-table">
+<caption>Inter-token latency: the wall time of every decode step (model + sampling) of the measured repetitions,
+pooled; with few steps p99 is close to the largest. Time to first token (prefill + first sampling) apart, median.</caption>
+<thead><tr><th>model</th><th>workload</th><th>context</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>
+<th>decode steps</th><th>TTFT ms</th></tr></thead><tbody>{body}</tbody></table></div>"""
+        data = []
+        dashes = ["solid", "dot", "dash", "dashdot"]
+        for i, r in enumerate(rows):
+            xs = sorted(r.token_ms)
+            n = len(xs)
+            data.append({"type": "scatter", "mode": "lines", "line": {"shape": "hv", "color": self.colors.get(r.model),
+                                                                       "dash": dashes[i % len(dashes)]},
+                         "x": xs, "y": [(k + 1) / n for k in range(n)],
+                         "name": t(f"{r.display} · {r.workload} · {r.context}"),
+                         "hovertemplate": "%{x:.2f} ms: %{y:.0%} of steps<extra>%{fullData.name}</extra>"})
+        layout = {"title": {"text": "Inter-token latency, distribution"}, "xaxis": {"title": {"text": "ms per decode step"},
+                  "type": "log"}, "yaxis": {"title": {"text": "share of decode steps"}, "tickformat": ".0%"},
+                  "legend": {"orientation": "h", "y": -0.25}}
+        return table + self.figure(data, layout, "Cumulative distribution of the decode steps' wall time per model and "
+                                                 "workload (log scale): a long tail is stalls, not speed.")
 
     # ---- memory -----------------------------------------------------------------------------
     def memory(self) -> str:

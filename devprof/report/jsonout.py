@@ -46,6 +46,7 @@ def result_dict(row: stats.SummaryRow) -> dict[str, Any]:
         d[f"{name}_cv"] = rounded(m.cv, 4) if m else None
         d[f"{name}_min"] = rounded(m.min, nd) if m else None
         d[f"{name}_max"] = rounded(m.max, nd) if m else None
+    d["inter_token_ms"] = row.itl.to_dict() if row.itl is not None else None
     return d
 
 

@@ -82,9 +82,13 @@ class TerminalRenderer(Renderer):
             out.extend(self._summary(a, cols, stacked=len(groups) > 1) for cols in groups)
         else:
             out.append(Text("No repetitions were recorded.", style="dim"))
+        itl = [r for r in a.rows if r.itl is not None]
+        if itl:
+            out.append(self._itl(itl))
         if a.ratios:
             out.append(self._ratios(a))
-        headline = [r.verdict for r in a.ratios if r.finding and r.metric in _HEADLINE]
+        found = [r for r in a.ratios if r.finding and r.metric in _HEADLINE]
+        headline = [r.verdict for r in sorted(found, key=lambda r: r.workload.startswith("templated"))]
         if headline:
             out.append(Group(*[Text(f"• {v}") for v in headline]))
         elif a.ratios:
@@ -163,6 +167,18 @@ class TerminalRenderer(Renderer):
                     cells.append(_cell(r.metric(c), _DECIMALS.get(c, 1), stacked))
             t.add_row(Text(r.display), Text(r.workload), *([] if one_ctx else [str(r.context)]),
                       *([n] if show_n else []), *cells)
+        return t
+
+    def _itl(self, rows: list) -> Table:
+        t = Table(title="Inter-token latency, ms (every decode step of the measured repetitions); TTFT apart",
+                  box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+        for col, j in (("model", "left"), ("workload", "left"), ("ctx", "right"), ("p50", "right"),
+                       ("p90", "right"), ("p99", "right"), ("steps", "right"), ("TTFT", "right")):
+            t.add_column(col, justify=j, no_wrap=col in ("model", "workload"))
+        for r in rows:
+            tt = r.ttft_ms
+            t.add_row(Text(r.display), Text(r.workload), str(r.context), f"{r.itl.p50:.1f}", f"{r.itl.p90:.1f}",
+                      f"{r.itl.p99:.1f}", str(r.itl.n), fmt(tt.median if tt else None, 0))
         return t
 
     def _ratios(self, a: Analysis) -> Table:
