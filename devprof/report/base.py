@@ -120,6 +120,24 @@ def reps_text(meta) -> str:
     return f"{meta.reps} reps"
 
 
+def threads_used(record: RunRecord) -> str | None:
+    """The CPU threads the runtime reported using ("2", "2–4" when it varied), with what was asked when that
+    was the runtime's default (-1); None when no repetition says."""
+    seen = set()
+    for r in record.measured():
+        x = r.result.extra if r.result is not None else {}
+        v = (x.get("observer") or {}).get("cpu_threads", x.get("n_threads", x.get("threads")))
+        if isinstance(v, (int, float)) and v > 0:
+            seen.add(int(v))
+    if not seen:
+        return None
+    text = str(min(seen)) if len(seen) == 1 else f"{min(seen)}–{max(seen)}"
+    asked = (record.meta.settings or {}).get("threads")
+    if asked in (-1, 0, None):
+        text += " (the runtime's default, as it reported)"
+    return text
+
+
 def adaptive_lines(meta) -> list[str]:
     """For --reps auto, one line per cell: how many rounds and what ended it."""
     from devprof.adaptive import describe_cell

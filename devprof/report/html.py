@@ -40,7 +40,7 @@ from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from devprof import __version__, stats
 from devprof.report.base import (  # noqa: F401 (phase_spans* and representative are re-exported)
     Analysis, Renderer, analyse, fmt, fmt_cv, memory_metric_note, phase_spans, phase_spans_from_durations,
-    adaptive_lines, rep_label, representative, reps_text, when,
+    adaptive_lines, rep_label, representative, reps_text, threads_used, when,
 )
 from devprof.report.jsonout import JSONRenderer
 from devprof.store import RunRecord
@@ -332,10 +332,12 @@ favour {h(s)}; "clear" when the interval excludes 1.00 as printed (the findings 
         dev_rows.append(("peak memory metric", "; ".join(memory_metric_note(x) for x in metrics)))
         run_rows = [("runtime", m.runtime), ("models", ", ".join(m.models)), ("baseline", m.baseline or "—"),
                     ("workloads", ", ".join(m.workloads)), ("contexts", ", ".join(map(str, m.contexts))),
-                    ("new tokens", m.new_tokens), ("repetitions", f"{m.reps} measured + {m.warmup} warm-up"),
+                    ("new tokens", m.new_tokens), ("repetitions", f"{reps_text(m)} measured + {m.warmup} warm-up"),
                     ("memory sampling", f"every {m.sample_ms} ms" if m.sample_ms else "off"),
                     ("artifacts", m.artifacts_dir or "—")]
-        run_rows += [(k, _plain(v)) for k, v in m.settings.items() if k != "prompt_sources"]
+        used = threads_used(self.rec)
+        run_rows += [(k, _plain(v) if k != "threads" else (used or _plain(v)))
+                     for k, v in m.settings.items() if k != "prompt_sources"]
         return (f'<div class="cols"><div><h3>Device</h3>{_kv(dev_rows)}</div>'
                 f'<div><h3>Run</h3>{_kv(run_rows)}</div></div>\n<h3>Models</h3>\n{self._models_table()}')
 
@@ -535,11 +537,14 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
         spans, approx = phase_spans(rep), False
         if not spans:
             spans, approx = phase_spans_from_durations(rep), True
-        for name, a, b in spans:
+        for i, (name, a, b) in enumerate(spans):
             shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": a, "x1": b, "y0": 0, "y1": 1,
                            "fillcolor": SPAN_COLORS[name], "opacity": 0.25, "layer": "below", "line": {"width": 0}})
-            notes.append({"x": a, "y": 1, "xref": "x", "yref": "paper", "text": name, "showarrow": False,
-                          "xanchor": "left", "yanchor": "top", "font": {"size": 11, "color": "#495057"}})
+            # one row per phase, from the bottom up (the reported-peak label sits at the top): a short load
+            # span never puts its label on top of the prefill's
+            notes.append({"x": a, "y": 0.01 + 0.085 * i, "xref": "x", "yref": "paper", "text": name,
+                          "showarrow": False, "xanchor": "left", "yanchor": "bottom",
+                          "bgcolor": "rgba(255,255,255,0.7)", "font": {"size": 11, "color": "#495057"}})
         peak = stats.peak_rss_kb(rep)
         if peak is not None:
             shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": peak / 1024.0,
@@ -1121,8 +1126,10 @@ _CSS = """
 :root { --fg:#212529; --muted:#6c757d; --line:#dee2e6; --bg2:#f8f9fa; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-       margin: 0 auto; max-width: 1440px; padding: 0 20px 40px; }
+       margin: 0 auto; max-width: 1880px; padding: 0 20px 40px; }
+p, li { max-width: 1200px; }
 .wide { overflow-x: auto; max-width: 100%; }
+table:not(.wide > table) { display: block; overflow-x: auto; max-width: 100%; }
 header { padding: 18px 0 6px; border-bottom: 1px solid var(--line); }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
@@ -1133,7 +1140,7 @@ nav a { color: #1864ab; text-decoration: none; }
 .status.ok { background: #d3f9d8; color: #2b8a3e; } .status.warn { background: #fff3bf; color: #e67700; }
 .status.bad { background: #ffe3e3; color: #c92a2a; } .status.info { background: #d0ebff; color: #1864ab; }
 .banner { padding: 8px 12px; border-radius: 6px; font-weight: 600; }
-.headline { font-size: 1.08em; max-width: 100%; overflow-wrap: anywhere; }
+.headline { font-size: 1.08em; overflow-wrap: anywhere; }
 .banner.warn { background: #fff3bf; border: 1px solid #ffd43b; } .banner.bad { background: #ffe3e3; border: 1px solid #ff8787; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: right; vertical-align: top;
