@@ -4,7 +4,7 @@ For each MoE model and context:
 
 - memory: peak (VmHWM / physFootprint), peak RssFile and RssAnon, and distinct (layer, expert) pairs,
   templated vs each real workload (real, real:code, real:math, real:prose), with the page-cache
-  state of each side, the median and bootstrap CI of each, and how much the templated prompt
+  state of each side, the median and its interval (order statistics) of each, and how much the templated prompt
   understates the real one: ``1 - templated / real`` (ratio of the geometric means) with Welch's
   t-interval on the logs (``stats.ratio_ci``). The verdict in words only when the CI excludes 0 as
   printed, and never below ``stats.MIN_N`` repetitions a side;
@@ -56,7 +56,7 @@ class Delta:
     metric: str
     templated: stats.Metric | None
     real: stats.Metric | None
-    ratio: stats.Interval | None  # median(templated) / median(real), with its bootstrap CI
+    ratio: stats.Interval | None  # templated / real (geometric means), Welch's t-interval on the logs
     level: float = 0.95
 
     @property

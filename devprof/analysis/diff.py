@@ -1,8 +1,8 @@
 """`devprof diff A B`: every metric of two runs side by side, with the change and its confidence interval.
 
 For each (model, workload, context) both runs measured and each metric of ``stats.METRICS``:
-the median of A and of B, the change ``median(B) / median(A) - 1`` with the bootstrap interval of
-the ratio of the geometric means (``stats.ratio_ci``: Welch's t-interval on the logs), and a status:
+the median of A and of B, the change ``B / A - 1`` (B / A the ratio of the geometric means) with its
+interval (``stats.ratio_ci``: Welch's t-interval on the logs), and a status:
 
 - ``regression``: B is worse (slower prefill or decode, higher TTFT, higher peak memory, RssFile or
   RssAnon) by more than the threshold, and the interval excludes "no change";

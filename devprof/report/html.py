@@ -5,7 +5,7 @@ Layout (top to bottom):
 1. header: run id, date, device, status; a banner when the run is interrupted/failed or
    repetitions are missing (how many);
 2. Summary: the verdicts in words, the table per (model, workload, context) with n, cache state,
-   median, 95% bootstrap CI and CV, and the MoE ÷ dense ratio table;
+   median, its 95% interval (order statistics) and CV, and the MoE ÷ dense ratio table;
 3. Setup: device (and what its peak-memory metric means), runtime, settings, model shapes from
    the catalog (total/active parameters, INT4 GiB, "(3rd)" marks);
 4. Speed: one figure per context (prefill tok/s, decode tok/s, TTFT; bars with CI whiskers);
@@ -284,8 +284,8 @@ this file needs no network.</footer>
             cls = ' class="short"' if r.n < self.meta.reps else ""
             rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append(f"""<div class="wide"><table class="summary" id="summary-table">
-<caption>Median over the n measured repetitions; below it the {int(a.level * 100)}% bootstrap interval of the
-median and ± the coefficient of variation. Memory in MiB; peak = {h(metric)} as the device reports it, not the
+<caption>Median over the n measured repetitions; below it the {int(a.level * 100)}% distribution-free interval of the
+median (order statistics; up to n = 5 the range) and ± the coefficient of variation. Memory in MiB; peak = {h(metric)} as the device reports it, not the
 largest sample.</caption>
 <thead><tr>{"".join(f"<th>{h(x)}</th>" for x in head)}</tr></thead>
 <tbody>{"".join(rows)}</tbody></table></div>""")
@@ -396,8 +396,8 @@ favour {h(s)}; "clear" when the interval excludes 1.00 as printed (the findings 
                     })
             layout = _grid(["prefill (tok/s)", "decode (tok/s)", "time to first token (ms)"])
             layout.update(barmode="group", title={"text": f"Speed at {ctx} tokens of context"})
-            out.append(self.figure(data, layout, "Bars: median of the measured repetitions; whiskers: 95% bootstrap "
-                                                 "interval of the median. Higher is better for tok/s, lower for TTFT."))
+            out.append(self.figure(data, layout, "Bars: median of the measured repetitions; whiskers: 95% interval of "
+                                                 "the median (order statistics; up to n = 5 the range). Higher is better for tok/s, lower for TTFT."))
         itl = self._itl()
         if itl:
             out.append(itl)
@@ -473,7 +473,7 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
                   "yaxis": {"title": {"text": "MiB"}, "rangemode": "tozero"}}
         caption = ["Per model and workload, with the page-cache state of the weights file before the runs "
                    "(cold = evicted, warm = cached): the device's reported peak, and the largest sampled RssFile and "
-                   "RssAnon. Whiskers: 95% bootstrap interval of the median."]
+                   "RssAnon. Whiskers: 95% interval of the median (order statistics; up to n = 5 the range)."]
         caption += self._workload_sentences(ctx)
         return self.figure(data, layout, " ".join(caption))
 
@@ -709,7 +709,7 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
                             f"<td>{self._metric_cell(d.real, nd)}{cache_r}</td><td><b>{pct}</b></td><td>{ci}</td>"
                             f"<td>{clear}</td></tr>")
         return f"""<div class="wide"><table class="compare" id="compare-table-{h(mc.model)}-{mc.context}">
-<caption>Templated vs real prompts: median over the n measured repetitions with its 95% bootstrap interval and ±CV,
+<caption>Templated vs real prompts: median over the n measured repetitions with its 95% interval (order statistics) and ±CV,
 and the page-cache state of the weights file before the runs (cold = evicted, warm = cached). "Understated by" =
 1 − templated ÷ real (ratio of the geometric means), with Welch's t-interval on the logs; clear when it excludes 0
 as printed (never below n = {stats.MIN_N}).
@@ -992,7 +992,7 @@ Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</captio
             layout[f"xaxis{sfx}"].update(type="log", title={"text": "context (tokens)"}, tickvals=ctxs,
                                          ticktext=[str(c) for c in ctxs])
         layout.update(title={"text": "Context sweep: decode speed, TTFT and peak memory vs context"})
-        cap = ("Median per context with 95% bootstrap whiskers; one line per model and workload (dashed: templated). "
+        cap = ("Median per context with 95% interval whiskers (order statistics); one line per model and workload (dashed: templated). "
                "Peak memory as the device reports it; page-cache state in the hover. Contexts: "
                + ", ".join(map(str, ctxs)) + ".")
         return self.figure(data, layout, cap)

@@ -14,7 +14,7 @@ Shape (format 1)::
                  n_subject, n_baseline, verdict}]}
 
 Every key is always present; unknown values are null. Memory is in MiB (kB / 1024), times in ms,
-speeds in tok/s; ``_ci`` is the 95% bootstrap interval of the median, ``_cv`` the coefficient of
+speeds in tok/s; ``_ci`` is the 95% interval of the median (order statistics; up to n = 5 the range), ``_cv`` the coefficient of
 variation (a fraction).
 """
 
