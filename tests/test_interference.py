@@ -244,6 +244,8 @@ def test_show_report_and_diff_say_so(tmp_path, monkeypatch):
     assert 'id="noise-verdict"' in page and "12 of 12 repetitions; figures below are unreliable" in page
     assert page.index('id="noise-verdict"') < page.index('id="verdict"') < page.index('id="summary-table"')
 
+    comp = run.invoke(cli, ["compare", b, "--db", str(db)], catch_exceptions=False, terminal_width=200).output
+    assert comp.splitlines()[1].startswith("host busy: other processes took 38% of CPU")
     d = run.invoke(cli, ["diff", a, b, "--db", str(db)], catch_exceptions=False, terminal_width=200)
     assert d.exit_code == 0, d.output  # not called a regression: B is noisy
     assert "not called a regression: the data is noisy" in d.output and "--allow-noisy" in d.output

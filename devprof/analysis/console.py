@@ -50,6 +50,11 @@ def compare_renderables(rep: CompareReport) -> list[RenderableType]:
     out: list[RenderableType] = [Text.assemble(
         ("Templated vs real prompts · run ", "bold"), (m.run_id, "bold"), f" · {when(m.created)} · ",
         f"{d.name or d.serial} ({d.kind}) · runtime {m.runtime} · {m.status}")]
+    from devprof.interference import verdict as noise_verdict
+
+    noise = noise_verdict(rep.record)
+    if noise.noisy:
+        out.append(Text(noise.line, style="bold yellow"))
     for msg in rep.messages:
         out.append(Text(msg, style="yellow"))
     for mc in rep.models:
