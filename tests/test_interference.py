@@ -99,7 +99,7 @@ def test_a_cpu_hog_on_this_host_shows_as_interference():
         # everything the hog took is counted as other processes' CPU (the rest of the machine may add to it),
         # and the runtime's own CPU is not
         assert busy["other_cpu_pct"] >= hog_pct - 3, (busy, hog_pct)
-        assert busy["other_cpu_pct"] + busy["own_cpu_pct"] <= busy["busy_pct"] + 0.5
+        assert busy["other_cpu_pct"] + busy["own_cpu_pct"] <= busy["busy_pct"] + 2  # tick rounding
     finally:
         dev.close()
 
