@@ -124,7 +124,15 @@ def cli() -> None:
 @click.option("--workload", default="templated,real", show_default=True, help="Comma-separated: templated, real, real:code, real:math, real:prose.")
 @click.option("--context", default="8192", show_default=True, help="Prompt length in tokens; a comma-separated list sweeps contexts.")
 @click.option("--new-tokens", default=128, show_default=True, type=click.IntRange(1, 8192), help="Tokens to generate (greedy).")
-@click.option("--reps", default=3, show_default=True, type=click.IntRange(1, 1000), help="Measured repetitions per (model, workload, context).")
+@click.option("--reps", default="auto", show_default=True, metavar="N|auto",
+              help="Measured repetitions per (model, workload, context); auto: at least --reps-min, then more "
+                   "interleaved rounds until the speed ratios' 95% CI is within ±--reps-target %, or a cap.")
+@click.option("--reps-min", default=5, show_default=True, type=click.IntRange(2, 1000), help="--reps auto: fewest rounds.")
+@click.option("--reps-max", default=12, show_default=True, type=click.IntRange(2, 1000), help="--reps auto: most rounds a cell.")
+@click.option("--reps-time", default=120.0, show_default=True, type=click.FloatRange(0),
+              help="--reps auto: no new round after a cell has taken this many seconds.")
+@click.option("--reps-target", default=5.0, show_default=True, type=click.FloatRange(0.1, 10000),
+              help="--reps auto: target half-width of the ratios' interval, in %.")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0, 100), help="Unmeasured warm-up runs first.")
 @click.option("--sample-ms", default=10, show_default=True, type=click.IntRange(0, 60000), help="Memory sampling interval; 0 turns sampling off.")
 @click.option("--runtime", default="reference", show_default=True, help="Runtime adapter: reference (devprof's own), executorch, llamacpp.")
@@ -152,13 +160,20 @@ def cli() -> None:
 @click.option("--cooldown-c", type=float, default=None, help="Before each repetition, wait until the hottest thermal zone is below this (C).")
 @click.option("--cooldown-timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="Longest cool-down wait (s).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and how long it would take; run nothing.")
+@click.option("--ready", "ready", default=None, metavar="COND[,COND]",
+              help="Before each repetition wait until the device is quiet and cool: cpu<PCT (busy over 1 s), "
+                   "load<L (1-min load average), temp<C (hottest zone); 'none' turns it off "
+                   "[default: phones temp<45, this host none].")
+@click.option("--ready-timeout", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="Longest readiness wait before each repetition (s); then it goes on and records it.")
 @adb_server_option
 @devices_file_option
 @db_option
-def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sample_ms, runtime, weights, cache,
+def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, reps_max, reps_time, reps_target,
+        warmup, sample_ms, runtime, weights, cache,
         threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
-        baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, dry_run, adb_server,
-        devices_file, db_path) -> None:
+        baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, ready, ready_timeout,
+        dry_run, adb_server, devices_file, db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
     from devprof.catalog import get_model
@@ -175,12 +190,28 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
         if len(models) < 2:
             raise UsageError("--baseline-bundle needs a --baseline model")
         model_files[models[1].name] = (baseline_bundle, baseline_tokenizer or tokenizer)
+    from devprof.adaptive import Rule
+
+    rule = None
+    if str(reps).strip().lower() == "auto":
+        if reps_max < reps_min:
+            raise UsageError(f"--reps-max {reps_max} is below --reps-min {reps_min}")
+        rule = Rule(min_reps=reps_min, target=reps_target / 100.0, max_reps=reps_max, max_s=reps_time)
+        reps = reps_min
+    else:
+        try:
+            reps = int(reps)
+        except ValueError:
+            raise UsageError(f"--reps must be a whole number or auto, got {reps!r}") from None
+        if not 1 <= reps <= 1000:
+            raise UsageError(f"--reps must be between 1 and 1000 (or auto), got {reps}")
     plan = Plan(
         models=models, workloads=workloads.parse_workloads(workload), contexts=_int_list(context, "--context"),
         new_tokens=new_tokens, reps=reps, warmup=warmup, sample_ms=sample_ms, runtime=runtime, cache=cache,
         weights=weights or ("q4_0" if runtime == "llamacpp" else "fp32"),
         seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
         cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
+        ready=ready, ready_timeout_s=ready_timeout, adaptive=rule,
         runtime_args=list(runtime_args),
     )
     get_adapter(runtime)
@@ -192,6 +223,9 @@ def run(device, model, baseline, workload, context, new_tokens, reps, warmup, sa
 
         if binary_name not in {b.name for b in bins.load()}:
             raise UsageError(f"no registered binary named {binary_name!r}; `devprof bins list` shows them")
+    from devprof import readiness
+
+    readiness.parse(ready)  # bad conditions: one line, exit 2, before any device is touched
     if dry_run and not Path(db_path or default_db()).exists():
         store = None  # a dry run creates no store; without one the estimate is catalog arithmetic
     else:

@@ -71,18 +71,21 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable rows instead of a table.")
 @click.option("--db-b", "db_b", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Read B from this store (another device's, say) [default: the same as A].")
-def diff(run_a, run_b, threshold, as_json, db_b, db_path) -> None:
+@click.option("--allow-noisy", is_flag=True,
+              help="Call regressions even when a run is flagged noisy (busy device, wide spread).")
+def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, db_path) -> None:
     """Every metric of run B against run A, with the change and its 95% CI.
 
     Exit status 1 when a regression beyond --threshold is clear (slower prefill or decode, longer
-    TTFT, higher peak memory), 0 otherwise: usable in CI.
+    TTFT, higher peak memory), 0 otherwise: usable in CI. When run A or B is noisy (other processes
+    busy during many repetitions, or a wide spread) no regression is called unless --allow-noisy.
     """
     from devprof.analysis.diff import diff_runs, to_dict
 
     store = _open_store(db_path, must_exist=True)
     a = store.load_run(run_a)
     b = (_open_store(db_b, must_exist=True) if db_b else store).load_run(run_b)
-    report = diff_runs(a, b, threshold=threshold)
+    report = diff_runs(a, b, threshold=threshold, allow_noisy=allow_noisy)
     if as_json:
         _echo_json(to_dict(report))
     else:

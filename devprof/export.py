@@ -133,7 +133,7 @@ def to_json(record: RunRecord) -> str:
     for rep, row in zip(record.repetitions, repetition_rows(record)):
         d = {k: v for k, v in row.items() if not k.endswith(("_ci_low", "_ci_high", "_cv")) and k not in ("n", "n_failed")}
         d.update(cache_note=rep.cache_note, thermal_before=rep.thermal_before, thermal_after=rep.thermal_after,
-                 artifacts=rep.artifacts,
+                 artifacts=rep.artifacts, conditions=rep.conditions,
                  routing=None if rep.routing is None else {"n_tokens": rep.routing.n_tokens,
                                                            "distinct_pairs": rep.routing.distinct_pairs,
                                                            "distinct_per_layer": rep.routing.distinct_per_layer})

@@ -65,6 +65,7 @@ class ProcessOutcome:
     status: str = "ok"  # ok | failed | timeout | interrupted | oom | lost
     note: str = ""
     sampler_cpu_s: float | None = None  # CPU seconds the host-side sampler spent (local device)
+    cpu_s: float | None = None  # CPU seconds (user + system) the runtime process itself used, where known
 
 
 @dataclass
@@ -136,6 +137,9 @@ class Repetition:
     thermal_before: dict[str, float] = field(default_factory=dict)  # zone -> degrees C
     thermal_after: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> path relative to the run's folder
+    #: the state of the device around the repetition (devprof.interference): other processes' CPU share and
+    #: steal during it, load before it, hottest zone and fastest core before/after, the readiness wait
+    conditions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def peak_file_kb(self) -> int | None:

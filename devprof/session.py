@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+from devprof import interference
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
 from devprof.devices.base import Device, RunRequest
@@ -47,6 +48,12 @@ class Plan:
     cpu_mask: str | None = None
     cooldown_c: float | None = None  # wait before each repetition until the hottest zone is below this
     cooldown_timeout_s: float = 300.0
+    #: the readiness gate before each repetition (devprof.readiness): "cpu<30,temp<45", "none", or None for
+    #: the device kind's default
+    ready: str | None = None
+    ready_timeout_s: float = 60.0
+    #: --reps auto: the stopping rule (devprof.adaptive.Rule); None: exactly ``reps`` repetitions
+    adaptive: object | None = None
     binary_name: str | None = None  # a registered binary by name (else chosen by runtime/platform/ABI)
     #: model name -> (model file, tokenizer file or None): user bundles (.pte, .gguf) for prebuilt runtimes
     model_files: dict[str, tuple[Path, Path | None]] = field(default_factory=dict)
@@ -125,15 +132,22 @@ class Session:
         plan = self.plan
         plan.validate()
         info = self.device.info()
+        from devprof import readiness
+
+        self.ready_conds = readiness.parse(plan.ready if plan.ready is not None
+                                           else readiness.default_spec(self.device.kind))
         meta = RunMeta(
             run_id="", created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             device=info, runtime=plan.runtime, models=[m.name for m in plan.models],
             baseline=plan.models[1].name if len(plan.models) > 1 else None,
             workloads=list(plan.workloads), contexts=list(plan.contexts),
-            new_tokens=plan.new_tokens, reps=plan.reps, warmup=plan.warmup, sample_ms=plan.sample_ms,
+            new_tokens=plan.new_tokens, warmup=plan.warmup, sample_ms=plan.sample_ms,
+            reps=plan.adaptive.min_reps if plan.adaptive is not None else plan.reps,
             settings={**plan.settings, "weights": plan.weights, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
                       "cpu_mask": plan.cpu_mask, "timeout_s": plan.timeout_s,
                       **({"runtime_args": list(plan.runtime_args)} if plan.runtime_args else {}),
+                      "ready": readiness.describe(self.ready_conds), "ready_timeout_s": plan.ready_timeout_s,
+                      **({"reps": "auto"} if plan.adaptive is not None else {}),
                       "prompt_sources": wl.source_report()},
         )
         run_id = self.store.create_run(meta)
@@ -142,13 +156,15 @@ class Session:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.store.update_run(run_id, artifacts_dir=str(run_dir))
         meta.artifacts_dir = str(run_dir)
-        per_cell = plan.warmup + plan.reps
-        self.obs.total(len(plan.models) * len(plan.workloads) * len(plan.contexts) * per_cell)
+        per_cell = plan.warmup + (plan.adaptive.min_reps if plan.adaptive is not None else plan.reps)
+        self._planned = len(plan.models) * len(plan.workloads) * len(plan.contexts) * per_cell
+        self.obs.total(self._planned)
         try:
             binary = self._binary()
             staged = [self._stage_model(m, binary) for m in plan.models]
-            self.store.update_run(run_id, settings={**meta.settings, "bytes_pushed": self.pushed_bytes,
-                                                    "binary": binary.name if binary else "python -m devprof.refruntime"})
+            meta.settings.update(bytes_pushed=self.pushed_bytes,
+                                 binary=binary.name if binary else "python -m devprof.refruntime")
+            self.store.update_run(run_id, settings=dict(meta.settings))
             for context in plan.contexts:
                 for workload in plan.workloads:
                     self._run_cell(run_id, run_dir, staged, workload, context)
@@ -279,16 +295,54 @@ class Session:
         self.obs.stage(f"{workload} prompt, {context} tokens")
         _, ppaths = self._stage_prompt(run_dir, workload, context)
         schedule = [(s, -(w + 1), True) for w in range(plan.warmup) for s in staged]
-        schedule += [(s, i, False) for i in range(plan.reps) for s in staged]
+        if plan.adaptive is None:
+            schedule += [(s, i, False) for i in range(plan.reps) for s in staged]
         for s, index, warm in schedule:
-            if self.cancel.is_set():
-                raise KeyboardInterrupt
-            rep = self._one(run_dir, s, workload, context, index, warm, ppaths)
-            self.store.add_repetition(run_id, rep)
-            if not warm and rep.outcome.status == "ok":
-                self.kept += 1
-            self.obs.repetition(rep, self.kept)
-            self._raise_for(rep)
+            self._rep(run_id, run_dir, s, workload, context, index, warm, ppaths)
+        if plan.adaptive is not None:
+            self._adaptive_rounds(run_id, run_dir, staged, workload, context, ppaths)
+
+    def _rep(self, run_id: str, run_dir: Path, s: _Staged, workload: str, context: int, index: int, warm: bool,
+             ppaths: dict[str, str]) -> Repetition:
+        if self.cancel.is_set():  # SIGTERM (or a sibling phone's stop) between repetitions
+            raise KeyboardInterrupt
+        rep = self._one(run_dir, s, workload, context, index, warm, ppaths)
+        self.store.add_repetition(run_id, rep)
+        if not warm and rep.outcome.status == "ok":
+            self.kept += 1
+        self.obs.repetition(rep, self.kept)
+        self._raise_for(rep)
+        return rep
+
+    def _adaptive_rounds(self, run_id: str, run_dir: Path, staged: list[_Staged], workload: str, context: int,
+                         ppaths: dict[str, str]) -> None:
+        """--reps auto: interleaved rounds until the speed ratios are known to ±target, or a cap."""
+        import time
+
+        from devprof import adaptive
+
+        rule = self.plan.adaptive
+        models = [s.model.name for s in staged]
+        reps: list[Repetition] = []
+        t0 = time.monotonic()
+        rounds = 0
+        while True:
+            for s in staged:
+                reps.append(self._rep(run_id, run_dir, s, workload, context, rounds, False, ppaths))
+            rounds += 1
+            why, w, what = adaptive.stop_reason(rule, rounds, time.monotonic() - t0, reps, models)
+            if why is not None:
+                break
+            if rounds >= rule.min_reps:
+                self._planned += len(staged)
+                self.obs.total(self._planned)
+        cell = {"workload": workload, "context": context, "rounds": rounds, "stopped": why,
+                "widest_pct": None if w == float("inf") else round(w * 100, 2), "what": what,
+                "seconds": round(time.monotonic() - t0, 1), **rule.to_dict()}
+        self.obs.stage(adaptive.describe_cell(cell))
+        ad = self.meta.settings.setdefault("adaptive", {**rule.to_dict(), "cells": []})
+        ad["cells"].append(cell)
+        self.store.update_run(run_id, settings=dict(self.meta.settings))
 
     def _one(self, run_dir: Path, s: _Staged, workload: str, context: int, index: int, warm: bool,
              ppaths: dict[str, str]) -> Repetition:
@@ -306,17 +360,30 @@ class Session:
         argv = self._argv(s, inv)
         if plan.cooldown_c is not None:
             self._cool_down(plan.cooldown_c, plan.cooldown_timeout_s)
+        ready = None
+        if getattr(self, "ready_conds", None):
+            from devprof import readiness
+
+            ready = readiness.wait(dev, self.ready_conds, plan.ready_timeout_s, cancel=self.cancel,
+                                   progress=self.obs.stage)
         if plan.cache == "cold":
             cache_state, cache_note = dev.drop_page_cache(s.weights_path)
         else:
             cache_state, cache_note = getattr(dev, "cache_state", lambda p: ("unknown", "not measurable"))(s.weights_path)
         thermal_before = dev.thermal()
         freqs_before = dev.cpu_freqs()
+        cpu_before = dev.cpu_snapshot()
         outcome = dev.run(RunRequest(argv=argv, sample_ms=plan.sample_ms,
                                      timeout_s=plan.timeout_s, cpu_mask=plan.cpu_mask, cancel=self.cancel))
         gone = outcome.status == "lost"  # a device that stopped answering is not asked again
+        cpu_after = None if gone else dev.cpu_snapshot()
         thermal_after = {} if gone else dev.thermal()
         freqs_after = {} if gone else dev.cpu_freqs()
+        conditions = {"interference": {**interference.measure(cpu_before, cpu_after, outcome),
+                                       **interference.thermal_figures(thermal_before, thermal_after,
+                                                                      freqs_before, freqs_after)}}
+        if ready is not None:
+            conditions["ready"] = ready
         artifacts = _save_outputs(rdir, run_dir, outcome)
         result = None
         if outcome.status == "ok":
@@ -343,7 +410,7 @@ class Session:
             model=s.model.name, workload=workload, context=context, index=index, warmup=warm,
             result=result, outcome=outcome, cache_state=cache_state, cache_note=cache_note,
             routing=routing, thermal_before=thermal_before, thermal_after=thermal_after,
-            artifacts=artifacts,
+            artifacts=artifacts, conditions=conditions,
         )
 
     def _argv(self, s: _Staged, inv: rt.Invocation) -> list[str]:

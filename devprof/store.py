@@ -10,7 +10,7 @@ Several writers may share one file (one worker thread or process per device): WA
 timeout, ``BEGIN IMMEDIATE`` write transactions. One store per device can also be merged later
 (``merge_from``).
 
-Schema (version 1)::
+Schema (version 2)::
 
     schema_version(version)
     runs(run_id PK, created, status, note, finished, device_kind, device_serial, device_name,
@@ -19,7 +19,8 @@ Schema (version 1)::
                 cache_state, cache_note, memory_metric, prefill_tok_s, decode_tok_s, ttft_ms,
                 peak_rss_kb, peak_file_kb, peak_anon_kb, distinct_pairs, start_wall_ms, wall_ms,
                 n_samples, result_json, outcome_json, note, thermal_before_json,
-                thermal_after_json, artifacts_json, created)
+                thermal_after_json, artifacts_json, created,
+                conditions_json)  -- version 2: interference and readiness around the repetition
     samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb) -- in sampling order
     routing(rep_id PK/FK, n_tokens, distinct_pairs, summary_json)
 
@@ -125,6 +126,8 @@ CREATE TABLE routing (
 #: MIGRATIONS[i] takes a store from schema version i to i + 1 (inside one transaction).
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     lambda c: _exec_script(c, _SCHEMA_V1),  # 0 -> 1: the first schema
+    # 1 -> 2: the device's state around each repetition (devprof.interference); '{}' for older rows
+    lambda c: c.execute("ALTER TABLE repetitions ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '{}'"),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -134,7 +137,7 @@ _REP_COLS = ("run_id", "model", "workload", "context", "idx", "warmup", "status"
              "cache_state", "cache_note", "memory_metric", "prefill_tok_s", "decode_tok_s", "ttft_ms",
              "peak_rss_kb", "peak_file_kb", "peak_anon_kb", "distinct_pairs", "start_wall_ms", "wall_ms",
              "n_samples", "result_json", "outcome_json", "note", "thermal_before_json",
-             "thermal_after_json", "artifacts_json", "created")
+             "thermal_after_json", "artifacts_json", "created", "conditions_json")
 # RunMeta fields kept in their own columns, not in meta_json
 _META_COLUMN_FIELDS = ("run_id", "created", "status", "note")
 
@@ -434,6 +437,7 @@ class Store:
             result_json=_json(r.to_dict()) if r is not None else None, outcome_json=_outcome_json(o),
             note=o.note, thermal_before_json=_json(rep.thermal_before),
             thermal_after_json=_json(rep.thermal_after), artifacts_json=_json(rep.artifacts), created=_now(),
+            conditions_json=_json(rep.conditions or {}),
         )
         with self._write() as c:
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
@@ -701,4 +705,5 @@ def _rep_from_row(row: dict[str, Any], samples: list[MemorySample], routing: Rou
         warmup=bool(row["warmup"]), result=result, outcome=outcome, cache_state=row["cache_state"],
         cache_note=row["cache_note"], routing=routing, thermal_before=json.loads(row["thermal_before_json"]),
         thermal_after=json.loads(row["thermal_after_json"]), artifacts=json.loads(row["artifacts_json"]),
+        conditions=json.loads(row.get("conditions_json") or "{}"),
     )

@@ -86,7 +86,7 @@ def test_no_flag_without_a_clear_interval(base):
     one_a = F.make_record(seed=0, reps=1)
     one_b = F.make_record(seed=5, reps=1)
     d = diff_runs(one_a, one_b, threshold=0)
-    assert d.exit_code == 0 and {r.status for r in d.rows} == {"n < 2"}
+    assert d.exit_code == 0 and {r.status for r in d.rows} == {"n < 3"}
     assert all(r.ci_pct is None for r in d.rows)
 
 

@@ -372,6 +372,18 @@ def test_process_end_to_end_prints_an_observer_line(moe_mini, tmp_path):
                 "aggregate_sampling_time_ms", "first_token_ms", "model_load_start_ms", "model_load_end_ms"):
         assert key in obs
     assert obs["SCALING_FACTOR_UNITS_PER_SECOND"] == 1000
+    # one wall time per decode step; together they are the decode span (within the clock's ms rounding)
+    steps = obs["decode_token_ms"]
+    assert len(steps) == 7 and all(v > 0 for v in steps)
+    assert sum(steps) <= obs["inference_end_ms"] - obs["prompt_eval_end_ms"] + 2
+    from devprof import stats
+    from devprof.results import ProcessOutcome, Repetition
+
+    rep = Repetition(model="m", workload="real", context=256, index=0, warmup=False, result=res,
+                     outcome=ProcessOutcome(exit_code=0, stdout="", stderr="", start_wall_ms=0, wall_ms=1))
+    assert stats.token_latencies(rep) == steps
+    p = stats.percentiles([rep])
+    assert p.n == 7 and min(steps) <= p.p50 <= p.p90 <= p.p99 <= max(steps)
     with np.load(trace) as z:
         assert z["experts"].shape == (6, 256 + 7, 4) and z["experts"].dtype == np.uint8
         assert int(z["n_prompt"]) == 256 and z["layer_block_bytes"].tolist() == [393216] * 6

@@ -221,7 +221,7 @@ def test_ios_device_names_its_memory_metric():
 # ---- JSON ---------------------------------------------------------------------------------------
 def test_json_keys_are_stable(record):
     data = json.loads(JSONRenderer().render(record))
-    assert list(data) == ["format", "run", "results", "ratios"]
+    assert list(data) == ["format", "run", "results", "ratios", "verdict", "noise"]
     assert data["format"] == "devprof.show/1"
     run = data["run"]
     for key in ("run_id", "created", "status", "device", "runtime", "models", "baseline", "workloads", "contexts",
@@ -234,7 +234,7 @@ def test_json_keys_are_stable(record):
               "distinct_experts"):
         metric_keys += [m, f"{m}_ci", f"{m}_cv", f"{m}_min", f"{m}_max"]
     expected = ["model", "display", "kind", "workload", "context", "n", "n_failed", "cache_states",
-                "memory_metric", *metric_keys]
+                "memory_metric", *metric_keys, "inter_token_ms"]
     assert len(data["results"]) == 4
     for r in data["results"]:
         assert list(r) == expected
@@ -252,9 +252,10 @@ def test_json_keys_are_stable(record):
     assert len(data["ratios"]) == 2 * 6
     for r in data["ratios"]:
         assert list(r) == ["subject", "baseline", "workload", "context", "metric", "label", "ratio", "ci",
-                           "n_subject", "n_baseline", "verdict"]
+                           "n_subject", "n_baseline", "verdict", "ci_method", "n_pairs", "clear", "finding"]
     pre = next(r for r in data["ratios"] if (r["metric"], r["workload"]) == ("prefill_tok_s", "real"))
     assert pre["label"] == "speedup" and 1.8 < pre["ratio"] < 2.5 and pre["verdict"]
+    assert pre["ci_method"] == "paired t on log ratios" and pre["n_pairs"] == 3 and pre["clear"]
     assert json.loads(JSONRenderer().render(record)) == data  # deterministic
 
 

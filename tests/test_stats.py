@@ -66,20 +66,86 @@ def test_bootstrap_other_statistic_and_level():
 
 def test_ratio_ci_exact_cases():
     assert stats.ratio_ci([2, 2, 2], [1, 1, 1]) == (2.0, 2.0)
-    # median(b*) is 4 with p = 7/27, 6 with p = 7/27, else 5: the 2.5%/97.5% quantiles are 10/6 and 10/4
+    # Welch t on the logs: ratio of the geometric means, exp(mean(log a) - mean(log b)) = 10 / 120^(1/3)
     ci = stats.ratio_ci([10, 10, 10], [4, 5, 6])
-    assert ci.estimate == 2.0
-    assert ci.low == pytest.approx(10 / 6) and ci.high == pytest.approx(2.5)
+    assert ci.estimate == pytest.approx(10 / 120 ** (1 / 3))
+    assert ci.method == "Welch t on logs" and not ci.degenerate
+    # only b varies: df = 2, half-width t(0.975, 2) * sd(log b) / sqrt(3)
+    import math
+    lb = [math.log(x) for x in (4, 5, 6)]
+    m = sum(lb) / 3
+    sd = math.sqrt(sum((x - m) ** 2 for x in lb) / 2)
+    half = 4.302652729749461 * sd / math.sqrt(3)
+    assert ci == pytest.approx((ci.estimate * math.exp(-half), ci.estimate * math.exp(half)))
     assert ci.excludes(1.0)
 
 
-def test_ratio_ci_degenerate_and_errors():
+def test_t_quantiles_match_tables():
+    for df, t in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)):
+        assert stats.t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+    assert stats.t_quantile(0.025, 4) == pytest.approx(-2.7764, abs=1e-4)
+
+
+def test_ratio_ci_below_min_n_is_the_range_and_never_clear():
     ci = stats.ratio_ci([4, 6], [2])
-    assert ci == (2.5, 2.5) and ci.degenerate
+    assert ci == (2.0, 3.0) and ci.degenerate and ci.method == "range"
+    assert not ci.excludes(1.0)
+    ci = stats.paired_ratio_ci([300, 310], [100, 100])  # two pairs, far from 1: still no claim
+    assert ci == pytest.approx((3.0, 3.1)) and ci.degenerate and not ci.clear_of(1.0)
     with pytest.raises(ValueError):
         stats.ratio_ci([], [1])
     with pytest.raises(ValueError):
         stats.ratio_ci([1], [0, 0])
+    with pytest.raises(ValueError):
+        stats.paired_ratio_ci([1, 2], [1])
+
+
+def test_clear_means_clear_as_printed():
+    # excludes 1 in floating point, but prints as "1.00–1.04": it touches 1, so not clear
+    ci = stats.Interval(1.004, 1.04, estimate=1.02, n=5, level=0.95, method="t")
+    assert ci.excludes(1.0) and not ci.clear_of(1.0, 2)
+    assert stats.Interval(1.006, 1.04, estimate=1.02, n=5, level=0.95).clear_of(1.0, 2)
+    # an understatement of 0.0–2.7%: 1 - ratio with the ratio's interval (0.973, 0.99996)
+    ci = stats.Interval(0.973, 0.99996, estimate=0.99999, n=5, level=0.95)
+    assert ci.excludes(1.0) and not ci.clear_of(1.0, 1, scale=100.0)
+
+
+def _coverage(method, n: int, sigma: float, trials: int, seed: int, paired: bool) -> float:
+    """How often the 95% interval of ``method`` holds the true ratio, on lognormal repetitions."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    true = 2.0
+    hits = 0
+    for _ in range(trials):
+        drift = rng.normal(0, 0.3, size=n) if paired else np.zeros(n)  # slow drift, shared within a pair
+        b = 50.0 * np.exp(drift + rng.normal(0, sigma, size=n))
+        a = true * 50.0 * np.exp(drift + rng.normal(0, sigma, size=n))
+        ci = method(a.tolist(), b.tolist())
+        hits += ci.low <= true <= ci.high
+    return hits / trials
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_paired_log_t_interval_covers_at_small_n(n):
+    # per-repetition noise of 10-40% (as on this shared host) plus drift common to both members of a pair
+    for sigma in (0.1, 0.4):
+        cov = _coverage(stats.paired_ratio_ci, n, sigma, trials=1500, seed=n, paired=True)
+        assert 0.93 <= cov <= 0.97, (n, sigma, cov)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_welch_log_t_interval_covers_at_small_n(n):
+    for sigma in (0.1, 0.4):
+        cov = _coverage(stats.ratio_ci, n, sigma, trials=1500, seed=10 + n, paired=False)
+        assert 0.93 <= cov <= 0.98, (n, sigma, cov)
+
+
+def test_the_old_bootstrap_did_not_cover_at_n3():
+    # why the method changed: the percentile bootstrap of a ratio of medians covers far below 95% at n = 3
+    cov = _coverage(lambda a, b: stats.bootstrap_ratio_ci(a, b, n_boot=400), 3, 0.3, trials=300, seed=1,
+                    paired=False)
+    assert cov < 0.93
 
 
 # ---- hand-made repetitions ---------------------------------------------------------------------
@@ -183,21 +249,29 @@ def test_ratios_exact_with_verdicts(record):
                        "peak_rss_anon_mb"}
     pre = by["prefill_tok_s"]
     assert (pre.subject, pre.baseline, pre.workload, pre.context) == (MOE, DENSE, "real", 1024)
-    assert pre.label == "speedup" and pre.ratio == 2.0
-    # medians of 3 resampled values: extremes each have p = 7/27, so the interval is (100/60, 120/50)
-    assert pre.ci_low == pytest.approx(100 / 60) and pre.ci_high == pytest.approx(2.4)
+    # the interleaved pairs (100, 50), (110, 55), (120, 60) all have ratio 2: no spread at all
+    assert pre.label == "speedup" and pre.ratio == pytest.approx(2.0)
+    assert pre.ci == pytest.approx((2.0, 2.0)) and pre.method == "paired t on log ratios" and pre.n_pairs == 3
     assert (pre.n_subject, pre.n_baseline) == (3, 3)
     assert pre.verdict.startswith("MobileMoE-S-mini prefills 2.00× faster than MobileLLM-Pro-mini on real prompts")
-    assert "95% CI 1.67–2.40×" in pre.verdict
+    assert "95% CI 2.00–2.00×" in pre.verdict and pre.finding
 
-    mem = by["peak_rss_mb"]
-    assert mem.label == "memory ratio" and mem.ratio == 0.5
-    assert mem.ci == pytest.approx((100 / 300, 200 / 300))
-    assert "peaks at 0.50× the memory of MobileLLM-Pro-mini (50% less)" in mem.verdict
+    mem = by["peak_rss_mb"]  # pairs 100/300, 200/300, 150/300: geometric mean (1/3 · 2/3 · 1/2)^(1/3)
+    assert mem.label == "memory ratio" and mem.ratio == pytest.approx((1 / 9) ** (1 / 3))
+    assert mem.ci_low < mem.ratio < mem.ci_high and mem.ci_high > 1  # t(2) is wide: not clear at n = 3
+    assert mem.verdict is None and not mem.finding
 
-    ttft = by["ttft_ms"]  # medians 20 vs 20: the interval includes 1, so no verdict
-    assert ttft.ratio == 1.0 and ttft.ci_low < 1 < ttft.ci_high
+    ttft = by["ttft_ms"]  # pairs 10/15, 20/20, 30/25: the interval includes 1, so no verdict
+    assert ttft.ci_low < 1 < ttft.ci_high
     assert ttft.verdict is None
+
+
+def test_trivial_ratio_is_not_a_finding():
+    reps = [_rep(MOE, index=i, peak_mib=101 + i * 0.01) for i in range(3)]
+    reps += [_rep(DENSE, index=i, peak_mib=100) for i in range(3)]
+    mem = {r.metric: r for r in stats.ratios(_record(reps))}["peak_rss_mb"]
+    assert mem.clear and mem.ratio == pytest.approx(1.01, abs=1e-3)  # "1.01× (1% more), CI 1.01–1.01"
+    assert not mem.finding
 
 
 def test_ratios_without_baseline_or_data(record):
@@ -211,7 +285,16 @@ def test_ratios_without_baseline_or_data(record):
 def test_ratio_with_one_value_per_side_has_no_verdict():
     rec = _record([_rep(MOE, prefill=300, peak_mib=100), _rep(DENSE, prefill=100, peak_mib=200)])
     pre = {r.metric: r for r in stats.ratios(rec)}["prefill_tok_s"]
-    assert pre.ratio == 3.0 and pre.degenerate and pre.verdict is None
+    assert pre.ratio == pytest.approx(3.0) and pre.degenerate and pre.verdict is None
+    assert pre.ci_text() == "n=1, no CI"
+
+
+def test_ratio_below_min_n_shows_the_range():
+    reps = [_rep(MOE, index=i, prefill=v) for i, v in enumerate((300, 330))]
+    reps += [_rep(DENSE, index=i, prefill=100) for i in range(2)]
+    pre = {r.metric: r for r in stats.ratios(_record(reps))}["prefill_tok_s"]
+    assert pre.degenerate and pre.verdict is None and pre.ci == pytest.approx((3.0, 3.3))
+    assert pre.ci_text() == "range 3.00–3.30 (n=2)"
 
 
 def test_workload_ratio_real_vs_templated():

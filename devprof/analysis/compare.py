@@ -4,9 +4,10 @@ For each MoE model and context:
 
 - memory: peak (VmHWM / physFootprint), peak RssFile and RssAnon, and distinct (layer, expert) pairs,
   templated vs each real workload (real, real:code, real:math, real:prose), with the page-cache
-  state of each side, the median and bootstrap CI of each, and how much the templated prompt
-  understates the real one: ``1 - median(templated) / median(real)`` with the bootstrap CI of that
-  ratio (``stats.ratio_ci``). The verdict in words only when the CI excludes 0;
+  state of each side, the median and its interval (order statistics) of each, and how much the templated prompt
+  understates the real one: ``1 - templated / real`` (ratio of the geometric means) with Welch's
+  t-interval on the logs (``stats.ratio_ci``). The verdict in words only when the CI excludes 0 as
+  printed, and never below ``stats.MIN_N`` repetitions a side;
 - routing: coverage curves (distinct experts vs tokens, overall and per layer), expert load per layer
   and its entropy, and for a mixed real prompt what its code, math and prose tokens touch;
 - the join of routing and memory (:mod:`devprof.analysis.join`);
@@ -55,7 +56,7 @@ class Delta:
     metric: str
     templated: stats.Metric | None
     real: stats.Metric | None
-    ratio: stats.Interval | None  # median(templated) / median(real), with its bootstrap CI
+    ratio: stats.Interval | None  # templated / real (geometric means), Welch's t-interval on the logs
     level: float = 0.95
 
     @property
@@ -75,8 +76,8 @@ class Delta:
 
     @property
     def clear(self) -> bool:
-        """The interval excludes "no difference"."""
-        return self.ratio is not None and self.ratio.excludes(1.0)
+        """The interval excludes "no difference" as printed (0.0% at one decimal touches 0); never below MIN_N."""
+        return self.ratio is not None and self.ratio.clear_of(1.0, 1, scale=100.0)
 
     @property
     def n(self) -> int:
@@ -86,11 +87,11 @@ class Delta:
         return "—" if self.pct is None else f"{self.pct:.1f}%"
 
     def ci_text(self) -> str:
-        """The CI of the percentage as text, or "n < 2" when there is none to give."""
-        if self.degenerate:
-            return "n < 2"
+        """The CI of the percentage as text; below MIN_N values the observed range ("range 1.0–4.2% (n=2)")."""
+        if self.ratio is None:
+            return "—"
         lo, hi = self.pct_ci
-        return f"{lo:.1f}–{hi:.1f}%"
+        return stats.ci_text(lo, hi, self.degenerate, self.n, 1, "%")
 
 
 @dataclass
@@ -428,6 +429,7 @@ def to_dict(rep: CompareReport) -> dict[str, Any]:
                     "ratio_ci": None if d.ratio is None else [round(d.ratio.low, 4), round(d.ratio.high, 4)],
                     "understatement_pct": None if d.pct is None else round(d.pct, 2),
                     "understatement_ci": None if ci is None else [round(ci[0], 2), round(ci[1], 2)],
+                    "ci_method": None if d.ratio is None else d.ratio.method,
                     "clear": d.clear, "n": d.n, "sentence": p.sentence(name),
                 }
             pairs.append({"templated": p.templated, "real": p.real, "cache_templated": p.cache_templated,

@@ -52,6 +52,11 @@ def compare_renderables(rep: CompareReport, width: int = 140) -> list[Renderable
     out: list[RenderableType] = [Text.assemble(
         ("Templated vs real prompts · run ", "bold"), (m.run_id, "bold"), f" · {when(m.created)} · ",
         f"{d.name or d.serial} ({d.kind}) · runtime {m.runtime} · {m.status}")]
+    from devprof.interference import verdict as noise_verdict
+
+    noise = noise_verdict(rep.record)
+    if noise.noisy:
+        out.append(Text(noise.line, style="bold yellow"))
     for msg in rep.messages:
         out.append(Text(msg, style="yellow"))
     for mc in rep.models:
@@ -116,8 +121,8 @@ def _memory_tables(rep: CompareReport, mc: ModelCompare) -> list[RenderableType]
                       _metric_text(d.templated, nd, p.cache_templated if show else None),
                       _metric_text(d.real, nd, p.cache_real if show else None), pct, ci, clear)
         out.append(t)
-    out.append(Text("understated = 1 − templated ÷ real (ratio of the medians), with the bootstrap CI of that ratio; "
-                    "clear = the CI excludes 0. Peak = the device's reported peak; RssFile/RssAnon = the largest "
+    out.append(Text("understated = 1 − templated ÷ real (ratio of the geometric means), with Welch's t-interval on the "
+                    f"logs; clear = the CI excludes 0.0% as printed (below n = {stats.MIN_N}: the range, never clear). Peak = the device's reported peak; RssFile/RssAnon = the largest "
                     "sample.", style="dim"))
     return out
 
@@ -231,7 +236,7 @@ def _projection_table(mc: ModelCompare) -> Table:
 
 # ---- diff ------------------------------------------------------------------------------------------
 _STATUS_STYLE = {"regression": "bold red", "improvement": "green", "within threshold": "", "no clear change": "dim",
-                 "changed": "cyan", "n < 2": "dim", "—": "dim"}
+                 "changed": "cyan", f"n < {stats.MIN_N}": "dim", "not judged (noisy)": "yellow", "—": "dim"}
 
 
 def diff_renderables(d: DiffReport) -> list[RenderableType]:
@@ -242,10 +247,12 @@ def diff_renderables(d: DiffReport) -> list[RenderableType]:
         Text.assemble(("B ", "bold"), (mb.run_id, "bold"), f" · {when(mb.created)} · {mb.device.name or mb.device.serial}"
                       f" · {mb.runtime}"),
     ]
+    for w in d.noise:
+        out.append(Text(w, style="bold yellow"))
     for w in d.warnings:
         out.append(Text(f"warning: {w}", style="yellow"))
-    out.append(Text(f"B vs A: change = median(B) ÷ median(A) − 1 with its 95% bootstrap CI; a regression is flagged "
-                    f"beyond {d.threshold:g}% when the CI excludes no change.", style="dim"))
+    out.append(Text(f"B vs A: change = ratio of the geometric means − 1 with Welch's 95% t-interval on the logs; a "
+                    f"regression is flagged beyond {d.threshold:g}% when the CI excludes no change.", style="dim"))
     groups: dict[tuple, list] = {}
     for r in d.rows:
         groups.setdefault((r.display, r.workload, r.context), []).append(r)
@@ -270,10 +277,15 @@ def diff_renderables(d: DiffReport) -> list[RenderableType]:
     for tag, keys in (("A", d.only_a), ("B", d.only_b)):
         if keys:
             out.append(Text(f"only in {tag}: " + ", ".join(f"{m}/{w}/{c}" for m, w, c in keys), style="dim"))
+    if d.unjudged:
+        out.append(Text(f"{len(d.unjudged)} change(s) beyond {d.threshold:g}% in the bad direction not called a "
+                        "regression: the data is noisy (above); rerun on a quiet device, or pass --allow-noisy",
+                        style="bold yellow"))
+        out.extend(Text(f"  ? {r.words()}") for r in d.unjudged)
     if d.regressions:
         out.append(Text(f"{len(d.regressions)} regression(s) beyond {d.threshold:g}%:", style="bold red"))
         out.extend(Text(f"  ✗ {r.words()}") for r in d.regressions)
-    else:
+    elif not d.unjudged:
         out.append(Text(f"No regression beyond {d.threshold:g}% that the intervals make clear.", style="green"))
     if d.improvements:
         out.append(Text(f"{len(d.improvements)} clear improvement(s):", style="green"))

@@ -1,14 +1,18 @@
 """`devprof diff A B`: every metric of two runs side by side, with the change and its confidence interval.
 
 For each (model, workload, context) both runs measured and each metric of ``stats.METRICS``:
-the median of A and of B, the change ``median(B) / median(A) - 1`` with the bootstrap interval of
-that ratio of medians (``stats.ratio_ci``, resampling each run's repetitions), and a status:
+the median of A and of B, the change ``B / A - 1`` (B / A the ratio of the geometric means) with its
+interval (``stats.ratio_ci``: Welch's t-interval on the logs), and a status:
 
 - ``regression``: B is worse (slower prefill or decode, higher TTFT, higher peak memory, RssFile or
   RssAnon) by more than the threshold, and the interval excludes "no change";
 - ``improvement``: the same, in the good direction;
 - ``within threshold``: the interval excludes no change but the change is at most the threshold;
-- ``no clear change``: the interval includes 1 (``n < 2`` on a side: no interval at all);
+- ``no clear change``: the interval includes 1 (fewer than ``stats.MIN_N`` on a side: no interval at all,
+  status ``n < 3``);
+- ``not judged (noisy)``: a regression beyond the threshold while run A or B is noisy
+  (``devprof.interference.verdict``: other processes busy during many repetitions, or a wide
+  spread); it is called a regression only with ``allow_noisy`` (``--allow-noisy``);
 - distinct experts are shown, never flagged (more or fewer is neither good nor bad).
 
 A diff across devices, runtimes or settings is allowed and says so in a warning line.
@@ -39,6 +43,7 @@ class DiffRow:
     b: stats.Metric | None
     ratio: stats.Interval | None  # median(B) / median(A)
     threshold: float  # percent
+    noisy: bool = False  # A or B is noisy (devprof.interference) and --allow-noisy was not given
 
     @property
     def change_pct(self) -> float | None:
@@ -63,14 +68,16 @@ class DiffRow:
         if self.ratio is None:
             return "—"
         if self.ratio.degenerate:
-            return "n < 2"
-        if not self.ratio.excludes(1.0):
+            return f"n < {stats.MIN_N}"
+        if not self.ratio.clear_of(1.0, 2, scale=100.0, offset=1.0):
             return "no clear change"
         if abs(self.change_pct) <= self.threshold:
             return "within threshold"
         w = self.worse
         if w is None:
             return "changed"
+        if w and self.noisy:
+            return "not judged (noisy)"
         return "regression" if w else "improvement"
 
     @property
@@ -104,6 +111,13 @@ class DiffReport:
     warnings: list[str] = field(default_factory=list)
     only_a: list[tuple[str, str, int]] = field(default_factory=list)
     only_b: list[tuple[str, str, int]] = field(default_factory=list)
+    noise: list[str] = field(default_factory=list)  # "run B: host busy: ..." for each noisy run
+    allow_noisy: bool = False
+
+    @property
+    def unjudged(self) -> list[DiffRow]:
+        """Regressions beyond the threshold that are not called because a run is noisy."""
+        return [r for r in self.rows if r.status == "not judged (noisy)"]
 
     @property
     def regressions(self) -> list[DiffRow]:
@@ -148,7 +162,7 @@ def _setting_warnings(a: RunRecord, b: RunRecord) -> list[str]:
 
 
 def diff_runs(a: RunRecord, b: RunRecord, threshold: float = 5.0, level: float = 0.95, n_boot: int = 2000,
-              seed: int = 0) -> DiffReport:
+              seed: int = 0, allow_noisy: bool = False) -> DiffReport:
     """Compare run B against run A (A is the reference: "B is 7% slower")."""
     if threshold < 0:
         raise UsageError(f"--threshold must be >= 0, got {threshold}")
@@ -163,6 +177,14 @@ def diff_runs(a: RunRecord, b: RunRecord, threshold: float = 5.0, level: float =
         raise UsageError(f"runs {a.meta.run_id} and {b.meta.run_id} measured nothing in common "
                          f"(A: {_keys(rows_a)}; B: {_keys(rows_b)})")
     warnings = _setting_warnings(a, b)
+    from devprof.interference import verdict as noise_verdict
+
+    noise = []
+    for tag, rec in (("A", a), ("B", b)):
+        v = noise_verdict(rec)
+        if v.noisy:
+            noise.append(f"run {tag} ({rec.meta.run_id}): {v.line}")
+    noisy = bool(noise) and not allow_noisy
     out = []
     for key in common:
         ra, rb = rows_a[key], rows_b[key]
@@ -177,13 +199,15 @@ def diff_runs(a: RunRecord, b: RunRecord, threshold: float = 5.0, level: float =
             if ratio is None and not va and not vb:
                 continue
             out.append(DiffRow(model=key[0], display=ra.display, workload=key[1], context=key[2], metric=name,
-                               a=ra.metric(name), b=rb.metric(name), ratio=ratio, threshold=threshold))
+                               a=ra.metric(name), b=rb.metric(name), ratio=ratio, threshold=threshold,
+                               noisy=noisy))
         for tag, row in (("A", ra), ("B", rb)):
             w = cv_warning(row, CV_LIMIT, prefix=f"run {tag}: ")
             if w:
                 warnings.append(w)
     return DiffReport(a=a, b=b, threshold=threshold, rows=out, warnings=warnings,
-                      only_a=[k for k in rows_a if k not in rows_b], only_b=[k for k in rows_b if k not in rows_a])
+                      only_a=[k for k in rows_a if k not in rows_b], only_b=[k for k in rows_b if k not in rows_a],
+                      noise=noise, allow_noisy=allow_noisy)
 
 
 def _keys(rows: dict) -> str:
@@ -208,5 +232,6 @@ def to_dict(d: DiffReport) -> dict[str, Any]:
                      "status": r.status, "flagged": r.flagged})
     return {"format": FORMAT, "a": d.a.meta.run_id, "b": d.b.meta.run_id, "threshold_pct": d.threshold,
             "regressions": len(d.regressions), "improvements": len(d.improvements), "exit_code": d.exit_code,
+            "noise": d.noise, "allow_noisy": d.allow_noisy, "not_judged_noisy": len(d.unjudged),
             "warnings": d.warnings, "only_in_a": [list(k) for k in d.only_a], "only_in_b": [list(k) for k in d.only_b],
             "rows": rows}

@@ -378,6 +378,15 @@ class AndroidDevice(Device):
                 freqs[parts[0]] = int(parts[1]) / 1000.0
         return freqs
 
+    def cpu_snapshot(self) -> dict | None:
+        from devprof.interference import ANDROID_SNAPSHOT_CMD, snapshot_from_shell
+
+        try:
+            rc, out = self.sh(ANDROID_SNAPSHOT_CMD, timeout=20)
+        except DeviceLost:
+            return None
+        return snapshot_from_shell(out) if rc == 0 else None
+
     def drop_page_cache(self, device_path: str) -> tuple[str, str]:
         # Needs root: `echo 1 > /proc/sys/vm/drop_caches`. Without it the cache state is unknown.
         rc, _ = self.sh("sync; echo 1 > /proc/sys/vm/drop_caches", timeout=2 * IO_TIMEOUT)
@@ -474,7 +483,9 @@ class AndroidDevice(Device):
         elif status == "ok" and rc not in (0, None):
             status, note = "failed", f"exit code {rc}"
         hwm = [s.hwm_kb for s in samples if s.hwm_kb]
-        return ProcessOutcome(
+        from devprof.interference import sampler_cpu_seconds
+
+        return ProcessOutcome(cpu_s=sampler_cpu_seconds(mem),
             exit_code=exit_code if status not in ("interrupted", "timeout") else None, stdout=stdout, stderr=stderr,
             start_wall_ms=dev_start_wall if dev_start_wall else start_wall, wall_ms=wall_ms, samples=samples,
             peak_rss_kb=max(hwm) if hwm else None, memory_metric="VmHWM", status=status,

@@ -83,6 +83,11 @@ class Device(ABC):
         """Current CPU frequencies in MHz by cpu name (empty when unknown)."""
         return {}
 
+    def cpu_snapshot(self) -> dict | None:
+        """The device's CPU accounting now (``devprof.interference.snapshot``: the aggregate line of
+        /proc/stat, /proc/loadavg, CPU count); None where the device exposes none (iOS)."""
+        return None
+
     def close(self) -> None:
         pass
 

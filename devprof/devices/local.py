@@ -191,6 +191,11 @@ class LocalDevice(Device):
                 continue
         return out
 
+    def cpu_snapshot(self) -> dict | None:
+        from devprof.interference import local_snapshot
+
+        return local_snapshot()
+
     # -- running ---------------------------------------------------------------------------
     def run(self, req: RunRequest) -> ProcessOutcome:
         argv = list(req.argv)
@@ -218,7 +223,7 @@ class LocalDevice(Device):
 
             def _reap() -> None:
                 _, status, usage = os.wait4(proc.pid, 0)
-                waited.update(status=status, maxrss=usage.ru_maxrss)
+                waited.update(status=status, maxrss=usage.ru_maxrss, cpu_s=usage.ru_utime + usage.ru_stime)
                 done.set()
 
             threading.Thread(target=_reap, daemon=True).start()
@@ -268,7 +273,7 @@ class LocalDevice(Device):
             exit_code=exit_code if status not in ("interrupted", "timeout") else None,
             stdout=stdout, stderr=stderr, start_wall_ms=start_wall, wall_ms=wall_ms,
             samples=samples, peak_rss_kb=peak, memory_metric="VmHWM", status=status, note=note,
-            sampler_cpu_s=sampler.cpu_s if sampler else None,
+            sampler_cpu_s=sampler.cpu_s if sampler else None, cpu_s=waited.get("cpu_s"),
         )
 
     def close(self) -> None:

@@ -3,8 +3,8 @@
 # usage: sampler.sh OUT INTERVAL_S CMD [ARGS...]
 # Runs CMD with stdout/stderr to OUT.stdout/OUT.stderr, writes its pid to OUT.pid, and while it
 # runs appends one line per INTERVAL_S to OUT.mem: "<uptime s> VmRSS:<kB> RssAnon:<kB> ...",
-# read from /proc/PID/status with shell builtins only (no fork per sample). INTERVAL_S 0: no
-# sampling. Exits with CMD's exit status.
+# read from /proc/PID/status with shell builtins only (no fork per sample), and "cpu:<ticks>", the
+# runtime's user + system time from /proc/PID/stat. INTERVAL_S 0: no sampling. Exits with CMD's exit status.
 out="$1"; interval="$2"; shift 2
 read -r up0 _ < /proc/uptime
 wall0=$(date +%s%N 2>/dev/null)
@@ -21,6 +21,11 @@ if [ "$interval" != "0" ]; then
       case "$k" in VmRSS:|RssAnon:|RssFile:|VmHWM:) line="$line $k$v" ;; esac
     done < "/proc/$pid/status"
     [ -z "$line" ] && break
+    # the runtime's own CPU ticks (utime + stime, fields 14-15 of /proc/PID/stat; comm may hold spaces)
+    if read -r st < "/proc/$pid/stat" 2>/dev/null; then
+      set -- ${st##*) }
+      [ $# -ge 13 ] && line="$line cpu:$(( ${12} + ${13} ))"
+    fi
     echo "$up$line" >>"$out.mem"
     last="$line"
     sleep "$interval"

@@ -238,6 +238,9 @@ def _run(args: argparse.Namespace) -> int:
         "aggregate_sampling_time_ms": round(gen.aggregate_sampling_time_ms),
         "aggregate_model_execution_time_ms": round(gen.aggregate_model_execution_time_ms),
         "SCALING_FACTOR_UNITS_PER_SECOND": 1000,
+        # devprof's addition (ExecuTorch's line has no such key): each decode step's wall time, ms
+        "decode_token_ms": gen.extra.get("token_ms", []),
+        "cpu_threads": torch.get_num_threads(),  # as used (-1 on the command line: torch's default)
     }
     sys.stdout.write("PyTorchObserver " + json.dumps(stats, separators=(",", ":")) + "\n")
     sys.stdout.flush()

@@ -389,6 +389,7 @@ class Engine:
         if on_prefill is not None:
             on_prefill()
         pos = n
+        token_ms = []  # per decode step: model + sampling, the inter-token latency a user sees
         with decode_threads():
             for _ in range(max_new_tokens - 1):
                 a = time.perf_counter()
@@ -398,6 +399,7 @@ class Engine:
                 c = time.perf_counter()
                 exec_s += b - a
                 sampling += c - b
+                token_ms.append(round((c - a) * 1000.0, 3))
                 out.append(tok)
                 pos += 1
         t_end = _now_ms()
@@ -407,7 +409,7 @@ class Engine:
             aggregate_sampling_time_ms=sampling * 1000.0,
             aggregate_model_execution_time_ms=exec_s * 1000.0,
             decode_steps=max_new_tokens - 1,
-            extra={"kv_cache_bytes": cache.nbytes()},
+            extra={"kv_cache_bytes": cache.nbytes(), "token_ms": token_ms},
         )
 
     def _check_ids(self, ids: torch.Tensor) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from abc import ABC, abstractmethod
 
-from devprof import stats
+from devprof import interference, stats
 from devprof.results import Repetition
 from devprof.store import RunRecord
 
@@ -48,6 +48,8 @@ class Analysis:
     failed: int  # measured repetitions that did not finish ok
     missing: int  # planned - measured (never run, or failed)
     level: float
+    noise: interference.NoiseVerdict | None = None  # whether the figures can be trusted (one line)
+    headline: str | None = None  # the one verdict on real prompts (analysis.verdict)
 
     @property
     def status(self) -> str:
@@ -78,15 +80,58 @@ class Analysis:
 
     @property
     def verdicts(self) -> list[str]:
-        return [r.verdict for r in self.ratios if r.verdict]
+        # clear and beyond ±2% of 1; real prompts first (templated ones understate the MoE)
+        found = [r for r in self.ratios if r.finding]
+        return [r.verdict for r in sorted(found, key=lambda r: r.workload.startswith("templated"))]
 
 
 def analyse(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Analysis:
     rows = stats.summarize(record, level=level, n_boot=n_boot, seed=seed)
     ratio_rows = stats.ratios(record, level=level, n_boot=n_boot, seed=seed, rows=rows)
     measured = len(record.measured())
+    from devprof.analysis.verdict import headline
+
     return Analysis(record=record, rows=rows, ratios=ratio_rows, planned=record.planned_reps, measured=measured,
-                    failed=len(record.failed_reps), missing=record.missing_reps, level=level)
+                    failed=len(record.failed_reps), missing=record.missing_reps, level=level,
+                    noise=interference.verdict(record, rows=rows),
+                    headline=headline(rows, ratio_rows, record.workloads(), level))
+
+
+def reps_text(meta) -> str:
+    """"3 reps" or, for --reps auto, "auto reps (5-12 a cell, to ±5%, ≤120 s)"."""
+    ad = (meta.settings or {}).get("adaptive")
+    if (meta.settings or {}).get("reps") == "auto" and ad:
+        return (f"auto reps ({ad.get('min_reps')}–{ad.get('max_reps')} a cell, to ±{ad.get('target_pct', 5):g}%, "
+                f"≤{ad.get('max_s', 0):g} s)")
+    if (meta.settings or {}).get("reps") == "auto":
+        return f"auto reps (at least {meta.reps})"
+    return f"{meta.reps} reps"
+
+
+def threads_used(record: RunRecord) -> str | None:
+    """The CPU threads the runtime reported using ("2", "2–4" when it varied), with what was asked when that
+    was the runtime's default (-1); None when no repetition says."""
+    seen = set()
+    for r in record.measured():
+        x = r.result.extra if r.result is not None else {}
+        v = (x.get("observer") or {}).get("cpu_threads", x.get("n_threads", x.get("threads")))
+        if isinstance(v, (int, float)) and v > 0:
+            seen.add(int(v))
+    if not seen:
+        return None
+    text = str(min(seen)) if len(seen) == 1 else f"{min(seen)}–{max(seen)}"
+    asked = (record.meta.settings or {}).get("threads")
+    if asked in (-1, 0, None):
+        text += " (the runtime's default, as it reported)"
+    return text
+
+
+def adaptive_lines(meta) -> list[str]:
+    """For --reps auto, one line per cell: how many rounds and what ended it."""
+    from devprof.adaptive import describe_cell
+
+    ad = (meta.settings or {}).get("adaptive") or {}
+    return [describe_cell(c) for c in ad.get("cells", [])]
 
 
 # ---- formatting --------------------------------------------------------------------------------

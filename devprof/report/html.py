@@ -5,7 +5,7 @@ Layout (top to bottom):
 1. header: run id, date, device, status; a banner when the run is interrupted/failed or
    repetitions are missing (how many);
 2. Summary: the verdicts in words, the table per (model, workload, context) with n, cache state,
-   median, 95% bootstrap CI and CV, and the MoE ÷ dense ratio table;
+   median, its 95% interval (order statistics) and CV, and the MoE ÷ dense ratio table;
 3. Setup: device (and what its peak-memory metric means), runtime, settings, model shapes from
    the catalog (total/active parameters, INT4 GiB, "(3rd)" marks);
 4. Speed: one figure per context (prefill tok/s, decode tok/s, TTFT; bars with CI whiskers);
@@ -40,7 +40,7 @@ from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from devprof import __version__, stats
 from devprof.report.base import (  # noqa: F401 (phase_spans* and representative are re-exported)
     Analysis, Renderer, analyse, fmt, fmt_cv, memory_metric_note, phase_spans, phase_spans_from_durations,
-    rep_label, representative, when,
+    adaptive_lines, rep_label, representative, reps_text, threads_used, when,
 )
 from devprof.report.jsonout import JSONRenderer
 from devprof.store import RunRecord
@@ -245,13 +245,16 @@ this file needs no network.</footer>
         if self.a.problem:
             cls = "warn" if m.status in ("interrupted", "running", "complete") else "bad"
             banner = f'<p class="banner {cls}">{h(self.a.problem)}</p>'
+        if self.a.noise is not None and self.a.noise.noisy:
+            banner += f'<p class="banner warn" id="noise-verdict">{h(self.a.noise.line)}</p>'
         models = " vs ".join(h(self.display[x]) for x in m.models)
         return f"""<header>
 <h1>{models} on {h(d.name or d.serial)}</h1>
 <p class="meta">Run <code>{h(m.run_id)}</code> · {h(when(m.created))} ·
 <span class="status {status_class}">{h(m.status)}</span> · runtime {h(m.runtime)} ·
 {self.a.measured} of {self.a.planned} measured repetitions
-({m.reps} per model, workload and context, after {m.warmup} warm-up)</p>
+({h(reps_text(m))} per model, workload and context, after {m.warmup} warm-up)</p>
+{"".join(f'<p class="meta adaptive">Repetitions: {h(x)}</p>' for x in adaptive_lines(m))}
 {banner}
 </header>"""
 
@@ -259,6 +262,8 @@ this file needs no network.</footer>
     def summary(self) -> str:
         a = self.a
         parts = []
+        if a.headline:
+            parts.append(f'<p class="headline" id="verdict"><b>{h(a.headline)}</b></p>')
         if a.verdicts:
             parts.append("<ul class=\"verdicts\">" + "".join(f"<li>{h(v)}</li>" for v in a.verdicts) + "</ul>")
         elif a.ratios:
@@ -279,8 +284,8 @@ this file needs no network.</footer>
             cls = ' class="short"' if r.n < self.meta.reps else ""
             rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append(f"""<div class="wide"><table class="summary" id="summary-table">
-<caption>Median over the n measured repetitions; below it the {int(a.level * 100)}% bootstrap interval of the
-median and ± the coefficient of variation. Memory in MiB; peak = {h(metric)} as the device reports it, not the
+<caption>Median over the n measured repetitions; below it the {int(a.level * 100)}% distribution-free interval of the
+median (order statistics; up to n = 5 the range) and ± the coefficient of variation. Memory in MiB; peak = {h(metric)} as the device reports it, not the
 largest sample.</caption>
 <thead><tr>{"".join(f"<th>{h(x)}</th>" for x in head)}</tr></thead>
 <tbody>{"".join(rows)}</tbody></table></div>""")
@@ -303,15 +308,16 @@ largest sample.</caption>
         s, b = self.display.get(r0.subject, r0.subject), self.display.get(r0.baseline, r0.baseline)
         rows = []
         for r in self.a.ratios:
-            ci = "n &lt; 2" if r.degenerate else f"{r.ci_low:.3f}–{r.ci_high:.3f}"
+            ci = h(r.ci_text(3))
             clear = '<span class="ok">yes</span>' if r.verdict else '<span class="na">no</span>'
             rows.append(f"<tr><td>{h(r.workload)}</td><td>{r.context}</td><td>{h(stats.ratio_name(r.metric))}</td>"
                         f"<td><b>{r.ratio:.3f}×</b></td><td>{ci}</td><td>{r.n_subject} / {r.n_baseline}</td>"
                         f"<td>{clear}</td></tr>")
         return f"""<table class="ratios" id="ratio-table">
-<caption>{h(s)} ÷ {h(b)}: ratio of the medians with a 95% bootstrap interval (resampling both models'
-repetitions). A speedup above 1 and a memory or TTFT ratio below 1 favour {h(s)}; "clear" when the interval
-excludes 1.0 (the findings above say it in words).</caption>
+<caption>{h(s)} ÷ {h(b)}: geometric mean of the interleaved pairs' ratios (each repetition of {h(s)} ran
+back to back with one of {h(b)}) with a 95% t-interval on the logs of those ratios; with fewer than
+{stats.MIN_N} pairs only their range, never "clear". A speedup above 1 and a memory or TTFT ratio below 1
+favour {h(s)}; "clear" when the interval excludes 1.00 as printed (the findings above say it in words).</caption>
 <thead><tr><th>workload</th><th>context</th><th>ratio of</th><th>ratio</th><th>95% CI</th>
 <th>n</th><th>clear</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>"""
@@ -326,10 +332,12 @@ excludes 1.0 (the findings above say it in words).</caption>
         dev_rows.append(("peak memory metric", "; ".join(memory_metric_note(x) for x in metrics)))
         run_rows = [("runtime", m.runtime), ("models", ", ".join(m.models)), ("baseline", m.baseline or "—"),
                     ("workloads", ", ".join(m.workloads)), ("contexts", ", ".join(map(str, m.contexts))),
-                    ("new tokens", m.new_tokens), ("repetitions", f"{m.reps} measured + {m.warmup} warm-up"),
+                    ("new tokens", m.new_tokens), ("repetitions", f"{reps_text(m)} measured + {m.warmup} warm-up"),
                     ("memory sampling", f"every {m.sample_ms} ms" if m.sample_ms else "off"),
                     ("artifacts", m.artifacts_dir or "—")]
-        run_rows += [(k, _plain(v)) for k, v in m.settings.items() if k != "prompt_sources"]
+        used = threads_used(self.rec)
+        run_rows += [(k, _plain(v) if k != "threads" else (used or _plain(v)))
+                     for k, v in m.settings.items() if k != "prompt_sources"]
         return (f'<div class="cols"><div><h3>Device</h3>{_kv(dev_rows)}</div>'
                 f'<div><h3>Run</h3>{_kv(run_rows)}</div></div>\n<h3>Models</h3>\n{self._models_table()}')
 
@@ -388,9 +396,42 @@ excludes 1.0 (the findings above say it in words).</caption>
                     })
             layout = _grid(["prefill (tok/s)", "decode (tok/s)", "time to first token (ms)"])
             layout.update(barmode="group", title={"text": f"Speed at {ctx} tokens of context"})
-            out.append(self.figure(data, layout, "Bars: median of the measured repetitions; whiskers: 95% bootstrap "
-                                                 "interval of the median. Higher is better for tok/s, lower for TTFT."))
+            out.append(self.figure(data, layout, "Bars: median of the measured repetitions; whiskers: 95% interval of "
+                                                 "the median (order statistics; up to n = 5 the range). Higher is better for tok/s, lower for TTFT."))
+        itl = self._itl()
+        if itl:
+            out.append(itl)
         return "\n".join(out) or "<p>No measured repetitions.</p>"
+
+    def _itl(self) -> str:
+        """Inter-token latency: p50/p90/p99 per model and workload, TTFT apart, and the distribution."""
+        rows = [r for r in self.a.rows if r.itl is not None]
+        if not rows:
+            return ""
+        body = "".join(
+            f"<tr><td>{h(r.display)}</td><td>{h(r.workload)}</td><td>{r.context}</td><td>{r.itl.p50:.2f}</td>"
+            f"<td>{r.itl.p90:.2f}</td><td>{r.itl.p99:.2f}</td><td>{r.itl.n} ({r.itl.n_reps} reps)</td>"
+            f"<td>{fmt(r.ttft_ms.median if r.ttft_ms else None, 0)}</td></tr>" for r in rows)
+        table = f"""<div class="wide"><table class="itl" id="itl-table">
+<caption>Inter-token latency: the wall time of every decode step (model + sampling) of the measured repetitions,
+pooled; with few steps p99 is close to the largest. Time to first token (prefill + first sampling) apart, median.</caption>
+<thead><tr><th>model</th><th>workload</th><th>context</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>
+<th>decode steps</th><th>TTFT ms</th></tr></thead><tbody>{body}</tbody></table></div>"""
+        data = []
+        dashes = ["solid", "dot", "dash", "dashdot"]
+        for i, r in enumerate(rows):
+            xs = sorted(r.token_ms)
+            n = len(xs)
+            data.append({"type": "scatter", "mode": "lines", "line": {"shape": "hv", "color": self.colors.get(r.model),
+                                                                       "dash": dashes[i % len(dashes)]},
+                         "x": xs, "y": [(k + 1) / n for k in range(n)],
+                         "name": t(f"{r.display} · {r.workload} · {r.context}"),
+                         "hovertemplate": "%{x:.2f} ms: %{y:.0%} of steps<extra>%{fullData.name}</extra>"})
+        layout = {"title": {"text": "Inter-token latency, distribution"}, "xaxis": {"title": {"text": "ms per decode step"},
+                  "type": "log"}, "yaxis": {"title": {"text": "share of decode steps"}, "tickformat": ".0%"},
+                  "legend": {"orientation": "h", "y": -0.25}}
+        return table + self.figure(data, layout, "Cumulative distribution of the decode steps' wall time per model and "
+                                                 "workload (log scale): a long tail is stalls, not speed.")
 
     # ---- memory -----------------------------------------------------------------------------
     def memory(self) -> str:
@@ -432,7 +473,7 @@ excludes 1.0 (the findings above say it in words).</caption>
                   "yaxis": {"title": {"text": "MiB"}, "rangemode": "tozero"}}
         caption = ["Per model and workload, with the page-cache state of the weights file before the runs "
                    "(cold = evicted, warm = cached): the device's reported peak, and the largest sampled RssFile and "
-                   "RssAnon. Whiskers: 95% bootstrap interval of the median."]
+                   "RssAnon. Whiskers: 95% interval of the median (order statistics; up to n = 5 the range)."]
         caption += self._workload_sentences(ctx)
         return self.figure(data, layout, " ".join(caption))
 
@@ -451,7 +492,7 @@ excludes 1.0 (the findings above say it in words).</caption>
                     ci = stats.workload_ratio(self.rec, model, name, w, ref, ctx)
                     if ci is None:
                         continue
-                    spread = "" if ci.degenerate else f" (95% CI {ci.low:.2f}–{ci.high:.2f})"
+                    spread = f" ({'95% CI ' if not ci.degenerate else ''}{stats.ci_text(ci.low, ci.high, ci.degenerate, ci.n)})"
                     bits.append(f"{what} {ci.estimate:.2f}×{spread}")
                 if bits:
                     out.append(h(f"{self.display[model]}: {w} ÷ {ref} prompts: " + ", ".join(bits) + "."))
@@ -496,11 +537,14 @@ excludes 1.0 (the findings above say it in words).</caption>
         spans, approx = phase_spans(rep), False
         if not spans:
             spans, approx = phase_spans_from_durations(rep), True
-        for name, a, b in spans:
+        for i, (name, a, b) in enumerate(spans):
             shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": a, "x1": b, "y0": 0, "y1": 1,
                            "fillcolor": SPAN_COLORS[name], "opacity": 0.25, "layer": "below", "line": {"width": 0}})
-            notes.append({"x": a, "y": 1, "xref": "x", "yref": "paper", "text": name, "showarrow": False,
-                          "xanchor": "left", "yanchor": "top", "font": {"size": 11, "color": "#495057"}})
+            # one row per phase, from the bottom up (the reported-peak label sits at the top): a short load
+            # span never puts its label on top of the prefill's
+            notes.append({"x": a, "y": 0.01 + 0.085 * i, "xref": "x", "yref": "paper", "text": name,
+                          "showarrow": False, "xanchor": "left", "yanchor": "bottom",
+                          "bgcolor": "rgba(255,255,255,0.7)", "font": {"size": 11, "color": "#495057"}})
         peak = stats.peak_rss_kb(rep)
         if peak is not None:
             shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": peak / 1024.0,
@@ -665,9 +709,10 @@ excludes 1.0 (the findings above say it in words).</caption>
                             f"<td>{self._metric_cell(d.real, nd)}{cache_r}</td><td><b>{pct}</b></td><td>{ci}</td>"
                             f"<td>{clear}</td></tr>")
         return f"""<div class="wide"><table class="compare" id="compare-table-{h(mc.model)}-{mc.context}">
-<caption>Templated vs real prompts: median over the n measured repetitions with its 95% bootstrap interval and ±CV,
+<caption>Templated vs real prompts: median over the n measured repetitions with its 95% interval (order statistics) and ±CV,
 and the page-cache state of the weights file before the runs (cold = evicted, warm = cached). "Understated by" =
-1 − templated ÷ real (ratio of the medians), with the bootstrap interval of that ratio; clear when it excludes 0.
+1 − templated ÷ real (ratio of the geometric means), with Welch's t-interval on the logs; clear when it excludes 0
+as printed (never below n = {stats.MIN_N}).
 Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</caption>
 <thead><tr><th>real workload</th><th>metric</th><th>n</th><th>templated</th><th>real</th><th>understated by</th>
 <th>95% CI</th><th>clear</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>"""
@@ -906,7 +951,7 @@ Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</captio
                 a, b = by.get((target, tmpl)), by.get((target, reals[0]))
                 if a and b:
                     ci = st.ratio_ci(a.values, b.values)
-                    spread = "" if ci.degenerate else f" ({(1 - ci.high) * 100:.1f}–{(1 - ci.low) * 100:.1f}%)"
+                    spread = f" ({'range ' if ci.degenerate else ''}{(1 - ci.high) * 100:.1f}–{(1 - ci.low) * 100:.1f}%)"
                     cells.append(f"{(1 - ci.estimate) * 100:.1f}%{spread}")
                 else:
                     cells.append("—")
@@ -947,7 +992,7 @@ Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</captio
             layout[f"xaxis{sfx}"].update(type="log", title={"text": "context (tokens)"}, tickvals=ctxs,
                                          ticktext=[str(c) for c in ctxs])
         layout.update(title={"text": "Context sweep: decode speed, TTFT and peak memory vs context"})
-        cap = ("Median per context with 95% bootstrap whiskers; one line per model and workload (dashed: templated). "
+        cap = ("Median per context with 95% interval whiskers (order statistics); one line per model and workload (dashed: templated). "
                "Peak memory as the device reports it; page-cache state in the hover. Contexts: "
                + ", ".join(map(str, ctxs)) + ".")
         return self.figure(data, layout, cap)
@@ -1081,8 +1126,10 @@ _CSS = """
 :root { --fg:#212529; --muted:#6c757d; --line:#dee2e6; --bg2:#f8f9fa; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-       margin: 0 auto; max-width: 1440px; padding: 0 20px 40px; }
+       margin: 0 auto; max-width: 1880px; padding: 0 20px 40px; }
+p, li { max-width: 1200px; }
 .wide { overflow-x: auto; max-width: 100%; }
+table:not(.wide > table) { display: block; overflow-x: auto; max-width: 100%; }
 header { padding: 18px 0 6px; border-bottom: 1px solid var(--line); }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
@@ -1093,6 +1140,7 @@ nav a { color: #1864ab; text-decoration: none; }
 .status.ok { background: #d3f9d8; color: #2b8a3e; } .status.warn { background: #fff3bf; color: #e67700; }
 .status.bad { background: #ffe3e3; color: #c92a2a; } .status.info { background: #d0ebff; color: #1864ab; }
 .banner { padding: 8px 12px; border-radius: 6px; font-weight: 600; }
+.headline { font-size: 1.08em; overflow-wrap: anywhere; }
 .banner.warn { background: #fff3bf; border: 1px solid #ffd43b; } .banner.bad { background: #ffe3e3; border: 1px solid #ff8787; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: right; vertical-align: top;

@@ -14,7 +14,7 @@ Shape (format 1)::
                  n_subject, n_baseline, verdict}]}
 
 Every key is always present; unknown values are null. Memory is in MiB (kB / 1024), times in ms,
-speeds in tok/s; ``_ci`` is the 95% bootstrap interval of the median, ``_cv`` the coefficient of
+speeds in tok/s; ``_ci`` is the 95% interval of the median (order statistics; up to n = 5 the range), ``_cv`` the coefficient of
 variation (a fraction).
 """
 
@@ -46,6 +46,7 @@ def result_dict(row: stats.SummaryRow) -> dict[str, Any]:
         d[f"{name}_cv"] = rounded(m.cv, 4) if m else None
         d[f"{name}_min"] = rounded(m.min, nd) if m else None
         d[f"{name}_max"] = rounded(m.max, nd) if m else None
+    d["inter_token_ms"] = row.itl.to_dict() if row.itl is not None else None
     return d
 
 
@@ -55,6 +56,7 @@ def ratio_dict(r: stats.RatioRow) -> dict[str, Any]:
         "metric": r.metric, "label": r.label, "ratio": rounded(r.ratio, 4),
         "ci": [rounded(r.ci_low, 4), rounded(r.ci_high, 4)], "n_subject": r.n_subject,
         "n_baseline": r.n_baseline, "verdict": r.verdict,
+        "ci_method": r.method, "n_pairs": r.n_pairs, "clear": r.clear, "finding": r.finding,
     }
 
 
@@ -79,6 +81,8 @@ class JSONRenderer(Renderer):
             "run": run_dict(a),
             "results": [result_dict(r) for r in a.rows],
             "ratios": [ratio_dict(r) for r in a.ratios],
+            "verdict": a.headline,
+            "noise": a.noise.to_dict() if a.noise is not None else None,
         }
 
     def render(self, record: RunRecord | Analysis) -> str:

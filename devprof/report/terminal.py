@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from devprof import stats
-from devprof.report.base import Analysis, Renderer, analyse, fmt, fmt_cv, when
+from devprof.report.base import Analysis, Renderer, adaptive_lines, analyse, fmt, fmt_cv, reps_text, when
 from devprof.store import RunRecord
 
 _SPEED = ("prefill_tok_s", "decode_tok_s", "ttft_ms")
@@ -74,14 +74,22 @@ class TerminalRenderer(Renderer):
         out: list[RenderableType] = [self._header(a)]
         if a.problem:
             out.append(Text(a.problem, style="bold yellow" if m.status in ("running", "interrupted") else "bold red"))
+        if a.noise is not None and a.noise.noisy:
+            out.append(Text(a.noise.line, style="bold yellow"))
+        if a.headline:
+            out.append(Text(a.headline, style="bold"))
         if a.rows:
             groups = [_SPEED + _MEMORY] if width >= self.WIDE else [_SPEED, _MEMORY]
             out.extend(self._summary(a, cols, stacked=len(groups) > 1) for cols in groups)
         else:
             out.append(Text("No repetitions were recorded.", style="dim"))
+        itl = [r for r in a.rows if r.itl is not None]
+        if itl:
+            out.append(self._itl(itl))
         if a.ratios:
             out.append(self._ratios(a))
-        headline = [r.verdict for r in a.ratios if r.verdict and r.metric in _HEADLINE]
+        found = [r for r in a.ratios if r.finding and r.metric in _HEADLINE]
+        headline = [r.verdict for r in sorted(found, key=lambda r: r.workload.startswith("templated"))]
         if headline:
             out.append(Group(*[Text(f"• {v}") for v in headline]))
         elif a.ratios:
@@ -108,9 +116,11 @@ class TerminalRenderer(Renderer):
         line2 = Text.assemble(("Device: ", "bold"), " · ".join(dev))
         models = " vs ".join(stats.model_info(x)[0] for x in m.models)
         line3 = Text.assemble(("Models: ", "bold"), models, " · workloads ", ", ".join(m.workloads),
-                              " · context ", ", ".join(map(str, m.contexts)), f" · {m.reps} reps + {m.warmup} warm-up",
+                              " · context ", ", ".join(map(str, m.contexts)), f" · {reps_text(m)} + {m.warmup} warm-up",
                               f" · {m.new_tokens} new tokens")
-        return Group(line1, line2, line3)
+        lines = [line1, line2, line3]
+        lines += [Text("Repetitions: " + x, style="dim") for x in adaptive_lines(m)]
+        return Group(*lines)
 
     def _summary(self, a: Analysis, cols: tuple[str, ...], stacked: bool = False) -> Table:
         metric = "/".join(sorted({r.memory_metric for r in a.rows if r.n})) or a.record.meta.device.memory_metric
@@ -161,17 +171,30 @@ class TerminalRenderer(Renderer):
                       *([n] if show_n else []), *cells)
         return t
 
+    def _itl(self, rows: list) -> Table:
+        t = Table(title="Inter-token latency, ms (every decode step of the measured repetitions); TTFT apart",
+                  box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+        for col, j in (("model", "left"), ("workload", "left"), ("ctx", "right"), ("p50", "right"),
+                       ("p90", "right"), ("p99", "right"), ("steps", "right"), ("TTFT", "right")):
+            t.add_column(col, justify=j, no_wrap=col in ("model", "workload"))
+        for r in rows:
+            tt = r.ttft_ms
+            t.add_row(Text(r.display), Text(r.workload), str(r.context), f"{r.itl.p50:.1f}", f"{r.itl.p90:.1f}",
+                      f"{r.itl.p99:.1f}", str(r.itl.n), fmt(tt.median if tt else None, 0))
+        return t
+
     def _ratios(self, a: Analysis) -> Table:
         s, b = a.ratios[0].subject, a.ratios[0].baseline
         t = Table(title=escape(f"{stats.model_info(s)[0]} ÷ {stats.model_info(b)[0]}"), box=box.SIMPLE_HEAD,
                   title_justify="left", pad_edge=False,
-                  caption="ratio of the medians; 95% bootstrap CI; clear = the CI excludes 1.0",
+                  caption=f"geometric mean of the interleaved pairs' ratios; 95% t-interval on their logs "
+                          f"(n < {stats.MIN_N}: the range, never clear); clear = the CI excludes 1.00",
                   caption_justify="left")
         for col, j in (("workload", "left"), ("ctx", "right"), ("metric", "left"), ("ratio", "right"),
                        ("95% CI", "right"), ("", "left")):
             t.add_column(col, justify=j)
         for r in a.ratios:
-            ci = "n < 2" if r.degenerate else f"{r.ci_low:.2f}–{r.ci_high:.2f}"
+            ci = r.ci_text()
             clear = Text("clear", style="green") if r.verdict else Text("not clear", style="dim")
             t.add_row(Text(r.workload), str(r.context), stats.ratio_name(r.metric), f"{r.ratio:.2f}×", ci, clear)
         return t
