@@ -445,15 +445,15 @@ def bins_list(as_json) -> None:
         out.print_json(json.dumps([asdict(e) for e in entries]))
         return
     t = Table(title=str(b.manifest_path()))
-    for col in ("name", "runtime", "platform", "abi", "path", "sha256", "ok"):
-        t.add_column(col)
+    for col in ("name", "runtime", "platform", "abi", "cpu features", "path", "sha256", "ok"):
+        t.add_column(col, overflow="fold")
     for e in entries:
         try:
             e.verify()
             ok = "[green]yes[/]"
         except DevprofError as err:
             ok = f"[red]{err.message}[/]"
-        t.add_row(e.name, e.runtime, e.platform, e.abi, e.path, e.sha256[:12], ok)
+        t.add_row(e.name, e.runtime, e.platform, e.abi, e.cpu_features or "any", e.path, e.sha256[:12], ok)
     out.print(t)
 
 
