@@ -25,10 +25,13 @@
 //   Accepted and ignored for llama-cli compatibility: --temp 0, --ignore-eos, -no-cnv,
 //   --no-display-prompt, --no-warmup, -s SEED.
 //
-// Output. stdout: the generated ids, space-separated, one line. stderr: llama.cpp's own perf
-// lines (llama_perf_sampler_print / llama_perf_context_print, printed by llama.cpp itself; the
-// llamacpp adapter's parse_llama_perf reads them: that is the one stats format), then devprof's
-// lines, each "devprof_<what>: " + one JSON object:
+// Output. stdout: the generated ids, space-separated, one line. stderr: llama.cpp's perf lines
+// (llama_perf_sampler_print / llama_perf_context_print in llama.cpp's exact format; the llamacpp
+// adapter's parse_llama_perf reads them: that is the one stats format). The runner prints them
+// from its own clock (every llama_decode + llama_synchronize timed; load = model load + context
+// creation), because llama.cpp's counters lose a prompt pass whose outputs grow the output buffer
+// (it synchronizes and restarts its clock before computing); -v adds llama.cpp's own. Then
+// devprof's lines, each "devprof_<what>: " + one JSON object:
 //   devprof_residency: {"stage": "before_load"|"after_prefill"|"exit", "resident_kb": R,
 //                       "file_kb": F, "evicted": bool}          (mincore of the model file)
 //   devprof_tokens: {"prefill_start_ms": 0, "prefill_end_ms": P, "token_ms": [t1, ..., tN]}
@@ -186,7 +189,8 @@ static void evict(const std::string &path) {
     g_evicted = true;
 }
 
-static void residency(const std::string &path, const char *stage) {
+// "devprof_residency: {...}" for the model file now (printed by the caller)
+static std::string residency_line(const std::string &path, const char *stage) {
     long long resident = -1, total = 0;
     int fd = open(path.c_str(), O_RDONLY);
     struct stat st;
@@ -207,12 +211,18 @@ static void residency(const std::string &path, const char *stage) {
         }
     }
     if (fd >= 0) close(fd);
+    char buf[256];
     if (resident < 0)
-        fprintf(stderr, "devprof_residency: {\"stage\": \"%s\", \"resident_kb\": null, \"file_kb\": %lld, \"evicted\": %s}\n",
-                stage, total / 1024, g_evicted ? "true" : "false");
+        snprintf(buf, sizeof buf, "devprof_residency: {\"stage\": \"%s\", \"resident_kb\": null, \"file_kb\": %lld, \"evicted\": %s}\n",
+                 stage, total / 1024, g_evicted ? "true" : "false");
     else
-        fprintf(stderr, "devprof_residency: {\"stage\": \"%s\", \"resident_kb\": %lld, \"file_kb\": %lld, \"evicted\": %s}\n",
-                stage, resident / 1024, total / 1024, g_evicted ? "true" : "false");
+        snprintf(buf, sizeof buf, "devprof_residency: {\"stage\": \"%s\", \"resident_kb\": %lld, \"file_kb\": %lld, \"evicted\": %s}\n",
+                 stage, resident / 1024, total / 1024, g_evicted ? "true" : "false");
+    return buf;
+}
+
+static void residency(const std::string &path, const char *stage) {
+    fputs(residency_line(path, stage).c_str(), stderr);
     fflush(stderr);
 }
 
@@ -579,8 +589,9 @@ static int run(const Args &a) {
             fail(2, "routing trace folder does not exist: %s", dir.c_str());
     }
     if (a.evict) evict(a.model);
-    residency(a.model, "before_load");
+    const std::string before_load = residency_line(a.model, "before_load");  // printed once the input is known good
 
+    const double t_start = now_ms();
     llama_log_set(log_cb, nullptr);
     g_log_pass = a.verbose;
     llama_backend_init();
@@ -657,6 +668,8 @@ static int run(const Args &a) {
     sp.no_perf = false;
     r.smpl = llama_sampler_chain_init(sp);
     llama_sampler_chain_add(r.smpl, llama_sampler_init_greedy());
+    const double t_loaded = now_ms();  // model loaded (mapped) and context created
+    fputs(before_load.c_str(), stderr);
     const int n_batch = (int)cp.n_batch;
     r.batch = llama_batch_init(n_batch, 0, 1);
     r.batch_ok = true;
@@ -671,6 +684,18 @@ static int run(const Args &a) {
         tr.computed.assign((size_t)n_layers * n_tok, 0);
     }
 
+    // perf: llama.cpp's own counters lose the prompt pass when a decode grows the output buffer
+    // (it synchronizes and restarts its clock before computing), so the runner times every
+    // llama_decode + llama_synchronize itself and prints the totals in llama.cpp's perf format
+    double perf_prompt_ms = 0, perf_eval_ms = 0, perf_sample_ms = 0;
+    int perf_prompt_n = 0, perf_eval_n = 0, perf_sample_n = 0;
+    auto sample = [&]() {
+        const double ts = now_ms();
+        llama_token t = llama_sampler_sample(r.smpl, r.ctx, -1);
+        perf_sample_ms += now_ms() - ts;
+        ++perf_sample_n;
+        return t;
+    };
     auto decode = [&](const llama_token *toks, int n, int pos0, bool all_outputs) {
         llama_batch &b = r.batch;
         b.n_tokens = n;
@@ -681,8 +706,12 @@ static int run(const Args &a) {
             b.seq_id[i][0] = 0;
             b.logits[i] = (all_outputs || i == n - 1) ? 1 : 0;
         }
+        const double ts = now_ms();
         int rc = llama_decode(r.ctx, b);
         if (rc != 0) fail(1, "llama_decode failed (%d) at position %d: %s", rc, pos0, last_error().c_str());
+        llama_synchronize(r.ctx);
+        (n > 1 ? perf_prompt_ms : perf_eval_ms) += now_ms() - ts;
+        (n > 1 ? perf_prompt_n : perf_eval_n) += n > 1 ? n : 1;
         if (!tr.experts.empty()) {
             if (!col.error.empty()) fail(1, "routing trace: %s", col.error.c_str());
             if (col.k != 0 && col.k != top_k) fail(1, "routing trace: %d experts per token, the model says %d", col.k, top_k);
@@ -722,14 +751,14 @@ static int run(const Args &a) {
             decode(ids.data() + bounds[i], bounds[i + 1] - bounds[i], bounds[i], !tr.experts.empty());
         llama_synchronize(r.ctx);
         t_prefill = now_ms();
-        llama_token tok = llama_sampler_sample(r.smpl, r.ctx, -1);
+        llama_token tok = sample();
         token_ms.push_back(now_ms() - t0);
         out.push_back(tok);
         if (report) residency(a.model, "after_prefill");
         int pos = n_prompt;
         for (int i = 1; i < a.n_predict; ++i) {
             decode(&tok, 1, pos, true);
-            tok = llama_sampler_sample(r.smpl, r.ctx, -1);
+            tok = sample();
             token_ms.push_back(now_ms() - t0);
             out.push_back(tok);
             ++pos;
@@ -759,6 +788,8 @@ static int run(const Args &a) {
         llama_perf_context_reset(r.ctx);
         llama_sampler_reset(r.smpl);
         llama_perf_sampler_reset(r.smpl);
+        perf_prompt_ms = perf_eval_ms = perf_sample_ms = 0;
+        perf_prompt_n = perf_eval_n = perf_sample_n = 0;
         std::fill(tr.computed.begin(), tr.computed.end(), 0);
         fprintf(stderr, "%s: warmup run finished\n", PROG);
     }
@@ -769,12 +800,27 @@ static int run(const Args &a) {
     printf("%s\n", ids_line.c_str());
     fflush(stdout);
 
-    fflush(stderr);
-    bool old = g_log_pass;
-    g_log_pass = true;
-    llama_perf_sampler_print(r.smpl);
-    llama_perf_context_print(r.ctx);
-    g_log_pass = old;
+    {
+        // llama.cpp's perf lines (llama_perf_context_print's format), from the runner's clock
+        const double end = now_ms();
+        auto per = [](double ms, int n) { return n ? ms / n : 0.0; };
+        auto rate = [](double ms, int n) { return ms > 0 ? 1e3 * n / ms : 0.0; };
+        fprintf(stderr, "llama_perf_sampler_print:    sampling time = %10.2f ms / %5d runs   (%8.2f ms per token, %8.2f tokens per second)\n",
+                perf_sample_ms, perf_sample_n, per(perf_sample_ms, perf_sample_n), rate(perf_sample_ms, perf_sample_n));
+        fprintf(stderr, "llama_perf_context_print:        load time = %10.2f ms\n", t_loaded - t_start);
+        fprintf(stderr, "llama_perf_context_print: prompt eval time = %10.2f ms / %5d tokens (%8.2f ms per token, %8.2f tokens per second)\n",
+                perf_prompt_ms, perf_prompt_n, per(perf_prompt_ms, perf_prompt_n), rate(perf_prompt_ms, perf_prompt_n));
+        fprintf(stderr, "llama_perf_context_print:        eval time = %10.2f ms / %5d runs   (%8.2f ms per token, %8.2f tokens per second)\n",
+                perf_eval_ms, perf_eval_n, per(perf_eval_ms, perf_eval_n), rate(perf_eval_ms, perf_eval_n));
+        fprintf(stderr, "llama_perf_context_print:       total time = %10.2f ms / %5d tokens\n", end - t_start,
+                perf_prompt_n + perf_eval_n);
+        if (a.verbose) {
+            g_log_pass = true;
+            llama_perf_context_print(r.ctx);  // llama.cpp's own counters, for comparison
+            g_log_pass = false;
+        }
+        fflush(stderr);
+    }
 
     std::string tl = "devprof_tokens: {\"prefill_start_ms\": 0, \"prefill_end_ms\": ";
     char num[48];
