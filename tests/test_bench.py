@@ -50,7 +50,7 @@ def test_time_v_parser():
 
 @pytest.mark.timeout(900)
 def test_bench_quick_prints_every_figure_then_one_json_line():
-    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gguf")  # the llamacpp extra: devprof's GGUF export for its native runner
     res = CliRunner().invoke(cli, ["bench", "--quick", "--context", "64", "--new-tokens", "8", "--reps", "1",
                                    "--sampler-pairs", "2"])
     assert res.exit_code == 0, res.output
