@@ -23,6 +23,14 @@ def test_runner_lines_fold_into_the_result():
     r = add_runner_lines(parse_llama_perf(PERF + LINES), PERF + LINES)
     assert r.ttft_ms == 21.0 and r.extra["token_ms"] == [21.0, 31.0, 41.5, 52.0]
     assert r.extra["token_interval_ms"] == [10.0, 10.5, 10.5]
+    assert r.extra["token_latency_ms"] == {"p50": 10.5, "p90": 10.5, "p99": 10.5}
+    import numpy as np
+
+    from devprof.runtimes.llamacpp import _percentile
+
+    gaps = [3.0, 1.0, 7.5, 2.0, 9.0, 4.0]
+    for q in (50, 90, 99):
+        assert _percentile(gaps, q) == round(float(np.percentile(gaps, q)), 3)
     assert r.reported_peak_rss_mb == 2.0 and r.extra["runner_status_kb"]["RssFile"] == 512
     assert [x["stage"] for x in r.extra["residency"]] == ["before_load", "exit"]
     assert r.extra["threads"] == 2 and r.extra["prefill_wall_ms"] == 20.5

@@ -364,6 +364,15 @@ def token_intervals_ms(token_ms: list[float]) -> list[float]:
     return [round(b - a, 3) for a, b in zip(token_ms, token_ms[1:])]
 
 
+def _percentile(vals: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), without numpy."""
+    v = sorted(vals)
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return round(v[lo] + (v[hi] - v[lo]) * (pos - lo), 3)
+
+
 def add_runner_lines(result: RunResult, text: str) -> RunResult:
     """Fold the native runner's lines into ``result``: the real first-token time as ``ttft_ms``,
     the runner's own VmHWM as ``reported_peak_rss_mb``, the rest under ``extra``."""
@@ -374,7 +383,10 @@ def add_runner_lines(result: RunResult, text: str) -> RunResult:
     if "token_ms" in r:
         ts = r["token_ms"]
         result.extra["token_ms"] = ts
-        result.extra["token_interval_ms"] = token_intervals_ms(ts)
+        gaps = token_intervals_ms(ts)
+        result.extra["token_interval_ms"] = gaps
+        if gaps:
+            result.extra["token_latency_ms"] = {f"p{q}": _percentile(gaps, q) for q in (50, 90, 99)}
         if ts:
             result.ttft_ms = ts[0]
             result.extra["ttft_source"] = "runner timestamp: prefill start to the first sampled token"
