@@ -58,7 +58,7 @@ def test_daemon_runs_arm64_elf_under_qemu_and_leaves_file_tools_alone(tmp_path):
     need_qemu()
     sandbox = tmp_path / "sb"
     (sandbox / "data/local/tmp").mkdir(parents=True)
-    arm = REPO / "device_bins/android/arm64-v8a/devprof-llamarunner-v80"
+    arm = REPO / "device_bins/android/arm64-v8a/devprof-llamarunner-v82"
     dst = sandbox / "data/local/tmp/runner"
     shutil.copyfile(arm, dst)
     dst.chmod(0o755)
