@@ -121,3 +121,32 @@ def test_s25_llamacpp_runs_the_committed_arm64_runner(adb, env, tmp_path):
         rep = invoke("report", "latest", "--db", str(db), "--out", str(html))
         assert rep.exit_code == 0, rep.output
         assert "devprof-llamarunner" in html.read_text()
+
+
+def test_arm64_variants_need_what_the_manifest_says(tmp_path):
+    """On a Cortex-A53 (armv8.0, no dotprod/i8mm: qemu -cpu cortex-a53) the baseline runner works
+    and the v8.2 one dies with SIGILL: why devprof picks the variant from /proc/cpuinfo."""
+    need_qemu()
+    from devprof import bins
+
+    ids = tmp_path / "p.ids"
+    ids.write_text("1\n2\n3\n4\n")
+    entries = {b.variant: b for b in bins.load() if b.abi == "arm64-v8a" and b.variant}
+    base, best = entries["arm64-v8.0"], entries["arm64-v8.2-dotprod-i8mm"]
+    assert not {"asimddp", "i8mm"} & set(base.cpu_features.split()) and {"asimddp", "i8mm"} <= set(best.cpu_features.split())
+    assert bins.select("llamacpp", "android", "arm64-v8a", cpu_flags={"fp", "asimd", "evtstrm", "crc32"}).name == base.name
+    a53 = ["qemu-aarch64-static", "-cpu", "cortex-a53"]
+    import dataclasses
+
+    from devprof.catalog import get_model
+    from devprof.runtimes.llamacpp.gguf_export import build_gguf
+
+    model = build_gguf(dataclasses.replace(get_model("mobilellm-pro-mini"), n_layers=2, name="llamacpp-test-dense",
+                                           sliding_window=16, global_layers=(1,)), seed=0, weights="q4_0")
+    ok = subprocess.run([*a53, str(base.verify()), "-m", str(model), "--prompt-ids", str(ids), "-n", "2", "-t", "1"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-500:]
+    assert len(ok.stdout.split()) == 2
+    bad = subprocess.run([*a53, str(best.verify()), "-m", str(model), "--prompt-ids", str(ids), "-n", "2", "-t", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode in (-4, 132), (bad.returncode, bad.stderr[-300:])  # SIGILL
