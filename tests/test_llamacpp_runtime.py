@@ -451,8 +451,10 @@ def test_committed_runners_are_static_and_listed():
         assert 3 not in types, f"{b.name} has a PT_INTERP: not static"
         assert b.variant and b.source and "sha256" in b.source
         assert b".symtab" not in data  # stripped (-s)
-    out = CliRunner().invoke(cli, ["bins", "list"], terminal_width=200)
+    out = CliRunner().invoke(cli, ["bins", "list", "--json"])
     assert out.exit_code == 0, out.output
+    listed = {d["name"]: d for d in json.loads(out.output)}
     for b in entries:
-        assert b.name in out.output
-    assert "asimddp" in out.output
+        assert listed[b.name]["sha256"] == b.sha256 and listed[b.name]["cpu_features"] == b.cpu_features
+    table = CliRunner().invoke(cli, ["bins", "list"], terminal_width=200)
+    assert table.exit_code == 0 and "asimddp" in table.output and "yes" in table.output
