@@ -458,3 +458,28 @@ def test_committed_runners_are_static_and_listed():
         assert listed[b.name]["sha256"] == b.sha256 and listed[b.name]["cpu_features"] == b.cpu_features
     table = CliRunner().invoke(cli, ["bins", "list"], terminal_width=200)
     assert table.exit_code == 0 and "asimddp" in table.output and "yes" in table.output
+
+
+def test_x86_variants_need_what_the_manifest_says(tmp_path):
+    """On a CPU without AVX (qemu-x86_64-static -cpu Nehalem: SSE4.2) the x86-64-v2 runner works
+    and the v3 one dies with SIGILL; the variant choice picks v2 from such a CPU's flags."""
+    import shutil
+
+    from devprof import bins
+
+    qemu = shutil.which("qemu-x86_64-static")
+    if not qemu:
+        pytest.fail("qemu-x86_64-static is not installed: run scripts/test-setup (qemu-user-static)", pytrace=False)
+    need_llamacpp()
+    e = {b.variant: b for b in bins.load() if b.abi == "x86_64" and b.variant}
+    nehalem = {"fpu", "sse", "sse2", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16"}
+    assert bins.select("llamacpp", "host", "x86_64", cpu_flags=nehalem).name == e["x86_64-v2"].name
+    ids = tmp_path / "p.ids"
+    ids.write_text("1\n2\n3\n4\n")
+    args = ["-m", str(gguf_file("dense", "q4_0")), "--prompt-ids", str(ids), "-n", "2", "-t", "1"]
+    ok = subprocess.run([qemu, "-cpu", "Nehalem", str(e["x86_64-v2"].verify()), *args], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0 and len(ok.stdout.split()) == 2, ok.stderr[-500:]
+    bad = subprocess.run([qemu, "-cpu", "Nehalem", str(e["x86_64-v3"].verify()), *args], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode in (-4, 132), (bad.returncode, bad.stderr[-300:])  # SIGILL
