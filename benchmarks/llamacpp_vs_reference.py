@@ -4,8 +4,8 @@
     python benchmarks/llamacpp_vs_reference.py --full          # + mobilemoe-s vs mobilellm-pro; 1024 and 8192
 
 Every measurement is one process run, as a devprof session does it: ``python -m
-devprof.refruntime`` (its PyTorchObserver line) or ``python -m devprof.llamarunner`` (llama.cpp's
-perf lines), the same real-text prompt as exact token ids, greedy, ``--new-tokens`` tokens. One
+devprof.refruntime`` (its PyTorchObserver line) or devprof's native llama.cpp runner, host build
+(llama.cpp's perf lines), the same real-text prompt as exact token ids, greedy, ``--new-tokens`` tokens. One
 untimed run of every configuration warms the page cache, then repetitions are interleaved
 (rep 1 of every configuration, then rep 2, ...) so drift falls on all alike; the table shows
 medians (and min-max with --spread). Rates follow the adapters: prefill = prompt tokens /
@@ -49,7 +49,9 @@ def run_one(kind: str, path: Path, ids_file: Path, new_tokens: int, threads: int
         argv = [sys.executable, "-m", "devprof.refruntime", "--model_path", str(path), "--prompt_ids_file",
                 str(ids_file), "--max_new_tokens", str(new_tokens), "--cpu_threads", str(threads)]
     else:
-        argv = [sys.executable, "-m", "devprof.llamarunner", "-m", str(path), "--prompt-ids", str(ids_file),
+        from devprof.runtimes.llamacpp import host_runner
+
+        argv = [host_runner(), "-m", str(path), "--prompt-ids", str(ids_file),
                 "-n", str(new_tokens), "-t", str(threads)]
         if trace is not None:
             argv += ["--routing-trace", str(trace)]

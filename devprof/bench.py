@@ -11,7 +11,7 @@ noisy and absolute times drift:
   GEMV bandwidth; prefill efficiency = catalog prefill FLOPs ÷ prefill time ÷ GEMM rate;
 - MoE ÷ dense decode speed-up against the ratio of active weight bytes (what it should be if
   decode is bound by reading weights);
-- llama.cpp (llama-cpp-python, devprof's GGUF export of the same seeded weights): reference ÷
+- llama.cpp (devprof's own runner on the pinned llama.cpp, host build; devprof's GGUF export of the same seeded weights): reference ÷
   llama.cpp decode at F32, and MoE ÷ dense decode and prefill at Q4_0;
 - the sampler: decode speed with 10 ms /proc sampling vs none, in interleaved pairs; the sampled
   peak vs the kernel's VmHWM vs `/usr/bin/time -v`'s maximum resident set size.
@@ -150,12 +150,11 @@ class Runner:
         return get_adapter("reference").argv(inv)
 
     def llamacpp_argv(self, spec: ModelSpec, weights: str) -> list[str]:
-        import sys
-
-        from devprof.gguf_export import build_gguf
+        from devprof.runtimes.llamacpp import host_runner
+        from devprof.runtimes.llamacpp.gguf_export import build_gguf
 
         path = build_gguf(spec, seed=self.cfg.seed, weights=weights)
-        return [sys.executable, "-m", "devprof.llamarunner", "-m", str(path), "--prompt-ids", str(self.ids_file),
+        return [host_runner(), "-m", str(path), "--prompt-ids", str(self.ids_file),
                 "-n", str(self.cfg.new_tokens), "-t", str(self.cfg.n_threads), "--warmup"]
 
     def run(self, argv: list[str], parser: str, sample_ms: int = 10, prefix: list[str] | None = None) -> Sample:
@@ -199,9 +198,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
         configs["ref-dense"] = (runner.reference_argv(dense), "reference")
         if cfg.llamacpp:
             try:
-                import llama_cpp  # noqa: F401
+                import gguf  # noqa: F401
             except ImportError:
-                raise DevprofError("devprof bench compares with llama.cpp: install it with "
+                raise DevprofError("devprof bench writes GGUF files for devprof's llama.cpp runner: install "
                                    "`pip install -e '.[llamacpp]'` (or pass --no-llamacpp)") from None
             log("writing GGUF files (F32 and Q4_0) from the same weights")
             for spec, tag in ((moe, "moe"), (dense, "dense")):

@@ -49,6 +49,15 @@ class Binary:
     sha256: str
     command: str = ""
     notes: str = ""
+    variant: str = ""       # CPU variant of a multi-variant build, e.g. "arm64-v8.2-dotprod-i8mm"
+    cpu_features: str = ""  # /proc/cpuinfo features the binary needs (space-separated); "" = any CPU
+    source: str = ""        # what it was built from (pinned source + toolchain), for the report's setup
+
+    def runs_on(self, cpu_flags: set[str] | None) -> bool:
+        """True when a CPU with these /proc/cpuinfo flags can run it (unknown flags: assume yes)."""
+        if cpu_flags is None:
+            return True
+        return set(self.cpu_features.split()) <= cpu_flags
 
     def file(self, manifest: Path | None = None) -> Path:
         p = Path(self.path).expanduser()
@@ -97,8 +106,15 @@ def load(manifest: Path | None = None) -> list[Binary]:
     return out
 
 
-def select(runtime: str, platform: str, abi: str, manifest: Path | None = None, name: str | None = None) -> Binary:
-    """The registered binary for (runtime, platform, abi); ABI "any" matches every device."""
+def select(runtime: str, platform: str, abi: str, manifest: Path | None = None, name: str | None = None,
+           cpu_flags: set[str] | None = None) -> Binary:
+    """The registered binary for (runtime, platform, abi); ABI "any" matches every device.
+
+    With ``cpu_flags`` (the device's /proc/cpuinfo features; None = unknown), only binaries whose
+    ``cpu_features`` the CPU has are candidates, and the most demanding of those wins (the
+    v8.2+dotprod+i8mm runner over the armv8-a one on a phone that has them); among equals, the
+    last registered.
+    """
     entries = load(manifest)
     if name:
         named = [b for b in entries if b.name == name]
@@ -116,7 +132,24 @@ def select(runtime: str, platform: str, abi: str, manifest: Path | None = None, 
         raise UsageError(f"no {runtime} binary registered for {platform}/{abi}{hint}; register one with "
                          f"`devprof bins add PATH --runtime {runtime} --platform {platform} --abi {abi}`")
     exact = [b for b in fits if b.abi == abi]
-    return (exact or fits)[-1]
+    cands = exact or fits
+    runnable = [b for b in cands if b.runs_on(cpu_flags)]
+    if not runnable:
+        need = "; ".join(f"{b.name} needs {' '.join(sorted(set(b.cpu_features.split()) - (cpu_flags or set())))}"
+                         for b in cands)
+        raise UsageError(f"no registered {runtime} binary for {platform}/{abi} runs on this CPU ({need})")
+    best = max(range(len(runnable)), key=lambda i: (len(runnable[i].cpu_features.split()), i))
+    return runnable[best]
+
+
+def cpuinfo_flags(text: str, keys: tuple[str, ...] = ("features", "flags")) -> set[str] | None:
+    """CPU features from /proc/cpuinfo text: arm64 "Features" or x86 "flags" (of the first CPU
+    that lists them; big.LITTLE cores share one ISA level on Android). None if there are none."""
+    for line in text.splitlines():
+        key, sep, val = line.partition(":")
+        if sep and key.strip().lower() in keys:
+            return set(val.split())
+    return None
 
 
 def add(path: Path, runtime: str, platform: str, abi: str, name: str | None = None, command: str = "",

@@ -600,7 +600,7 @@ def bins_list(as_json) -> None:
         return
     from devprof.report.fit import Col, fit_table
 
-    cols = [Col("name", keep=True), Col("runtime"), Col("platform", drop=2), Col("abi", drop=3), Col("path"),
+    cols = [Col("name", keep=True), Col("runtime"), Col("platform", drop=2), Col("abi", drop=3), Col("cpu features", drop=4), Col("path"),
             Col("sha256", drop=1), Col("ok")]
     rows = []
     for e in entries:
@@ -609,7 +609,7 @@ def bins_list(as_json) -> None:
             ok = Text("yes", style="green")
         except DevprofError as err:
             ok = Text(err.message, style="red")
-        rows.append([Text(e.name), Text(e.runtime), Text(e.platform), Text(e.abi), Text(str(e.path)),
+        rows.append([Text(e.name), Text(e.runtime), Text(e.platform), Text(e.abi), Text(e.cpu_features or "any"), Text(str(e.path)),
                      Text(e.sha256[:12]), ok])
     out.print(fit_table(out, cols, rows, title=escape(str(b.manifest_path()))))
 

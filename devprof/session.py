@@ -113,6 +113,7 @@ class _Staged:
     weights_path: str  # on the device, for page-cache control
     binary: str
     command: str = ""  # the registered binary's command template, if any
+    native: bool = False  # devprof's own llama.cpp runner (--evict, its own VmHWM and timestamps)
 
 
 class Session:
@@ -162,8 +163,12 @@ class Session:
         try:
             binary = self._binary()
             staged = [self._stage_model(m, binary) for m in plan.models]
-            meta.settings.update(bytes_pushed=self.pushed_bytes,
-                                 binary=binary.name if binary else "python -m devprof.refruntime")
+            setup = {"bytes_pushed": self.pushed_bytes,
+                     "binary": binary.name if binary else "python -m devprof.refruntime"}
+            if binary is not None:
+                setup["binary_info"] = {k: getattr(binary, k) for k in
+                                        ("name", "sha256", "abi", "variant", "cpu_features", "source") if getattr(binary, k)}
+            meta.settings.update(setup)
             self.store.update_run(run_id, settings=dict(meta.settings))
             for context in plan.contexts:
                 for workload in plan.workloads:
@@ -221,8 +226,9 @@ class Session:
         info = self.device.info()
         platform = "host" if kind == "local" else kind
         abi = str(info.extra.get("abi") or info.extra.get("machine") or "")
+        flags = self.device.cpu_features() if plan.runtime == "llamacpp" else None
         try:
-            b = bins.select(plan.runtime, platform, abi, name=plan.binary_name)
+            b = bins.select(plan.runtime, platform, abi, name=plan.binary_name, cpu_flags=flags)
         except UsageError:
             if kind == "ios" and not plan.binary_name:
                 return None  # the benchmark app already installed on the phone (DEVPROF_IOS_APP)
@@ -243,7 +249,7 @@ class Session:
             ).hexdigest()[:16]
             group = f"{spec.name}-{digest}"
         elif plan.runtime == "llamacpp":
-            from devprof.gguf_export import build_gguf
+            from devprof.runtimes.llamacpp.gguf_export import build_gguf
 
             self.obs.stage(f"writing the {spec.display} GGUF ({plan.weights}) from the seeded weights (cached)")
             gguf = build_gguf(spec, seed=plan.seed, weights={"fp32": "f32"}.get(plan.weights, plan.weights))
@@ -275,7 +281,8 @@ class Session:
             model_path = rep.remote_dir or str(Path(weights).parent)
             tok = rep.paths.get("tokenizer.json")
         return _Staged(model=spec, model_path=model_path, tokenizer_path=tok, weights_path=weights,
-                       binary=rep.paths.get("__binary__", ""), command=binary.command if binary else "")
+                       binary=rep.paths.get("__binary__", ""), command=binary.command if binary else "",
+                       native=bool(binary is not None and binary.name.startswith("devprof-llamarunner-")))
 
     def _stage_prompt(self, run_dir: Path, workload: str, context: int) -> tuple[wl.Prompt, dict[str, str]]:
         prompt = wl.build_prompt(workload, context, seed=self.plan.seed)
@@ -366,7 +373,11 @@ class Session:
 
             ready = readiness.wait(dev, self.ready_conds, plan.ready_timeout_s, cancel=self.cancel,
                                    progress=self.obs.stage)
-        if plan.cache == "cold":
+        if plan.cache == "cold" and s.native:
+            # the runner drops its model file itself (posix_fadvise DONTNEED: no root needed)
+            argv.append("--evict")
+            cache_state, cache_note = "cold", "fadvise (the runner's --evict, no root needed)"
+        elif plan.cache == "cold":
             cache_state, cache_note = dev.drop_page_cache(s.weights_path)
         else:
             cache_state, cache_note = getattr(dev, "cache_state", lambda p: ("unknown", "not measurable"))(s.weights_path)
@@ -391,6 +402,18 @@ class Session:
                 result = self.adapter.parse(outcome.stdout, outcome.stderr)
             except ParseError as e:
                 outcome.status, outcome.note = "failed", e.message
+        if result is not None and result.reported_peak_rss_mb is not None and s.native:
+            # the runner's own VmHWM at exit: the peak can no longer fall between two samples
+            own = int(round(result.reported_peak_rss_mb * 1024))
+            if outcome.peak_rss_kb is None or own > outcome.peak_rss_kb:
+                outcome.peak_rss_kb = own
+                outcome.note = (outcome.note + "; " if outcome.note else "") + "peak from the runner's own VmHWM"
+        if result is not None and s.native and plan.cache == "cold":
+            before = next((r for r in result.extra.get("residency", []) if r.get("stage") == "before_load"), None)
+            if before and before.get("resident_kb") is not None:
+                cache_note += f"; {before['resident_kb']} of {before['file_kb']} kB resident before load (mincore)"
+                if before["file_kb"] and before["resident_kb"] > 0.5 * before["file_kb"]:
+                    cache_state = "warm"  # pages mapped by another process cannot be dropped
         if result is not None:
             result.extra.setdefault("cpu_freq_mhz_before", freqs_before)
             result.extra.setdefault("cpu_freq_mhz_after", freqs_after)

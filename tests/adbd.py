@@ -24,6 +24,10 @@ sync (push/pull/stat/ls) paths::
     /sys/class/thermal     -> SANDBOX/sys/class/thermal
     /sys/devices/system/cpu-> SANDBOX/sys/devices/system/cpu
 
+An aarch64 ELF file in the sandbox named in a command string runs under ``qemu-aarch64-static``
+(Debian's qemu-user-static; the daemon puts it in front, no binfmt_misc needed): see
+``PathMap.wrap_arm64``.
+
 In command strings a prefix is rewritten only where it starts a path (not preceded by a letter,
 digit, ``_``, ``.``, ``-`` or ``/``) and ends at a component boundary. Paths built at run time by
 the shell (``$D/tmp``) are not rewritten, and output is not rewritten back.
@@ -57,6 +61,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -182,8 +187,42 @@ class PathMap:
         self._lookup = dict(self.prefixes)
 
     def command(self, cmd: str) -> str:
-        """Rewrite device paths inside a shell command string."""
-        return self._cmd_re.sub(lambda m: self._lookup[m.group(1)], cmd)
+        """Rewrite device paths inside a shell command string (and run arm64 ELF files under
+        qemu: see :meth:`wrap_arm64`)."""
+        return self.wrap_arm64(self._cmd_re.sub(lambda m: self._lookup[m.group(1)], cmd))
+
+    # Commands that take a file as data, never run it: an arm64 ELF named in their arguments
+    # is left alone (``chmod 755 runner``, ``sha256sum runner``, ``rm -f runner``).
+    FILE_TOOLS = frozenset(
+        "chmod chown rm ls stat cat cp mv sha256sum sha1sum md5sum test [ wc head tail du touch mkdir ln dd "
+        "readlink realpath file toybox find echo printf df cmp diff od xxd hexdump truncate basename dirname".split()
+    )
+
+    def wrap_arm64(self, cmd: str) -> str:
+        """Put ``qemu-aarch64-static`` in front of every sandbox file in ``cmd`` that is an
+        aarch64 ELF executable, unless the simple command it is in starts with a file tool
+        (:attr:`FILE_TOOLS`). This is what a phone's kernel does by itself; the host's kernel
+        cannot, and binfmt_misc (which would) is not assumed. Launchers keep working: ``taskset
+        MASK runner``, ``env K=V runner``, ``sh sampler.sh OUT 0.01 runner ARGS`` (the sampler
+        then runs ``qemu-aarch64-static runner ARGS``, so the sampled process is qemu, whose
+        memory holds the guest's). Without qemu-aarch64-static the command is left as it is."""
+        root = re.escape(str(self.sandbox))
+        pat = re.compile(r"(?<![\w.\-/])(" + root + r"/[\w.+\-/]*)")
+        qemu = None
+
+        def sub(m: re.Match) -> str:
+            nonlocal qemu
+            path = m.group(1)
+            if not _is_arm64_elf(path):
+                return path
+            head = re.split(r"[;&|()\n]", cmd[:m.start()])[-1].split()
+            if head and head[0] in self.FILE_TOOLS:
+                return path
+            if qemu is None:
+                qemu = shutil.which("qemu-aarch64-static") or ""
+            return f"{qemu} {path}" if qemu else path
+
+        return pat.sub(sub, cmd)
 
     def path(self, device_path: str) -> str:
         """Rewrite one device path (sync service)."""
@@ -196,6 +235,18 @@ class PathMap:
             if p.startswith(dev + "/"):
                 return host + p[len(dev):]
         return p
+
+
+def _is_arm64_elf(path: str) -> bool:
+    """True for an ELF file whose e_machine is EM_AARCH64 (183)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return False
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return False
+    return struct.unpack("<H" if head[5] == 1 else ">H", head[18:20])[0] == 183
 
 
 GETPROP_SCRIPT = """#!/bin/sh

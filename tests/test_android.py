@@ -9,11 +9,7 @@ stdout, samples and routing traces.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest

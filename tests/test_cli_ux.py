@@ -7,7 +7,6 @@ Through the CLI (CliRunner, or a subprocess where the real terminal path matters
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess

@@ -367,6 +367,12 @@ class AndroidDevice(Device):
                 zones[f"{parts[0]}:{parts[1]}"] = v / 1000.0 if abs(v) > 200 else float(v)
         return zones
 
+    def cpu_features(self) -> set[str] | None:
+        from devprof.bins import cpuinfo_flags
+
+        rc, out = self.sh("cat /proc/cpuinfo", timeout=20)
+        return cpuinfo_flags(out, ("features",)) if rc == 0 else None  # arm64 "Features"
+
     def cpu_freqs(self) -> dict[str, float]:
         script = ('for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq; do [ -r "$f" ] || continue; '
                   'c=${f%/cpufreq/*}; echo "${c##*/} $(cat "$f" 2>/dev/null)"; done')

@@ -75,6 +75,10 @@ class Device(ABC):
         cold | warm | unknown, describing the file's cache state before the next run."""
         return "unknown", "not supported on this device"
 
+    def cpu_features(self) -> set[str] | None:
+        """The CPU's /proc/cpuinfo features (arm64 "Features", x86 "flags"); None when unknown."""
+        return None
+
     def thermal(self) -> dict[str, float]:
         """Temperatures in degrees C by zone name (empty when the device exposes none)."""
         return {}

@@ -172,6 +172,14 @@ class LocalDevice(Device):
         return pagecache.state(device_path)
 
     # -- state -----------------------------------------------------------------------------
+    def cpu_features(self) -> set[str] | None:
+        from devprof.bins import cpuinfo_flags
+
+        try:
+            return cpuinfo_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
+        except OSError:
+            return None
+
     def thermal(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):

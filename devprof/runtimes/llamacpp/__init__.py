@@ -52,6 +52,7 @@ from devprof.runtimes.base import (
 __all__ = [
     "LlamaCppAdapter",
     "parse_llama_perf",
+    "parse_runner_lines",
     "LlamaBenchRecord",
     "parse_llama_bench",
 ]
@@ -139,7 +140,24 @@ class LlamaCppAdapter(RuntimeAdapter):
 
     def parse(self, stdout: str, stderr: str = "") -> RunResult:
         text = coerce_text(stdout, "stdout") + "\n" + coerce_text(stderr, "stderr")
-        return parse_llama_perf(text, runtime=self.name)
+        result = parse_llama_perf(text, runtime=self.name)
+        return add_runner_lines(result, text)
+
+
+def host_runner() -> str:
+    """Path of devprof's runner built for this host (the committed variant this CPU can run,
+    chosen from /proc/cpuinfo flags and checked against its sha256)."""
+    import platform
+    from pathlib import Path
+
+    from devprof import bins
+
+    try:
+        flags = bins.cpuinfo_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        flags = None
+    b = bins.select("llamacpp", "host", platform.machine(), cpu_flags=flags)
+    return str(b.verify())
 
 
 def _flag(ex: dict, key: str, default: bool) -> bool:
@@ -282,6 +300,107 @@ def _parse_perf(text: str, runtime: str) -> RunResult:
         decode_ms=ev_ms,
         extra=extra,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# devprof's own runner (runner/runner.cpp): its "devprof_<what>: {json}" lines after the perf block
+
+_RUNNER_RE = re.compile(r"^devprof_(tokens|status|residency):[ \t]*(\{[^\n]*\})[ \t]*$", re.M)
+STATUS_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "VmSwap")
+
+
+def parse_runner_lines(text: str) -> dict[str, Any]:
+    """The native runner's extra lines (``devprof_tokens:``, ``devprof_status:``,
+    ``devprof_residency:``), as a dict; {} for output of other llama.cpp programs.
+
+    Keys: ``token_ms`` (list, ms from the prefill start at which each new token was sampled),
+    ``prefill_end_ms``, ``threads``, ``status`` ({VmHWM, VmRSS, RssAnon, RssFile, VmSwap} in kB,
+    the runner's own /proc/self/status at exit), ``residency`` (list of {stage, resident_kb,
+    file_kb, evicted}: the model file in the page cache before load, after prefill, at exit).
+    A line that is not valid JSON or has impossible values raises :class:`ParseError`.
+    """
+    out: dict[str, Any] = {}
+    for m in _RUNNER_RE.finditer(coerce_text(text)):
+        kind = m.group(1)
+        try:
+            obj = json.loads(m.group(2))
+        except ValueError:
+            raise ParseError(f"llamacpp: runner line devprof_{kind} is not valid JSON: {snippet(m.group(2), 40)}") from None
+        if not isinstance(obj, dict):
+            raise ParseError(f"llamacpp: runner line devprof_{kind} is not a JSON object")
+        if kind == "tokens":
+            ts = obj.get("token_ms")
+            if not isinstance(ts, list) or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0 for t in ts
+            ):
+                raise ParseError("llamacpp: runner line devprof_tokens has no valid token_ms list")
+            if any(b < a for a, b in zip(ts, ts[1:])):
+                raise ParseError("llamacpp: runner token timestamps go backwards")
+            out["token_ms"] = [float(t) for t in ts]
+            pe = obj.get("prefill_end_ms")
+            if isinstance(pe, (int, float)) and not isinstance(pe, bool) and math.isfinite(pe) and pe >= 0:
+                out["prefill_end_ms"] = float(pe)
+            if isinstance(obj.get("threads"), int):
+                out["threads"] = obj["threads"]
+        elif kind == "status":
+            st = {}
+            for k in STATUS_KEYS:
+                v = obj.get(k)
+                if v is None:
+                    continue
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ParseError(f"llamacpp: runner status {k} is not a size in kB: {snippet(str(v), 20)}")
+                st[k] = v
+            out["status"] = st
+        else:
+            out.setdefault("residency", []).append(
+                {k: obj.get(k) for k in ("stage", "resident_kb", "file_kb", "evicted")})
+    return out
+
+
+def token_intervals_ms(token_ms: list[float]) -> list[float]:
+    """Per-token decode latencies: the gaps between consecutive token timestamps (the first token
+    comes from the prompt pass and is not a decode step)."""
+    return [round(b - a, 3) for a, b in zip(token_ms, token_ms[1:])]
+
+
+def _percentile(vals: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), without numpy."""
+    v = sorted(vals)
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return round(v[lo] + (v[hi] - v[lo]) * (pos - lo), 3)
+
+
+def add_runner_lines(result: RunResult, text: str) -> RunResult:
+    """Fold the native runner's lines into ``result``: the real first-token time as ``ttft_ms``,
+    the runner's own VmHWM as ``reported_peak_rss_mb``, the rest under ``extra``."""
+    r = parse_runner_lines(text)
+    if not r:
+        return result
+    result.extra["runner"] = "devprof-llamarunner"
+    if "token_ms" in r:
+        ts = r["token_ms"]
+        result.extra["token_ms"] = ts
+        gaps = token_intervals_ms(ts)
+        result.extra["token_interval_ms"] = gaps
+        if gaps:
+            result.extra["token_latency_ms"] = {f"p{q}": _percentile(gaps, q) for q in (50, 90, 99)}
+        if ts:
+            result.ttft_ms = ts[0]
+            result.extra["ttft_source"] = "runner timestamp: prefill start to the first sampled token"
+        if "prefill_end_ms" in r:
+            result.extra["prefill_wall_ms"] = r["prefill_end_ms"]
+        if "threads" in r:
+            result.extra["threads"] = r["threads"]
+    if "status" in r:
+        result.extra["runner_status_kb"] = r["status"]
+        if "VmHWM" in r["status"]:
+            result.reported_peak_rss_mb = r["status"]["VmHWM"] / 1024.0
+    if "residency" in r:
+        result.extra["residency"] = r["residency"]
+    return result
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,38 @@
+"""`devprof run --device local --runtime llamacpp`: the committed host build of devprof's native
+runner (device_bins/host/x86_64/), end to end through the CLI, at Q4_0 and Q8_0."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from devprof import bins
+from devprof.cli import cli
+
+
+@pytest.mark.parametrize("weights", ["q4_0", "q8_0"])
+def test_local_llamacpp_runs_the_host_build_of_the_runner(tmp_path, weights):
+    pytest.importorskip("gguf")
+    db = tmp_path / "s.db"
+    res = CliRunner().invoke(cli, ["run", "--device", "local", "--runtime", "llamacpp", "--weights", weights,
+                                   "--context", "128", "--new-tokens", "6", "--warmup", "0", "--reps", "1",
+                                   "--workload", "real", "--threads", "1", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(CliRunner().invoke(cli, ["show", "latest", "--json", "--db", str(db)]).output)
+    info = doc["run"]["settings"]["binary_info"]
+    entry = next(b for b in bins.load() if b.name == info["name"])
+    assert entry.platform == "host" and entry.abi == "x86_64" and info["sha256"] == entry.sha256
+    rows = {r["model"]: r for r in doc["results"]}
+    assert rows["mobilemoe-s-mini"]["distinct_experts"] > 0
+    for r in rows.values():
+        assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0
+    con = sqlite3.connect(db)
+    for state, note, result_json, peak in con.execute(
+            "select cache_state, cache_note, result_json, peak_rss_kb from repetitions where warmup = 0"):
+        ex = json.loads(result_json)["extra"]
+        assert state == "cold" and "fadvise" in note and "resident before load" in note
+        assert len(ex["token_ms"]) == 6 and ex["threads"] == 1
+        assert peak >= ex["runner_status_kb"]["VmHWM"] > 0  # never below the runner's own peak
