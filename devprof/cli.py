@@ -274,6 +274,13 @@ def _estimate(plan, store, targets):
     return max(ests, key=lambda e: e.seconds)
 
 
+def _reps_words(plan) -> str:
+    a = plan.adaptive
+    if a is None:
+        return f"{plan.reps} reps"
+    return f"{a.min_reps}-{a.max_reps} reps, --reps auto"
+
+
 def _print_plan(plan, targets, est) -> None:
     """`run --dry-run`: what would run, where, and for how long."""
     names = [m.name for m in plan.models]
@@ -282,7 +289,7 @@ def _print_plan(plan, targets, est) -> None:
         f" · context {', '.join(map(str, plan.contexts))} · {plan.new_tokens} new tokens · cache {plan.cache}",
         f"on: {', '.join(getattr(t, 'serial', 'local') for t in targets)}",
         f"{len(plan.models)} model(s) x {len(plan.workloads)} workload(s) x {len(plan.contexts)} context(s) x "
-        f"({plan.warmup} warm-up + {plan.reps} reps) = {est.runs} runtime runs",
+        f"({plan.warmup} warm-up + {_reps_words(plan)}) = {'at least ' if plan.adaptive else ''}{est.runs} runtime runs",
         f"estimate: {est.words()}",
     ]
     for c in est.cells:

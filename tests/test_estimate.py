@@ -94,7 +94,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     db = tmp_path / "s.db"
     res = CliRunner().invoke(cli, ["run", "--dry-run", "--db", str(db)])
     assert res.exit_code == 0, res.output
-    assert "2 model(s) x 2 workload(s) x 1 context(s) x (1 warm-up + 3 reps) = 16 runtime runs" in res.output
+    assert ("2 model(s) x 2 workload(s) x 1 context(s) x (1 warm-up + 5-12 reps, --reps auto) = at least 24 runtime "
+            "runs") in res.output
     assert "estimate: about " in res.output and "catalog arithmetic" in res.output
     assert not db.exists()
     res = CliRunner().invoke(cli, ["run", "--dry-run", *SMALL, "--db", str(db)])
