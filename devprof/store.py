@@ -368,6 +368,7 @@ def _pg_reason(e: BaseException) -> str:
     # libpq: 'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused\n Is the server ...'
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
     first = lines[0] if lines else type(e).__name__
+    first = re.sub(r"^connection is bad: ", "", first)
     m = re.search(r'failed: (?!.*failed: )(.*)$', first)
     if m and m.group(1):
         first = m.group(1)
@@ -443,6 +444,9 @@ class Store:
             info = conninfo_to_dict(url)
         except psycopg.Error as e:
             raise UsageError(f"bad PostgreSQL URL {self.where}: {_pg_reason(e)}") from None
+        port = str(info.get("port") or "5432")
+        if not all(p.isdigit() and 0 < int(p) < 65536 for p in port.split(",")):
+            raise UsageError(f"bad PostgreSQL URL {self.where}: port {port!r} is not a port number")
         if not info.get("dbname"):
             raise UsageError(f"bad PostgreSQL URL {self.where}: name the database, "
                              "postgresql://user@host:port/dbname")
@@ -483,9 +487,11 @@ class Store:
     @property
     def local_dir(self) -> Path:
         """Where this host keeps files that go with the store (reports, artifacts): next to an SQLite
-        file; ``reports/`` of the repository for a PostgreSQL store."""
+        file; for a PostgreSQL store $DEVPROF_REPORTS, else ``reports/`` of the repository."""
         if self.path is not None:
             return self.path.parent
+        if os.environ.get("DEVPROF_REPORTS"):
+            return Path(os.environ["DEVPROF_REPORTS"])
         from devprof import REPO_ROOT
 
         return REPO_ROOT / "reports"
