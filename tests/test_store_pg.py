@@ -169,3 +169,28 @@ def test_run_and_show_through_postgresql(pg_url, tmp_path):
         (m,) = s.list_runs()
         assert m.status == "complete"
         assert len(s.load_run(m.run_id).measured()) == 2  # both minis, one repetition each
+
+
+def test_a_run_id_taken_between_check_and_insert_is_drawn_again(pg_url, monkeypatch):
+    """The race itself, made certain: another writer stores the drawn id after this one checked it."""
+    import secrets
+
+    import devprof.store as store_mod
+
+    draws = iter(["aaaa", "bbbb"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(draws))
+    with Store(pg_url) as s, Store(pg_url) as other:
+        real = store_mod._process_started
+        raced = []
+
+        def meanwhile(pid):
+            if not raced:  # the first attempt: "aaaa" was free when checked; another host takes it now
+                raced.append(None)
+                raced[0] = other.create_run(_small_meta(run_id="20260301-000000-aaaa",
+                                            created="2026-03-01T00:00:00+00:00"))
+            return real(pid)
+
+        monkeypatch.setattr(store_mod, "_process_started", meanwhile)
+        rid = s.create_run(_small_meta(created="2026-03-01T00:00:00+00:00"))
+        assert raced == ["20260301-000000-aaaa"] and rid == "20260301-000000-bbbb"
+        assert sorted(m.run_id for m in s.list_runs()) == ["20260301-000000-aaaa", "20260301-000000-bbbb"]
