@@ -1,4 +1,5 @@
-"""The result store: one SQLite file of runs, repetitions, memory samples and routing summaries.
+"""The result store: runs, repetitions, memory samples and routing summaries, in one SQLite file or
+in a lab's shared PostgreSQL database (``postgresql://user@host:port/dbname``, through psycopg 3).
 
 A run (one ``devprof run`` on one device) is written as it goes: ``create_run`` first, then one
 ``add_repetition`` per finished generation, each its own committed transaction, then
@@ -8,7 +9,13 @@ A run (one ``devprof run`` on one device) is written as it goes: ``create_run`` 
 
 Several writers may share one file (one worker thread or process per device): WAL journal, a busy
 timeout, ``BEGIN IMMEDIATE`` write transactions. One store per device can also be merged later
-(``merge_from``).
+(``merge_from``), or pushed into a shared PostgreSQL store (``push_from``, ``devprof db push``).
+
+PostgreSQL: the same schema and migrations (``_dialect`` rewrites what the dialects spell
+differently), an autocommit connection with one explicit transaction per write, an advisory lock
+around migrations, and run ids made unique by the primary key: a generated id another writer took
+first is drawn again. psycopg's errors become StoreError (exit 1) at this boundary; a bad URL is a
+UsageError (exit 2).
 
 Schema (version 2)::
 
