@@ -375,10 +375,10 @@ def _pg_reason(e: BaseException) -> str:
     # libpq: 'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused\n Is the server ...'
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
     first = lines[0] if lines else type(e).__name__
-    first = re.sub(r"^connection is bad: ", "", first)
     m = re.search(r'failed: (?!.*failed: )(.*)$', first)
     if m and m.group(1):
         first = m.group(1)
+    first = re.sub(r"^(connection is bad: |FATAL:\s+)", "", first)
     return first.rstrip(".")
 
 
