@@ -46,9 +46,16 @@ class _Stdout(Console):
 out = _Stdout()
 
 
-def default_db() -> Path:
+def default_db() -> Path | str:
     env = os.environ.get("DEVPROF_DB")
-    return Path(env) if env else REPO_ROOT / "reports" / "devprof.db"
+    return _db_arg(env) if env else REPO_ROOT / "reports" / "devprof.db"
+
+
+def _db_arg(value: str | Path) -> Path | str:
+    """A --db value: a postgresql:// URL stays a string, anything else is an SQLite file's path."""
+    from devprof.store import is_url
+
+    return value if is_url(str(value)) else Path(value)
 
 
 adb_server_option = click.option(
@@ -59,15 +66,17 @@ devices_file_option = click.option(
     help="TOML file of device aliases [default: ~/.config/devprof/devices.toml].")
 
 db_option = click.option(
-    "--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="SQLite store of results [default: reports/devprof.db, or $DEVPROF_DB].")
+    "--db", "db_path", default=None, callback=lambda _c, _p, v: None if v is None else _db_arg(v),
+    metavar="FILE|URL",
+    help="Result store: an SQLite file, or a lab's PostgreSQL store postgresql://user@host:port/dbname "
+         "[default: reports/devprof.db, or $DEVPROF_DB].")
 
 
-def _open_store(db_path: Path | None, must_exist: bool = False):
-    from devprof.store import Store
+def _open_store(db_path: Path | str | None, must_exist: bool = False):
+    from devprof.store import Store, is_url
 
     path = db_path or default_db()
-    if must_exist and not Path(path).exists():
+    if must_exist and not is_url(path) and not Path(path).exists():
         raise UsageError(f"no results store at {path}: run `devprof run` first (or pass --db)")
     return Store(path)
 
@@ -226,7 +235,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
     from devprof import readiness
 
     readiness.parse(ready)  # bad conditions: one line, exit 2, before any device is touched
-    if dry_run and not Path(db_path or default_db()).exists():
+    if dry_run and not isinstance(db_path or default_db(), str) and not Path(db_path or default_db()).exists():
         store = None  # a dry run creates no store; without one the estimate is catalog arithmetic
     else:
         store = _open_store(db_path)
@@ -242,13 +251,13 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
     started = time.monotonic()
     if len(targets) == 1:
         with targets[0] as dev, _RichObserver(console, enabled=not as_json) as obs:
-            metas = [Session(dev, store, plan, store.path.parent / "runs", observer=obs).run()]
+            metas = [Session(dev, store, plan, store.local_dir / "runs", observer=obs).run()]
     else:
         metas = _run_parallel(targets, store, plan, quiet=as_json)
     elapsed = time.monotonic() - started
     records = [store.load_run(m.run_id) for m in metas]
     paths = [_write_report(r, (out_path if len(records) == 1 and out_path else None)
-                           or store.path.parent / f"{r.meta.run_id}.html") for r in records]
+                           or store.local_dir / f"{r.meta.run_id}.html") for r in records]
     if as_json:
         from devprof.report import JsonRenderer
 
@@ -305,15 +314,14 @@ def _run_parallel(targets, store, plan, quiet: bool):
     from concurrent.futures import ThreadPoolExecutor
 
     from devprof.session import Interrupted, Session
-    from devprof.store import Store
 
     cancel = threading.Event()  # Ctrl-C / SIGTERM reach the main thread only: pass them on
 
     def work(dev):
         with dev:
-            own = Store(store.path)
+            own = store.reopen()
             obs = _LineObserver(console, dev.serial, enabled=not quiet)
-            session = Session(dev, own, plan, store.path.parent / "runs", observer=obs)
+            session = Session(dev, own, plan, store.local_dir / "runs", observer=obs)
             session.cancel = cancel
             return session.run()
 
@@ -440,7 +448,7 @@ def report(run_ref, out_path, open_it, db_path) -> None:
     """Write the self-contained HTML report of a run."""
     store = _open_store(db_path, must_exist=True)
     record = _load_shown(store, run_ref)
-    path = _write_report(record, out_path or store.path.parent / f"{record.meta.run_id}.html")
+    path = _write_report(record, out_path or store.local_dir / f"{record.meta.run_id}.html")
     click.echo(str(path))
     if open_it:
         import webbrowser
@@ -475,7 +483,7 @@ def list_runs(limit, as_json, db_path) -> None:
         rows.append([Text(m.run_id), Text(m.created), Text(m.status, style=style), Text(m.device.name or ""),
                      Text(m.runtime), Text("\n".join(models)), Text(", ".join(m.workloads)),
                      Text(", ".join(map(str, m.contexts))), Text(str(m.reps))])
-    out.print(fit_table(out, cols, rows, title=escape(f"runs in {store.path}")))
+    out.print(fit_table(out, cols, rows, title=escape(f"runs in {store.where}")))
 
 
 @cli.command()
@@ -680,3 +688,29 @@ from devprof.cli_analysis import compare, diff, export  # noqa: E402
 cli.add_command(compare)
 cli.add_command(diff)
 cli.add_command(export)
+
+
+# ---- the shared store of a lab ----------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Result stores: merge local SQLite files into a lab's shared PostgreSQL store."""
+
+
+@db.command("push")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target")
+def db_push(sources, target) -> None:
+    """Copy the runs of SQLite store(s) SOURCES into TARGET (a postgresql:// URL or another SQLite file).
+
+    Runs already in TARGET (same run id) are skipped: pushing the same file twice adds nothing.
+    """
+    from devprof.store import Store
+
+    for src in sources:
+        if not src.is_file():
+            raise UsageError(f"no result store at {src}")
+    with Store(_db_arg(target)) as store:
+        for src in sources:
+            copied, skipped = store.push_from(src)
+            out.print(f"{src}: {copied} run(s) copied, {skipped} already in {store.where}",
+                      markup=False, highlight=False)

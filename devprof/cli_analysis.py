@@ -69,7 +69,8 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
 @click.option("--threshold", default=5.0, show_default=True, type=click.FloatRange(0),
               help="Flag regressions larger than this many percent (and clear at 95%).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable rows instead of a table.")
-@click.option("--db-b", "db_b", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--db-b", "db_b", default=None, metavar="FILE|URL",
+              callback=lambda _c, _p, v: None if v is None else _db_arg(v),
               help="Read B from this store (another device's, say) [default: the same as A].")
 @click.option("--allow-noisy", is_flag=True,
               help="Call regressions even when a run is flagged noisy (busy device, wide spread).")
@@ -115,7 +116,7 @@ def export(run_ref, fmt, out_path, db_path) -> None:
     store = _open_store(db_path, must_exist=True)
     record = store.load_run(run_ref)
     if fmt == "perfetto":
-        folder = out_path or store.path.parent / f"{record.meta.run_id}-perfetto"
+        folder = out_path or store.local_dir / f"{record.meta.run_id}-perfetto"
         paths = ex.write_perfetto(record, folder)
         for p in paths:
             click.echo(str(p))
@@ -130,7 +131,7 @@ def export(run_ref, fmt, out_path, db_path) -> None:
 
 
 # ---- the shared helpers of devprof/cli.py (see the module docstring for why they come last) ----------
-from devprof.cli import _open_store, console, db_option, out  # noqa: E402
+from devprof.cli import _db_arg, _open_store, console, db_option, out  # noqa: E402
 
 for _cmd in (compare, diff, export):
     if not any(p.name == "db_path" for p in _cmd.params):

@@ -29,3 +29,22 @@ def _isolated_devprof_env(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# ---- a private PostgreSQL server (tests/pg_server.py), started on first use, stopped at the end ----
+@pytest.fixture(scope="session")
+def pg_server():
+    from pg_server import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+_pg_dbs = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a new, empty database on the test server."""
+    return pg_server.create_db(f"t{next(_pg_dbs)}")

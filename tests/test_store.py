@@ -1,4 +1,4 @@
-"""The SQLite result store: round trips, crash safety, run references, errors, merging."""
+"""The result store, on both engines (SQLite, and PostgreSQL on a private test server): round trips, crash safety, run references, errors, merging."""
 
 from __future__ import annotations
 
@@ -21,10 +21,29 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    """Where a store lives: an SQLite file, or a new database on the test's PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "reports" / "devprof.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def pg_or_file(request, tmp_path):
+    return tmp_path / "a.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
-def store(tmp_path) -> Store:
-    with Store(tmp_path / "reports" / "devprof.db") as s:
+def store(target) -> Store:
+    with Store(target) as s:
         yield s
+
+
+def _q(store: Store, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of a raw query through the store's own connection (either engine)."""
+    with store._read() as c:
+        return [tuple(r) for r in c.execute(sql, params).fetchall()]
 
 
 def _small_meta(**kw):
@@ -60,21 +79,20 @@ def test_metric_columns_are_queryable(store):
     run_id = store.create_run(meta)
     for r in reps:
         store.add_repetition(run_id, r)
-    con = sqlite3.connect(store.path)
-    rows = con.execute("SELECT model, workload, idx, warmup, status, cache_state, exit_code, prefill_tok_s, "
+    rows = _q(store, "SELECT model, workload, idx, warmup, status, cache_state, exit_code, prefill_tok_s, "
                        "decode_tok_s, ttft_ms, peak_rss_kb, peak_file_kb, peak_anon_kb, distinct_pairs, n_samples "
-                       "FROM repetitions WHERE run_id = ? ORDER BY rep_id", (run_id,)).fetchall()
+                       "FROM repetitions WHERE run_id = ? ORDER BY rep_id", (run_id,))
     for row, rep in zip(rows, reps):
         assert row == (rep.model, rep.workload, rep.index, int(rep.warmup), "ok", "cold", 0, rep.result.prefill_tok_s,
                        rep.result.decode_tok_s, rep.result.ttft_ms, rep.outcome.peak_rss_kb, rep.peak_file_kb,
                        rep.peak_anon_kb, rep.routing.distinct_pairs if rep.routing else None,
                        len(rep.outcome.samples))
-    n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    n = _q(store, "SELECT count(*) FROM samples")[0][0]
     assert n == sum(len(r.outcome.samples) for r in reps)
-    assert con.execute("SELECT count(*) FROM routing").fetchone()[0] == 8  # MoE repetitions only
-    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
-    con.close()
+    assert _q(store, "SELECT count(*) FROM routing")[0][0] == 8  # MoE repetitions only
+    if store.engine == "sqlite":
+        assert _q(store, "PRAGMA journal_mode")[0][0] == "wal"
+    assert _q(store, "SELECT version FROM schema_version")[0][0] == SCHEMA_VERSION
 
 
 def test_failed_repetition_without_result_round_trips(store):
@@ -154,7 +172,7 @@ def test_killed_writer_keeps_finished_reps_and_shows_interrupted(tmp_path):
 
 def test_live_writer_shows_running(store):
     run_id = store.create_run(_small_meta())
-    with Store(store.path) as other:
+    with store.reopen() as other:
         assert other.load_run(run_id).meta.status == "running"
 
 
@@ -180,13 +198,12 @@ def test_ctrl_c_while_writing_leaves_no_partial_repetition(store):
         store.add_repetition(run_id, bad)
     rec = store.load_run(run_id)
     assert rec.repetitions == [good]
-    con = sqlite3.connect(store.path)
-    assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == len(good.outcome.samples)
-    assert con.execute("SELECT count(*) FROM routing").fetchone()[0] == 1
+    assert _q(store, "SELECT count(*) FROM samples")[0][0] == len(good.outcome.samples)
+    assert _q(store, "SELECT count(*) FROM routing")[0][0] == 1
 
 
-def test_concurrent_writers(tmp_path):
-    db = tmp_path / "devprof.db"
+def test_concurrent_writers(target):
+    db = target
     Store(db).close()
     errors = []
 
@@ -317,8 +334,8 @@ def test_newer_schema_is_refused(tmp_path):
         Store(db)
 
 
-def test_reopening_keeps_data_and_schema(tmp_path):
-    db = tmp_path / "devprof.db"
+def test_reopening_keeps_data_and_schema(target):
+    db = target
     with Store(db) as s:
         run_id = s.create_run(_small_meta())
         s.add_repetition(run_id, F.make_rep(workload="real", context=256, new_tokens=8))
@@ -328,8 +345,8 @@ def test_reopening_keeps_data_and_schema(tmp_path):
 
 
 # ---- merging -------------------------------------------------------------------------------------
-def test_merge_from_another_store(tmp_path):
-    a, b = Store(tmp_path / "a.db"), Store(tmp_path / "b.db")
+def test_merge_from_another_store(tmp_path, pg_or_file):
+    a, b = Store(pg_or_file), Store(tmp_path / "b.db")
     shared = _small_meta(run_id="20260101-000000-0000", created="2026-01-01T00:00:00+00:00")
     a.create_run(shared)
     b.create_run(replace(shared, device=replace(shared.device)))
@@ -349,8 +366,9 @@ def test_merge_from_another_store(tmp_path):
     assert a.merge_from(tmp_path / "b.db") == 0  # ids already present are skipped
     assert len(a.list_runs()) == 2
 
-    with pytest.raises(StoreError, match="itself"):
-        a.merge_from(tmp_path / "a.db")
+    if a.engine == "sqlite":
+        with pytest.raises(StoreError, match="itself"):
+            a.merge_from(tmp_path / "a.db")
     with pytest.raises(StoreError, match="no result store"):
         a.merge_from(tmp_path / "missing.db")
     (tmp_path / "junk.db").write_bytes(b"junk" * 500)
