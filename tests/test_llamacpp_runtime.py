@@ -456,7 +456,7 @@ def test_committed_runners_are_static_and_listed():
     listed = {d["name"]: d for d in json.loads(out.output)}
     for b in entries:
         assert listed[b.name]["sha256"] == b.sha256 and listed[b.name]["cpu_features"] == b.cpu_features
-    table = CliRunner().invoke(cli, ["bins", "list"], terminal_width=200)
+    table = CliRunner().invoke(cli, ["bins", "list"], env={"COLUMNS": "250"})
     assert table.exit_code == 0 and "asimddp" in table.output and "yes" in table.output
 
 
