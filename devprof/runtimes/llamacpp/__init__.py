@@ -382,9 +382,11 @@ def add_runner_lines(result: RunResult, text: str) -> RunResult:
     result.extra["runner"] = "devprof-llamarunner"
     if "token_ms" in r:
         ts = r["token_ms"]
-        result.extra["token_ms"] = ts
+        result.extra["token_stamp_ms"] = ts  # the runner's timestamps: ms from the prefill start per sampled token
         gaps = token_intervals_ms(ts)
-        result.extra["token_interval_ms"] = gaps
+        # extra["token_ms"] is the inter-token latency per decode step, the key the statistics and the
+        # report read (devprof.stats.token_latencies), as the reference runtime fills it
+        result.extra["token_ms"] = gaps
         if gaps:
             result.extra["token_latency_ms"] = {f"p{q}": _percentile(gaps, q) for q in (50, 90, 99)}
         if ts:
