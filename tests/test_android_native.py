@@ -1,9 +1,9 @@
 """devprof's own arm64 llama.cpp runner on the (fake) S25: the real adb server, the suite's phone
 daemon, which runs aarch64 ELF files under qemu-aarch64-static, and devprof's CLI.
 
-`devprof run --device s25 --runtime llamacpp` pushes the committed arm64 runner and the Q4_0 GGUF
-over adb and gets a stored, reported run back from the real binary. qemu runs it ~50x slower than
-native: the minis only, a 128-token prompt, 2 threads.
+`devprof run --device s25` (no --runtime: the native runner is the phones' default) pushes the
+committed arm64 runner and the Q4_0 GGUF over adb and gets a stored, reported run back from the real
+binary. qemu runs it ~50x slower than native: the minis only, a 128-token prompt, 1 thread.
 """
 
 from __future__ import annotations
@@ -79,19 +79,20 @@ def test_daemon_runs_arm64_elf_under_qemu_and_leaves_file_tools_alone(tmp_path):
     assert out.stderr.strip() == f"devprof-llamarunner: error: model file {sandbox}/data/local/tmp/none.gguf: not found"
 
 
-def test_s25_llamacpp_runs_the_committed_arm64_runner(adb, env, tmp_path):
+def test_s25_default_runs_the_committed_arm64_runner(adb, env, tmp_path):
+    """No --runtime, no --weights: on a phone devprof runs its own native runner at Q4_0."""
     need_qemu()
     from devprof import bins
 
     db = tmp_path / "s.db"
     with FakePhone(adb) as phone:
-        res = invoke("run", "--device", "s25", "--runtime", "llamacpp", "--weights", "q4_0", "--context", "128",
-                     "--new-tokens", "8", "--reps", "1", "--warmup", "0", "--threads", "2", "--workload", "real",
-                     "--sample-ms", "20", "--db", str(db))
+        res = invoke("run", "--device", "s25", "--context", "128", "--new-tokens", "8", "--reps", "2",
+                     "--warmup", "0", "--threads", "1", "--workload", "real", "--sample-ms", "20", "--db", str(db))
         assert res.exit_code == 0, res.output
         shown = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
         run = shown["run"]
         assert run["status"] == "complete" and run["runtime"] == "llamacpp"
+        assert run["settings"]["weights"] == "q4_0"
         # the committed arm64 runner (the best variant: this phone's /proc/cpuinfo is the host's,
         # which lists no arm64 features, so devprof assumes a modern core) went over adb
         info = run["settings"]["binary_info"]
@@ -103,24 +104,32 @@ def test_s25_llamacpp_runs_the_committed_arm64_runner(adb, env, tmp_path):
         rows = {r["model"]: r for r in shown["results"]}
         assert set(rows) == {"mobilemoe-s-mini", "mobilellm-pro-mini"}
         for r in rows.values():
-            assert r["n"] == 1 and r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["peak_rss_mb"] > 1
+            assert r["n"] == 2 and r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["peak_rss_mb"] > 1
         assert rows["mobilemoe-s-mini"]["distinct_experts"] > 0
         con = sqlite3.connect(db)
         reps = con.execute("select model, cache_state, cache_note, result_json, peak_rss_kb from repetitions "
                            "where warmup = 0").fetchall()
-        assert len(reps) == 2
+        assert len(reps) == 4
         for model, state, note, result_json, peak in reps:
             assert state == "cold" and "fadvise" in note  # no root needed
             result = json.loads(result_json)
             ex = result["extra"]
-            assert len(ex["token_ms"]) == 8 and ex["threads"] == 2
+            # 8 sampled tokens: 8 timestamps, 7 decode steps between them
+            assert len(ex["token_stamp_ms"]) == 8 and len(ex["token_ms"]) == 7 and ex["threads"] == 1
             assert [x["stage"] for x in ex["residency"]] == ["before_load", "after_prefill", "exit"]
             # the stored peak is at least the runner's own VmHWM at exit
             assert peak >= ex["runner_status_kb"]["VmHWM"] > 0
         html = tmp_path / "r.html"
         rep = invoke("report", "latest", "--db", str(db), "--out", str(html))
         assert rep.exit_code == 0, rep.output
-        assert "devprof-llamarunner" in html.read_text()
+        text = html.read_text()
+        # the setup names the runner binary, its sha256, ABI and CPU features
+        for shown_bit in (entry.name, entry.sha256, "arm64-v8a", entry.cpu_features.split(",")[0]):
+            assert shown_bit in text, shown_bit
+        # per-token latency percentiles from the runner's own timestamps
+        for r in rows.values():
+            itl = r["inter_token_ms"]
+            assert itl is not None and 0 < itl["p50"] <= itl["p90"] <= itl["p99"], itl
 
 
 def test_arm64_variants_need_what_the_manifest_says(tmp_path):
