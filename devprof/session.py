@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+import click
+
 from devprof import interference
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
@@ -80,6 +82,48 @@ class Plan:
                              + (" (and the baseline's with --baseline-bundle)" if len(missing) > 1 else ""))
 
 
+#: bytes per KV-cache element: llama.cpp keeps K/V in f16, the reference runtime in fp32
+_KV_BYTES = {"llamacpp": 2}
+#: warn when the estimate uses more than this share of the phone's MemAvailable
+MEM_WARN_SHARE = 0.75
+
+
+def memory_need(plan: Plan) -> dict[str, int]:
+    """Bytes each model of ``plan`` needs in RAM at once (one model runs at a time): its weights (the
+    user's model file's size, else the catalog's size at ``plan.weights``) plus its KV cache at the largest
+    context. Compute buffers and the runtime itself are not counted: a lower bound."""
+    dtype = {"q4_0": "int4", "q8_0": "int8"}.get(plan.weights, "fp32")
+    ctx = max(plan.contexts) + plan.new_tokens
+    need = {}
+    for spec in plan.models:
+        if spec.name in plan.model_files:
+            weights = Path(plan.model_files[spec.name][0]).stat().st_size
+        else:
+            weights = spec.weight_bytes(dtype)
+        need[spec.name] = weights + spec.kv_cache_bytes(ctx, _KV_BYTES.get(plan.runtime, 4))
+    return need
+
+
+def check_memory(plan: Plan, available: int | None, where: str) -> str | None:
+    """Refuse a plan whose largest model cannot fit in ``available`` bytes of free RAM (UsageError naming
+    what will not fit); return a one-line warning when it takes most of it, else None."""
+    if not available:
+        return None
+    need = memory_need(plan)
+    ctx = max(plan.contexts)
+    too_big = {m: b for m, b in need.items() if b > available}
+    if too_big:
+        parts = ", ".join(f"{m} {b / 2**20:,.0f} MiB" for m, b in too_big.items())
+        raise UsageError(f"will not fit in {where}'s free RAM ({available / 2**20:,.0f} MiB MemAvailable): {parts} "
+                         f"(weights at {plan.weights} + KV cache at context {ctx}, a lower bound); "
+                         "try a smaller --context, --weights q4_0 or the -mini models")
+    top = max(need, key=need.get)
+    if need[top] > MEM_WARN_SHARE * available:
+        return (f"warning: {top} needs at least {need[top] / 2**20:,.0f} MiB (weights + KV cache at context {ctx}) of "
+                f"{where}'s {available / 2**20:,.0f} MiB free RAM: the phone may kill it or page its weights")
+    return None
+
+
 class Observer(Protocol):
     """Progress callbacks (the CLI draws them with rich; tests may ignore them)."""
 
@@ -133,6 +177,10 @@ class Session:
         plan = self.plan
         plan.validate()
         info = self.device.info()
+        if self.device.kind != "local":  # before anything is pushed or stored
+            warn = check_memory(plan, self.device.mem_available_bytes(), self.device.serial)
+            if warn:
+                click.echo(warn, err=True)
         from devprof import readiness
 
         self.ready_conds = readiness.parse(plan.ready if plan.ready is not None

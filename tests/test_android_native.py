@@ -159,3 +159,44 @@ def test_arm64_variants_need_what_the_manifest_says(tmp_path):
     bad = subprocess.run([*a53, str(best.verify()), "-m", str(model), "--prompt-ids", str(ids), "-n", "2", "-t", "1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode in (-4, 132), (bad.returncode, bad.stderr[-300:])  # SIGILL
+
+
+def test_a_plan_bigger_than_the_phones_free_ram_is_refused_before_any_push(adb, env, tmp_path):
+    """The phone's /proc/meminfo MemAvailable (the fake S25's is this host's) against the plan's weights
+    plus KV cache: a 1 TiB model file (sparse) cannot fit; refused as bad input, nothing pushed or stored."""
+    from devprof.devices.android import parse_meminfo_available
+
+    big = tmp_path / "huge.gguf"
+    with open(big, "wb") as f:
+        f.truncate(2**40)
+    db = tmp_path / "s.db"
+    with FakePhone(adb) as phone:
+        res = invoke("run", "--device", "s25", "--model-bundle", str(big), "--baseline", "none", "--context", "64",
+                     "--new-tokens", "4", "--reps", "2", "--warmup", "0", "--db", str(db))
+        assert res.exit_code == 2, res.output
+        line = res.output.strip().splitlines()[-1]
+        assert "will not fit in" in line and "MemAvailable" in line and "mobilemoe-s-mini 1,048,576 MiB" in line
+        assert not [p for p in phone.sandbox.rglob("huge.gguf")]  # refused before the push
+    if db.exists():
+        con = sqlite3.connect(db)
+        assert con.execute("select count(*) from runs").fetchone()[0] == 0
+    assert parse_meminfo_available("MemTotal: 100 kB\nMemAvailable:   2048 kB\n") == 2 * 2**20
+    assert parse_meminfo_available("MemTotal: 100 kB\n") is None
+
+
+def test_memory_need_is_weights_plus_kv_at_the_largest_context():
+    from devprof.catalog import get_model
+    from devprof.errors import UsageError
+    from devprof.session import Plan, check_memory, memory_need
+
+    moe = get_model("mobilemoe-s-mini")
+    plan = Plan(models=[moe], workloads=["real"], contexts=[128, 1024], new_tokens=8, runtime="llamacpp",
+                weights="q4_0")
+    need = memory_need(plan)["mobilemoe-s-mini"]
+    assert need == moe.weight_bytes("int4") + moe.kv_cache_bytes(1032, 2)  # f16 K/V in llama.cpp
+    assert check_memory(plan, need * 2, "phone") is None
+    warn = check_memory(plan, int(need / 0.8), "phone")
+    assert warn.startswith("warning: mobilemoe-s-mini needs at least") and "\n" not in warn
+    with pytest.raises(UsageError, match="will not fit in phone's free RAM"):
+        check_memory(plan, need - 1, "phone")
+    assert check_memory(plan, None, "phone") is None  # unknown: no claim
