@@ -124,6 +124,30 @@ def check_memory(plan: Plan, available: int | None, where: str) -> str | None:
     return None
 
 
+def host_default_threads(cpu_mask: str | None = None, window_s: float = 0.5) -> tuple[int, str]:
+    """Threads for devprof's native runner on this host when none are asked for: the cores it may use
+    (affinity, --cpu-mask) that are idle now (/proc/stat over ``window_s``), at least 1. Without OpenMP,
+    ggml's threads spin at every op's barrier: one more thread than free cores collapses the speed
+    (measured on this 2-core host under load: 2 threads 659 ms/token, 1 thread 1.9 ms). Returns
+    (threads, why)."""
+    import os
+    import time
+
+    allowed = set(os.sched_getaffinity(0))
+    if cpu_mask:
+        mask = int(cpu_mask, 16)
+        allowed = {c for c in allowed if mask >> c & 1} or allowed
+    a = interference.local_snapshot()
+    time.sleep(window_s)
+    m = interference.measure(a, interference.local_snapshot())
+    ncpu = m.get("ncpu") or len(allowed)
+    if "busy_pct" not in m:
+        return len(allowed), f"{len(allowed)} usable core(s)"
+    idle = ncpu * (1.0 - m["busy_pct"] / 100.0)
+    n = max(1, min(len(allowed), int(idle + 0.25)))
+    return n, f"{idle:.1f} of {ncpu} core(s) idle before the run, {len(allowed)} usable"
+
+
 class Observer(Protocol):
     """Progress callbacks (the CLI draws them with rich; tests may ignore them)."""
 
@@ -171,6 +195,7 @@ class Session:
         self.meta: RunMeta | None = None
         self.kept = 0
         self.pushed_bytes = 0
+        self.threads = plan.threads  # -1: the runtime's default (on this host devprof picks the runner's)
 
     # ------------------------------------------------------------------------------------
     def run(self) -> RunMeta:
@@ -199,6 +224,9 @@ class Session:
                       **({"reps": "auto"} if plan.adaptive is not None else {}),
                       "prompt_sources": wl.source_report()},
         )
+        if plan.threads == -1 and plan.runtime == "llamacpp" and self.device.kind == "local":
+            self.threads, why = host_default_threads(plan.cpu_mask)
+            meta.settings["threads_default"] = f"{self.threads} ({why})"
         run_id = self.store.create_run(meta)
         self.meta = meta
         run_dir = self.artifacts_root / run_id
@@ -408,7 +436,7 @@ class Session:
         trace_dev = dev.scratch_path(f"{s.model.name}-{workload.replace(':', '-')}-{context}-{label}.npz")
         inv = rt.Invocation(
             binary=s.binary, model_path=s.model_path, tokenizer_path=s.tokenizer_path,
-            prompt_file=ppaths["prompt.txt"], max_new_tokens=plan.new_tokens, threads=plan.threads,
+            prompt_file=ppaths["prompt.txt"], max_new_tokens=plan.new_tokens, threads=self.threads,
             extra={"prompt_ids_file": ppaths["prompt.ids"], "routing_trace": trace_dev,
                    "extra_args": list(plan.runtime_args)},
         )

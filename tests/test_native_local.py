@@ -45,3 +45,30 @@ def test_local_llamacpp_runs_the_host_build_of_the_runner(tmp_path, weights):
         assert len(ex["token_stamp_ms"]) == 6 and len(ex["token_ms"]) == 5 and ex["threads"] == 1
         assert ex["token_ms"] == [round(b - a, 3) for a, b in zip(ex["token_stamp_ms"], ex["token_stamp_ms"][1:])]
         assert peak >= ex["runner_status_kb"]["VmHWM"] > 0  # never below the runner's own peak
+
+
+def test_the_host_default_threads_never_exceed_the_usable_idle_cores(tmp_path):
+    """No --threads: devprof gives the runner the idle usable cores (at least 1), records why in the
+    settings, and each repetition's n_threads is what the runner says it used."""
+    import os
+
+    from devprof.session import host_default_threads
+
+    n, why = host_default_threads("1")  # --cpu-mask 1: one usable core, whatever the load
+    assert n == 1 and "1 usable" in why
+    n, why = host_default_threads()
+    assert 1 <= n <= len(os.sched_getaffinity(0)) and "idle" in why
+    db = tmp_path / "s.db"
+    res = CliRunner().invoke(cli, ["run", "--device", "local", "--runtime", "llamacpp", "--context", "64",
+                                   "--new-tokens", "4", "--warmup", "0", "--reps", "1", "--baseline", "none",
+                                   "--workload", "templated", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    con = sqlite3.connect(db)
+    settings = json.loads(con.execute("select meta_json from runs").fetchone()[0])["settings"]
+    chosen = int(settings["threads_default"].split()[0])
+    assert 1 <= chosen <= len(os.sched_getaffinity(0)) and settings["threads"] == -1
+    for (result_json,) in con.execute("select result_json from repetitions where warmup = 0"):
+        assert json.loads(result_json)["extra"]["n_threads"] == chosen
+    html = tmp_path / "r.html"
+    assert CliRunner().invoke(cli, ["report", "latest", "--db", str(db), "--out", str(html)]).exit_code == 0
+    assert "devprof&#x27;s default on this host" in html.read_text() or "devprof's default on this host" in html.read_text()

@@ -394,8 +394,8 @@ def add_runner_lines(result: RunResult, text: str) -> RunResult:
             result.extra["ttft_source"] = "runner timestamp: prefill start to the first sampled token"
         if "prefill_end_ms" in r:
             result.extra["prefill_wall_ms"] = r["prefill_end_ms"]
-        if "threads" in r:
-            result.extra["threads"] = r["threads"]
+        if "threads" in r:  # the threads the runner used (its default when -t was not given)
+            result.extra["threads"] = result.extra["n_threads"] = r["threads"]
     if "status" in r:
         result.extra["runner_status_kb"] = r["status"]
         if "VmHWM" in r["status"]:
