@@ -144,7 +144,9 @@ def cli() -> None:
               help="--reps auto: target half-width of the ratios' interval, in %.")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(0, 100), help="Unmeasured warm-up runs first.")
 @click.option("--sample-ms", default=10, show_default=True, type=click.IntRange(0, 60000), help="Memory sampling interval; 0 turns sampling off.")
-@click.option("--runtime", default="reference", show_default=True, help="Runtime adapter: reference (devprof's own), executorch, llamacpp.")
+@click.option("--runtime", default=None,
+              help="Runtime adapter: reference (devprof's own, in Python), executorch, llamacpp (devprof's native "
+                   "llama.cpp runner) [default: llamacpp on Android phones, reference elsewhere].")
 @click.option("--weights", type=click.Choice(["fp32", "q8_0", "q4_0"]), default=None,
               help="Weight format of devprof's own bundles [default: fp32 for reference, q4_0 for llamacpp].")
 @click.option("--cache", type=click.Choice(["cold", "warm"]), default="cold", show_default=True,
@@ -214,17 +216,24 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
             raise UsageError(f"--reps must be a whole number or auto, got {reps!r}") from None
         if not 1 <= reps <= 1000:
             raise UsageError(f"--reps must be between 1 and 1000 (or auto), got {reps}")
-    plan = Plan(
-        models=models, workloads=workloads.parse_workloads(workload), contexts=_int_list(context, "--context"),
-        new_tokens=new_tokens, reps=reps, warmup=warmup, sample_ms=sample_ms, runtime=runtime, cache=cache,
-        weights=weights or ("q4_0" if runtime == "llamacpp" else "fp32"),
-        seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
-        cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
-        ready=ready, ready_timeout_s=ready_timeout, adaptive=rule,
-        runtime_args=list(runtime_args),
-    )
-    get_adapter(runtime)
-    plan.validate()
+    def make_plan(rt: str) -> Plan:
+        p = Plan(
+            models=models, workloads=workloads.parse_workloads(workload), contexts=_int_list(context, "--context"),
+            new_tokens=new_tokens, reps=reps, warmup=warmup, sample_ms=sample_ms, runtime=rt, cache=cache,
+            weights=weights or ("q4_0" if rt == "llamacpp" else "fp32"),
+            seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
+            cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
+            ready=ready, ready_timeout_s=ready_timeout, adaptive=rule,
+            runtime_args=list(runtime_args),
+        )
+        get_adapter(rt)
+        p.validate()
+        return p
+
+    # the options are checked before any device is touched; without --runtime the device kind picks it
+    plan = make_plan(runtime or ("reference" if weights in (None, "fp32") else "llamacpp"))
+    if runtime is None:
+        plan = None
     if out_path is not None:  # found out now, not after the run
         _check_writable(out_path, "--out")
     if binary_name:  # an unknown name is bad input: say so before a run is stored
@@ -240,7 +249,9 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
     else:
         store = _open_store(db_path)
     targets = devices.resolve(device, adb_server=adb_server, devices_file=devices_file)
-    est = _estimate(plan, store, targets)
+    plans = {k: plan or make_plan(default_runtime(k)) for k in {t.kind for t in targets}}
+    plan = plans[targets[0].kind]
+    est = _estimate(plans, store, targets)
     if dry_run:
         _print_plan(plan, targets, est)
         return
@@ -253,7 +264,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
         with targets[0] as dev, _RichObserver(console, enabled=not as_json) as obs:
             metas = [Session(dev, store, plan, store.local_dir / "runs", observer=obs).run()]
     else:
-        metas = _run_parallel(targets, store, plan, quiet=as_json)
+        metas = _run_parallel(targets, store, plans, quiet=as_json)
     elapsed = time.monotonic() - started
     records = [store.load_run(m.run_id) for m in metas]
     paths = [_write_report(r, (out_path if len(records) == 1 and out_path else None)
@@ -274,11 +285,18 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
         click.echo(f"report: {p}", err=True)
 
 
-def _estimate(plan, store, targets):
+def default_runtime(kind: str) -> str:
+    """The runtime `devprof run` uses on a device kind when no --runtime is given: devprof's native llama.cpp
+    runner on Android phones (the reference runtime's Android launcher needs a host Python, which only the test
+    daemon has; `--runtime reference` still reaches it), the reference runtime on this host and on iPhones."""
+    return "llamacpp" if kind == "android" else "reference"
+
+
+def _estimate(plans, store, targets):
     """The longest device's estimate (devices of --device all run side by side)."""
     from devprof.estimate import estimate
 
-    ests = [estimate(plan, store, device_serial=getattr(t, "serial", "local"), device_kind=getattr(t, "kind", "local"))
+    ests = [estimate(plans[t.kind], store, device_serial=getattr(t, "serial", "local"), device_kind=getattr(t, "kind", "local"))
             for t in targets]
     return max(ests, key=lambda e: e.seconds)
 
@@ -307,7 +325,7 @@ def _print_plan(plan, targets, est) -> None:
         out.print(Text(ln))
 
 
-def _run_parallel(targets, store, plan, quiet: bool):
+def _run_parallel(targets, store, plans, quiet: bool):
     """One worker thread per device, each with its own store connection; failures on one device
     do not stop the others, and are reported together at the end."""
     import threading
@@ -321,7 +339,7 @@ def _run_parallel(targets, store, plan, quiet: bool):
         with dev:
             own = store.reopen()
             obs = _LineObserver(console, dev.serial, enabled=not quiet)
-            session = Session(dev, own, plan, store.local_dir / "runs", observer=obs)
+            session = Session(dev, own, plans[dev.kind], store.local_dir / "runs", observer=obs)
             session.cancel = cancel
             return session.run()
 

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+import click
+
 from devprof import interference
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
@@ -80,6 +82,72 @@ class Plan:
                              + (" (and the baseline's with --baseline-bundle)" if len(missing) > 1 else ""))
 
 
+#: bytes per KV-cache element: llama.cpp keeps K/V in f16, the reference runtime in fp32
+_KV_BYTES = {"llamacpp": 2}
+#: warn when the estimate uses more than this share of the phone's MemAvailable
+MEM_WARN_SHARE = 0.75
+
+
+def memory_need(plan: Plan) -> dict[str, int]:
+    """Bytes each model of ``plan`` needs in RAM at once (one model runs at a time): its weights (the
+    user's model file's size, else the catalog's size at ``plan.weights``) plus its KV cache at the largest
+    context. Compute buffers and the runtime itself are not counted: a lower bound."""
+    dtype = {"q4_0": "int4", "q8_0": "int8"}.get(plan.weights, "fp32")
+    ctx = max(plan.contexts) + plan.new_tokens
+    need = {}
+    for spec in plan.models:
+        if spec.name in plan.model_files:
+            weights = Path(plan.model_files[spec.name][0]).stat().st_size
+        else:
+            weights = spec.weight_bytes(dtype)
+        need[spec.name] = weights + spec.kv_cache_bytes(ctx, _KV_BYTES.get(plan.runtime, 4))
+    return need
+
+
+def check_memory(plan: Plan, available: int | None, where: str) -> str | None:
+    """Refuse a plan whose largest model cannot fit in ``available`` bytes of free RAM (UsageError naming
+    what will not fit); return a one-line warning when it takes most of it, else None."""
+    if not available:
+        return None
+    need = memory_need(plan)
+    ctx = max(plan.contexts)
+    too_big = {m: b for m, b in need.items() if b > available}
+    if too_big:
+        parts = ", ".join(f"{m} {b / 2**20:,.0f} MiB" for m, b in too_big.items())
+        raise UsageError(f"will not fit in {where}'s free RAM ({available / 2**20:,.0f} MiB MemAvailable): {parts} "
+                         f"(weights at {plan.weights} + KV cache at context {ctx}, a lower bound); "
+                         "try a smaller --context, --weights q4_0 or the -mini models")
+    top = max(need, key=need.get)
+    if need[top] > MEM_WARN_SHARE * available:
+        return (f"warning: {top} needs at least {need[top] / 2**20:,.0f} MiB (weights + KV cache at context {ctx}) of "
+                f"{where}'s {available / 2**20:,.0f} MiB free RAM: the phone may kill it or page its weights")
+    return None
+
+
+def host_default_threads(cpu_mask: str | None = None, window_s: float = 0.5) -> tuple[int, str]:
+    """Threads for devprof's native runner on this host when none are asked for: the cores it may use
+    (affinity, --cpu-mask) that are idle now (/proc/stat over ``window_s``), at least 1. Without OpenMP,
+    ggml's threads spin at every op's barrier: one more thread than free cores collapses the speed
+    (measured on this 2-core host under load: 2 threads 659 ms/token, 1 thread 1.9 ms). Returns
+    (threads, why)."""
+    import os
+    import time
+
+    allowed = set(os.sched_getaffinity(0))
+    if cpu_mask:
+        mask = int(cpu_mask, 16)
+        allowed = {c for c in allowed if mask >> c & 1} or allowed
+    a = interference.local_snapshot()
+    time.sleep(window_s)
+    m = interference.measure(a, interference.local_snapshot())
+    ncpu = m.get("ncpu") or len(allowed)
+    if "busy_pct" not in m:
+        return len(allowed), f"{len(allowed)} usable core(s)"
+    idle = ncpu * (1.0 - m["busy_pct"] / 100.0)
+    n = max(1, min(len(allowed), int(idle + 0.25)))
+    return n, f"{idle:.1f} of {ncpu} core(s) idle before the run, {len(allowed)} usable"
+
+
 class Observer(Protocol):
     """Progress callbacks (the CLI draws them with rich; tests may ignore them)."""
 
@@ -127,12 +195,17 @@ class Session:
         self.meta: RunMeta | None = None
         self.kept = 0
         self.pushed_bytes = 0
+        self.threads = plan.threads  # -1: the runtime's default (on this host devprof picks the runner's)
 
     # ------------------------------------------------------------------------------------
     def run(self) -> RunMeta:
         plan = self.plan
         plan.validate()
         info = self.device.info()
+        if self.device.kind != "local":  # before anything is pushed or stored
+            warn = check_memory(plan, self.device.mem_available_bytes(), self.device.serial)
+            if warn:
+                click.echo(warn, err=True)
         from devprof import readiness
 
         self.ready_conds = readiness.parse(plan.ready if plan.ready is not None
@@ -151,6 +224,9 @@ class Session:
                       **({"reps": "auto"} if plan.adaptive is not None else {}),
                       "prompt_sources": wl.source_report()},
         )
+        if plan.threads == -1 and plan.runtime == "llamacpp" and self.device.kind == "local":
+            self.threads, why = host_default_threads(plan.cpu_mask)
+            meta.settings["threads_default"] = f"{self.threads} ({why})"
         run_id = self.store.create_run(meta)
         self.meta = meta
         run_dir = self.artifacts_root / run_id
@@ -360,7 +436,7 @@ class Session:
         trace_dev = dev.scratch_path(f"{s.model.name}-{workload.replace(':', '-')}-{context}-{label}.npz")
         inv = rt.Invocation(
             binary=s.binary, model_path=s.model_path, tokenizer_path=s.tokenizer_path,
-            prompt_file=ppaths["prompt.txt"], max_new_tokens=plan.new_tokens, threads=plan.threads,
+            prompt_file=ppaths["prompt.txt"], max_new_tokens=plan.new_tokens, threads=self.threads,
             extra={"prompt_ids_file": ppaths["prompt.ids"], "routing_trace": trace_dev,
                    "extra_args": list(plan.runtime_args)},
         )

@@ -19,7 +19,9 @@ from devprof.cli import cli
 from adb_env import AdbServer, FakePhone
 
 # Every repetition starts a fresh runtime process (torch import included): keep their number small.
-QUICK = ["--context", "128", "--new-tokens", "4", "--reps", "1", "--warmup", "0", "--sample-ms", "5"]
+# the reference runtime, explicitly: on a phone the default is the native runner (tests/test_android_native.py)
+QUICK = ["--runtime", "reference", "--context", "128", "--new-tokens", "4", "--reps", "1", "--warmup", "0",
+         "--sample-ms", "5"]
 
 
 @pytest.fixture(scope="module")

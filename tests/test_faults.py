@@ -27,7 +27,7 @@ import pytest
 from adb_env import AdbServer, FakePhone
 
 # Small, fast runs: one model, one workload, a 128-token prompt, 4 new tokens.
-TINY = ["--context", "128", "--new-tokens", "4", "--warmup", "0", "--baseline", "none",
+TINY = ["--runtime", "reference", "--context", "128", "--new-tokens", "4", "--warmup", "0", "--baseline", "none",
         "--workload", "templated", "--sample-ms", "5"]
 
 

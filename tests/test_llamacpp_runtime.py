@@ -315,9 +315,9 @@ def test_runner_output_parses_into_a_run_result(tmp_path):
     assert r.generated_tokens == 5  # llama.cpp's "eval ... runs": decode calls after the prompt pass
     assert r.prefill_tok_s > 0 and r.decode_tok_s > 0 and r.load_ms is not None
     # the runner's own lines: a timestamp per token, its VmHWM, the model file's residency
-    ts = r.extra["token_ms"]
+    ts = r.extra["token_stamp_ms"]
     assert len(ts) == 6 and ts == sorted(ts) and r.ttft_ms == ts[0] > 0
-    assert len(r.extra["token_interval_ms"]) == 5 and all(v >= 0 for v in r.extra["token_interval_ms"])
+    assert len(r.extra["token_ms"]) == 5 and all(v >= 0 for v in r.extra["token_ms"])
     st = r.extra["runner_status_kb"]
     assert set(st) == {"VmHWM", "VmRSS", "RssAnon", "RssFile", "VmSwap"} and st["VmHWM"] >= st["VmRSS"] > 0
     assert r.reported_peak_rss_mb == st["VmHWM"] / 1024

@@ -21,8 +21,8 @@ devprof_status: {"VmHWM": 2048, "VmRSS": 1024, "RssAnon": 512, "RssFile": 512, "
 
 def test_runner_lines_fold_into_the_result():
     r = add_runner_lines(parse_llama_perf(PERF + LINES), PERF + LINES)
-    assert r.ttft_ms == 21.0 and r.extra["token_ms"] == [21.0, 31.0, 41.5, 52.0]
-    assert r.extra["token_interval_ms"] == [10.0, 10.5, 10.5]
+    assert r.ttft_ms == 21.0 and r.extra["token_stamp_ms"] == [21.0, 31.0, 41.5, 52.0]
+    assert r.extra["token_ms"] == [10.0, 10.5, 10.5]  # inter-token ms per decode step: what stats read
     assert r.extra["token_latency_ms"] == {"p50": 10.5, "p90": 10.5, "p99": 10.5}
     import numpy as np
 

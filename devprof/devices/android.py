@@ -279,6 +279,11 @@ class AndroidDevice(Device):
         report.seconds = time.monotonic() - started
         return report
 
+    def mem_available_bytes(self) -> int | None:
+        """The phone's /proc/meminfo MemAvailable in bytes (None if unreadable)."""
+        rc, out = self.sh("cat /proc/meminfo", timeout=IO_TIMEOUT)
+        return parse_meminfo_available(out) if rc == 0 else None
+
     def free_bytes(self, remote_dir: str) -> int | None:
         """Bytes free for devprof in the file system of ``remote_dir`` (``df -k``; None if unknown)."""
         rc, out = self.sh(f"df -k {shlex.quote(remote_dir)} 2>/dev/null", timeout=IO_TIMEOUT)
@@ -575,6 +580,15 @@ def _df_bytes(tok: str, unit: int) -> int | None:
         return None
     mult = {"": unit, "K": 1024, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
     return int(float(m.group(1)) * mult)
+
+
+def parse_meminfo_available(text: str) -> int | None:
+    """MemAvailable from /proc/meminfo text, in bytes; None when the line is missing or unreadable."""
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "MemAvailable:" and parts[1].isdigit():
+            return int(parts[1]) * 1024
+    return None
 
 
 def parse_df_available(text: str) -> int | None:

@@ -79,6 +79,10 @@ class Device(ABC):
         """The CPU's /proc/cpuinfo features (arm64 "Features", x86 "flags"); None when unknown."""
         return None
 
+    def mem_available_bytes(self) -> int | None:
+        """RAM the device could give a new process now (/proc/meminfo MemAvailable); None when unknown."""
+        return None
+
     def thermal(self) -> dict[str, float]:
         """Temperatures in degrees C by zone name (empty when the device exposes none)."""
         return {}

@@ -121,7 +121,9 @@ def threads_used(record: RunRecord) -> str | None:
         return None
     text = str(min(seen)) if len(seen) == 1 else f"{min(seen)}–{max(seen)}"
     asked = (record.meta.settings or {}).get("threads")
-    if asked in (-1, 0, None):
+    if (record.meta.settings or {}).get("threads_default"):
+        text += " (devprof's default on this host: the idle cores)"
+    elif asked in (-1, 0, None):
         text += " (the runtime's default, as it reported)"
     return text
 

@@ -382,9 +382,11 @@ def add_runner_lines(result: RunResult, text: str) -> RunResult:
     result.extra["runner"] = "devprof-llamarunner"
     if "token_ms" in r:
         ts = r["token_ms"]
-        result.extra["token_ms"] = ts
+        result.extra["token_stamp_ms"] = ts  # the runner's timestamps: ms from the prefill start per sampled token
         gaps = token_intervals_ms(ts)
-        result.extra["token_interval_ms"] = gaps
+        # extra["token_ms"] is the inter-token latency per decode step, the key the statistics and the
+        # report read (devprof.stats.token_latencies), as the reference runtime fills it
+        result.extra["token_ms"] = gaps
         if gaps:
             result.extra["token_latency_ms"] = {f"p{q}": _percentile(gaps, q) for q in (50, 90, 99)}
         if ts:
@@ -392,8 +394,8 @@ def add_runner_lines(result: RunResult, text: str) -> RunResult:
             result.extra["ttft_source"] = "runner timestamp: prefill start to the first sampled token"
         if "prefill_end_ms" in r:
             result.extra["prefill_wall_ms"] = r["prefill_end_ms"]
-        if "threads" in r:
-            result.extra["threads"] = r["threads"]
+        if "threads" in r:  # the threads the runner used (its default when -t was not given)
+            result.extra["threads"] = result.extra["n_threads"] = r["threads"]
     if "status" in r:
         result.extra["runner_status_kb"] = r["status"]
         if "VmHWM" in r["status"]:
