@@ -203,7 +203,7 @@ class Session:
         plan.validate()
         info = self.device.info()
         if self.device.kind != "local":  # before anything is pushed or stored
-            warn = check_memory(plan, self.device.mem_available_bytes(), self.device.serial)
+            warn = check_memory(plan, self.device.mem_available_bytes(), info.serial or self.device.kind)
             if warn:
                 click.echo(warn, err=True)
         from devprof import readiness
