@@ -59,8 +59,18 @@ def _db_arg(value: str | Path) -> Path | str:
 
 
 adb_server_option = click.option(
-    "--adb-server", default=None, metavar="HOST:PORT",
-    help="adb server to use (a device farm's remote adb) [default: local, $ANDROID_ADB_SERVER_PORT].")
+    "--adb-server", default=None, metavar="HOST:PORT[,...]",
+    help="adb server(s) to use: one HOST:PORT or a comma-separated list (the hosts of a lab, a device farm's "
+         "remote adb endpoints); --device all runs every phone of every one that answers "
+         "[default: local, $ANDROID_ADB_SERVER_PORT].")
+
+
+def _report_down_endpoints() -> None:
+    """One line per adb endpoint of --adb-server that did not answer; the others go on."""
+    from devprof.devices import android
+
+    for line in android.down:
+        console.print(Text(f"warning: {line}: skipped", style="yellow"), highlight=False)
 devices_file_option = click.option(
     "--devices-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="TOML file of device aliases [default: ~/.config/devprof/devices.toml].")
@@ -240,6 +250,8 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
     else:
         store = _open_store(db_path)
     targets = devices.resolve(device, adb_server=adb_server, devices_file=devices_file)
+    if adb_server and "," in adb_server:
+        _report_down_endpoints()
     est = _estimate(plan, store, targets)
     if dry_run:
         _print_plan(plan, targets, est)
@@ -528,13 +540,14 @@ def devices_cmd(as_json, adb_server, devices_file) -> None:
     from devprof import devices
 
     found = devices.discover(adb_server=adb_server, devices_file=devices_file)
+    _report_down_endpoints()
     if as_json:
         out.print_json(json.dumps([asdict(d) for d in found]))
         return
     from devprof.report.fit import Col, fit_table
 
     cols = [Col("serial", keep=True), Col("alias"), Col("name"), Col("OS", drop=1), Col("ABI", drop=2),
-            Col("RAM", "right", drop=3), Col("state")]
+            Col("RAM", "right", drop=3), Col("state"), Col("adb server", drop=4)]
     rows = []
     for d in found:
         ram = d.extra.get("mem_total_mb")
@@ -542,7 +555,8 @@ def devices_cmd(as_json, adb_server, devices_file) -> None:
         name = d.name if d.kind == "android" else f"{d.name} ({d.model})" if d.model else d.name
         rows.append([Text(d.serial), Text(alias), Text(name or ""), Text(d.os_version or ""),
                      Text(str(d.extra.get("abi") or d.extra.get("machine", ""))),
-                     Text(f"{ram / 1024:.1f} GiB" if ram else ""), Text(str(d.extra.get("state", "ready")))])
+                     Text(f"{ram / 1024:.1f} GiB" if ram else ""), Text(str(d.extra.get("state", "ready"))),
+                     Text(str(d.extra.get("adb_server", "")))])
     out.print(fit_table(out, cols, rows, title="devices"))
 
 
