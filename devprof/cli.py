@@ -728,3 +728,57 @@ def db_push(sources, target) -> None:
             copied, skipped = store.push_from(src)
             out.print(f"{src}: {copied} run(s) copied, {skipped} already in {store.where}",
                       markup=False, highlight=False)
+
+
+# ---- one figure over every stored run ----------------------------------------------------------
+@cli.command()
+@click.option("--device", required=True, help="An alias (s25), a serial, a model, or local.")
+@click.option("--model", required=True, help="The model whose figure to follow.")
+@click.option("--metric", default="decode_tok_s", show_default=True, help="prefill_tok_s, decode_tok_s, ttft_ms, peak_rss_mb, ...")
+@click.option("--workload", default=None, help="Only this workload [default: each one, a series each].")
+@click.option("--context", default=None, type=click.IntRange(1), help="Only this context [default: each one].")
+@click.option("--window", default=5, show_default=True, type=click.IntRange(2, 1000),
+              help="Change points: previous runs a run is judged against.")
+@click.option("--against-last", "last_n", default=None, type=click.IntRange(1, 1000), metavar="N",
+              help="Also compare the latest run with the median of the N runs before it [default: --window].")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the history as a self-contained HTML page (plotly, works offline).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable points instead of a table.")
+@db_option
+def history(device, model, metric, workload, context, window, last_n, html_path, as_json, db_path) -> None:
+    """Every stored run of one cell over time: its median and 95% interval, the runtime binary's sha256,
+    devprof's version, and change points (a run whose interval misses the band of the previous runs)."""
+    from devprof.analysis.history import against_last, build, to_dict
+    from devprof.stats import METRIC_INFO
+
+    if html_path is not None:
+        _check_writable(html_path, "--html")
+    store = _open_store(db_path, must_exist=True)
+    hist = build(store, device, model, metric, workload=workload, context=context, window=window)
+    if html_path is not None:
+        from devprof.export import write_text
+        from devprof.report.history_html import render
+
+        write_text(html_path, render(hist, last_n), "HTML page")
+    if as_json:
+        click.echo(json.dumps(to_dict(hist, last_n or window), indent=2, default=str))
+    else:
+        info = METRIC_INFO[metric]
+        for (wl, ctx), pts in hist.series().items():
+            t = Table(title=escape(f"{info.label} ({info.unit}) of {model} on {device}: {wl}, context {ctx}"))
+            for col in ("run", "created", "device", "median", "95% interval", "n", "runtime sha256", "devprof", "change"):
+                t.add_column(col, justify="right" if col in ("median", "n") else "left")
+            for p in pts:
+                t.add_row(Text(p.run_id), Text(p.created), Text(p.device), Text(f"{p.median:.{info.decimals}f}"),
+                          Text(f"[{p.ci_low:.{info.decimals}f}, {p.ci_high:.{info.decimals}f}]"), Text(str(p.n)),
+                          Text(p.sha256[:12]), Text(p.version),
+                          Text(f"{p.change} (band {p.band[0]:.{info.decimals}f}-{p.band[1]:.{info.decimals}f})"
+                               if p.change else "", style="bold red" if p.change else ""))
+            out.print(t)
+            cmp = against_last(pts, last_n or window)
+            if cmp and cmp["change_pct"] is not None:
+                out.print(Text(f"latest {cmp['run_id']}: {cmp['latest']:.{info.decimals}f} vs median of the "
+                               f"{cmp['baseline_runs']} run(s) before it {cmp['baseline_median']:.{info.decimals}f} "
+                               f"({cmp['change_pct']:+.1f}%, {'beyond' if cmp['beyond_noise'] else 'within'} their noise)"))
+    if html_path is not None:
+        click.echo(f"history: {html_path}", err=True)
