@@ -732,7 +732,7 @@ def db_push(sources, target) -> None:
 
 # ---- one figure over every stored run ----------------------------------------------------------
 @cli.command()
-@click.option("--device", required=True, help="An alias (s25), a serial, a model, or local.")
+@click.option("--device", required=True, help="An alias (s25), a serial, a model, local, or all (a series each).")
 @click.option("--model", required=True, help="The model whose figure to follow.")
 @click.option("--metric", default="decode_tok_s", show_default=True, help="prefill_tok_s, decode_tok_s, ttft_ms, peak_rss_mb, ...")
 @click.option("--workload", default=None, help="Only this workload [default: each one, a series each].")
@@ -764,8 +764,8 @@ def history(device, model, metric, workload, context, window, last_n, html_path,
         click.echo(json.dumps(to_dict(hist, last_n or window), indent=2, default=str))
     else:
         info = METRIC_INFO[metric]
-        for (wl, ctx), pts in hist.series().items():
-            t = Table(title=escape(f"{info.label} ({info.unit}) of {model} on {device}: {wl}, context {ctx}"))
+        for (dev, wl, ctx), pts in hist.series().items():
+            t = Table(title=escape(f"{info.label} ({info.unit}) of {model} on {dev}: {wl}, context {ctx}"))
             for col in ("run", "created", "device", "median", "95% interval", "n", "runtime sha256", "devprof", "change"):
                 t.add_column(col, justify="right" if col in ("median", "n") else "left")
             for p in pts:

@@ -54,16 +54,20 @@ class History:
     points: list[Point] = field(default_factory=list)
     window: int = WINDOW
 
-    def series(self) -> dict[tuple[str, int], list[Point]]:
-        out: dict[tuple[str, int], list[Point]] = {}
+    def series(self) -> dict[tuple[str, str, int], list[Point]]:
+        """(device, workload, context) -> its points, oldest first."""
+        out: dict[tuple[str, str, int], list[Point]] = {}
         for p in self.points:
-            out.setdefault((p.workload, p.context), []).append(p)
+            out.setdefault((p.device, p.workload, p.context), []).append(p)
         return out
 
 
 def device_matches(dev: Any, wanted: str) -> bool:
-    """A stored run's device is ``wanted`` when it is its serial, one of its aliases, its model or name."""
+    """A stored run's device is ``wanted`` when it is its serial, one of its aliases, its model or name;
+    ``all`` is every device (a series each)."""
     w = wanted.strip().lower()
+    if w == "all":
+        return True
     names = {str(dev.serial or "").lower(), str(dev.model or "").lower(), str(dev.name or "").lower()}
     names |= {str(a).lower() for a in (dev.extra or {}).get("aliases") or []}
     if dev.kind == "local":
@@ -73,7 +77,8 @@ def device_matches(dev: Any, wanted: str) -> bool:
 
 def _device_label(dev: Any) -> str:
     ep = (dev.extra or {}).get("adb_server")
-    return f"{dev.name or dev.serial} @ {ep}" if ep else str(dev.name or dev.serial)
+    name = f"{dev.name or dev.model} [{dev.serial}]" if dev.kind != "local" else str(dev.name or dev.serial)
+    return f"{name} @ adb {ep}" if ep else name
 
 
 def mark_changes(points: list[Point], window: int = WINDOW, min_prev: int = MIN_PREV) -> list[Point]:
@@ -140,8 +145,8 @@ def against_last(points: list[Point], n: int) -> dict[str, Any] | None:
 
 def to_dict(hist: History, last_n: int | None = None) -> dict[str, Any]:
     series = []
-    for (wl, ctx), pts in hist.series().items():
-        doc: dict[str, Any] = {"workload": wl, "context": ctx, "points": [
+    for (dev, wl, ctx), pts in hist.series().items():
+        doc: dict[str, Any] = {"device": dev, "workload": wl, "context": ctx, "points": [
             {"run_id": p.run_id, "created": p.created, "median": p.median, "ci": [p.ci_low, p.ci_high], "n": p.n,
              "sha256": p.sha256, "devprof_version": p.version, "runtime": p.runtime, "device": p.device, "change": p.change or None,
              "band": list(p.band) if p.band else None} for p in pts]}

@@ -19,7 +19,7 @@ from devprof.report.html import _CONFIG, _CSS, _TEMPLATE, h
 def render(hist: History, last_n: int | None = None) -> str:
     info = stats.METRIC_INFO[hist.metric]
     figs = []
-    for k, ((wl, ctx), pts) in enumerate(hist.series().items(), start=1):
+    for k, ((dev, wl, ctx), pts) in enumerate(hist.series().items(), start=1):
         hover = [f"run {h(p.run_id)}<br>{h(p.created)}<br>{p.median:.4g} {h(info.unit)} "
                  f"[{p.ci_low:.4g}, {p.ci_high:.4g}], n={p.n}<br>runtime {h(p.runtime)} · sha256 {h(p.sha256[:16])}"
                  f"<br>devprof {h(p.version)}" + (f"<br><b>change ({p.change})</b>" if p.change else "") for p in pts]
@@ -33,7 +33,7 @@ def render(hist: History, last_n: int | None = None) -> str:
             data.append({"type": "scatter", "mode": "markers", "name": "change point", "x": [p.created for p in ch],
                          "y": [p.median for p in ch], "hoverinfo": "skip",
                          "marker": {"size": 18, "color": "rgba(0,0,0,0)", "line": {"color": "#d62728", "width": 3}}})
-        layout = {"template": _TEMPLATE, "height": 420, "title": {"text": h(f"{wl}, context {ctx}")},
+        layout = {"template": _TEMPLATE, "height": 420, "title": {"text": h(f"{dev}: {wl}, context {ctx}")},
                   "xaxis": {"title": {"text": "run created (UTC)"}},
                   "yaxis": {"title": {"text": h(f"{info.label} ({info.unit})")}}}
         div = pio.to_html({"data": data, "layout": layout}, include_plotlyjs=False, full_html=False,
