@@ -90,3 +90,14 @@ def test_two_hosts_run_device_all_into_one_postgresql_store_then_history(lab, pg
     assert "Galaxy S25" in out and "Pixel" not in out
     page = html.read_text()
     assert "Plotly" in page and s25["points"][0]["run_id"] in page
+
+
+def test_one_run_takes_every_phone_of_every_endpoint_in_parallel(lab, pg_url):
+    rc, out, err = devprof("run", "--device", "all", "--adb-server", f"{lab['a']},{lab['b']}", *TINY,
+                           "--db", pg_url, timeout=600)
+    assert rc == 0, err
+    assert "2 run(s) finished" in out
+    rc, out, err = devprof("history", "--device", "all", "--model", MODEL, "--db", pg_url)
+    assert rc == 0, err
+    assert f"Galaxy S25 (SM-S931B) [{lab['s25'].serial}] @ adb {lab['a']}" in out
+    assert f"Pixel 9 Pro [{lab['pixel'].serial}] @ adb {lab['b']}" in out
