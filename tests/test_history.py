@@ -8,6 +8,7 @@ import json
 from click.testing import CliRunner
 
 import factories as F
+from chromium import plot_divs, render_in_chromium
 from devprof.analysis.history import Point, against_last, device_matches, mark_changes
 from devprof.cli import cli
 from devprof.store import Store
@@ -104,6 +105,10 @@ def test_history_command_json_table_and_html(tmp_path):
     page = html.read_text()
     assert "Plotly" in page and "error_y" in page and "change point" in page
     assert ("sha256 " + "04" * 8) in page and "devprof 0.1.4" in page and ids[0] in page
+    dom, errors = render_in_chromium(html)  # the page draws, offline, without errors
+    assert errors == []
+    divs = plot_divs(dom)
+    assert len(divs) == 1 and all(n > 0 for n in divs.values())
 
 
 def test_history_bad_input(tmp_path):
