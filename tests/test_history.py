@@ -118,3 +118,23 @@ def test_history_bad_input(tmp_path):
     assert r.exit_code == 2 and "unknown metric 'speed'" in r.output
     r = CliRunner().invoke(cli, ["history", "--device", "pixel9", "--model", F.MOE, "--db", str(db)])
     assert r.exit_code == 2 and "no stored run of" in r.output
+
+
+def test_diff_latest_against_the_median_of_the_last_n(tmp_path):
+    db = tmp_path / "s.db"
+    ids = _store_with_history(db, [1.0, 1.0, 1.0, 1.0, 0.8])
+    r = CliRunner().invoke(cli, ["diff", "latest", "--against-last", "4", "--json", "--db", str(db)])
+    assert r.exit_code == 1, r.output  # decode 20% slower, beyond the earlier runs' noise
+    doc = json.loads(r.output)
+    assert doc["run_id"] == ids[-1]
+    rows = {(x["model"], x["metric"]): x for x in doc["rows"]}
+    dec = rows[(F.MOE, "decode_tok_s")]
+    assert dec["regression"] and -24 < dec["change_pct"] < -16 and dec["baseline_runs"] == ids[3::-1]
+    assert not rows[(F.MOE, "peak_rss_mb")]["regression"]
+    r = CliRunner().invoke(cli, ["diff", "latest~1", "--against-last", "3", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    assert "within noise" in r.output and "regression" not in r.output
+    r = CliRunner().invoke(cli, ["diff", ids[0], "--against-last", "3", "--db", str(db)])
+    assert r.exit_code == 2 and "no earlier run" in r.output
+    r = CliRunner().invoke(cli, ["diff", "latest", "latest~1", "--against-last", "3", "--db", str(db)])
+    assert r.exit_code == 2 and "not both" in r.output

@@ -155,3 +155,52 @@ def to_dict(hist: History, last_n: int | None = None) -> dict[str, Any]:
         series.append(doc)
     return {"format": FORMAT, "device": hist.device, "model": hist.model, "metric": hist.metric,
             "window": hist.window, "series": series}
+
+
+def against_last_runs(store: Any, record: Any, n: int, threshold: float = 5.0) -> list[dict[str, Any]]:
+    """Every metric of ``record`` (each model, workload, context) against the median of the ``n`` runs
+    before it on the same device (same serial) that measured the same cell: `devprof diff RUN --against-last N`.
+
+    ``regression`` is set when the change is in the bad direction, beyond ``threshold`` percent and beyond
+    the noise (the run's interval misses the band of the earlier runs' medians, as for change points)."""
+    meta = record.meta
+    earlier = [m for m in store.list_runs() if m.device.serial == meta.device.serial
+               and (m.created, m.run_id) < (meta.created, meta.run_id)]
+    earlier.sort(key=lambda m: (m.created, m.run_id), reverse=True)
+    loaded: list[Any] = []
+    rows = []
+    for model in record.models():
+        for wl in record.workloads():
+            for ctx in record.contexts():
+                reps = record.measured(model, wl, ctx)
+                if not reps:
+                    continue
+                for metric in stats.METRICS:
+                    cur = stats.metric(stats.rep_value(r, metric) for r in reps)
+                    if cur is None:
+                        continue
+                    prev: list[tuple[str, float]] = []
+                    for i, m in enumerate(earlier):
+                        if len(prev) >= n:
+                            break
+                        if model not in m.models:
+                            continue
+                        while len(loaded) <= i:
+                            loaded.append(store.load_run(earlier[len(loaded)].run_id, samples=False))
+                        pm = stats.metric(stats.rep_value(r, metric) for r in loaded[i].measured(model, wl, ctx))
+                        if pm is not None:
+                            prev.append((m.run_id, pm.median))
+                    if not prev:
+                        continue
+                    base = stats.median([v for _, v in prev])
+                    band = stats.median_ci([v for _, v in prev])
+                    beyond = cur.ci_low > band.high or cur.ci_high < band.low
+                    change = (cur.median / base - 1.0) * 100.0 if base else None
+                    better = stats.METRIC_INFO[metric].higher_is_better
+                    worse = None if better is None or change is None else (change < 0 if better else change > 0)
+                    rows.append({"model": model, "workload": wl, "context": ctx, "metric": metric,
+                                 "median": cur.median, "ci": [cur.ci_low, cur.ci_high], "n": cur.n,
+                                 "baseline_median": base, "baseline_band": [band.low, band.high],
+                                 "baseline_runs": [r for r, _ in prev], "change_pct": change, "beyond_noise": beyond,
+                                 "regression": bool(worse and beyond and change is not None and abs(change) > threshold)})
+    return rows
