@@ -71,6 +71,10 @@ def _report_down_endpoints() -> None:
 
     for line in android.down:
         console.print(Text(f"warning: {line}: skipped", style="yellow"), highlight=False)
+lab_option = click.option(
+    "--lab", "lab_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="TOML lab file: [hosts.NAME] adb = \"HOST:PORT\", optional phones = [serials] (see README, Lab); "
+         "its endpoints join --adb-server's.")
 devices_file_option = click.option(
     "--devices-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="TOML file of device aliases [default: ~/.config/devprof/devices.toml].")
@@ -186,13 +190,14 @@ def cli() -> None:
 @click.option("--ready-timeout", type=click.FloatRange(0), default=60.0, show_default=True,
               help="Longest readiness wait before each repetition (s); then it goes on and records it.")
 @adb_server_option
+@lab_option
 @devices_file_option
 @db_option
 def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, reps_max, reps_time, reps_target,
         warmup, sample_ms, runtime, weights, cache,
         threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
         baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, ready, ready_timeout,
-        dry_run, adb_server, devices_file, db_path) -> None:
+        dry_run, adb_server, lab_file, devices_file, db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
     from devprof.catalog import get_model
@@ -249,9 +254,22 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
         store = None  # a dry run creates no store; without one the estimate is catalog arithmetic
     else:
         store = _open_store(db_path)
+    from devprof.devices import lab as lab_mod
+
+    lab_hosts = lab_mod.load(lab_file) if lab_file else []
+    if lab_hosts:
+        adb_server = lab_mod.endpoints(adb_server, lab_hosts)
     targets = devices.resolve(device, adb_server=adb_server, devices_file=devices_file)
-    if adb_server and "," in adb_server:
+    if adb_server:
         _report_down_endpoints()
+    if lab_hosts and device.strip().lower() == "all":
+        targets, warnings = lab_mod.select(targets, lab_hosts)
+        for w in warnings:
+            console.print(Text(f"warning: {w}", style="yellow"), highlight=False)
+        if not targets:
+            from devprof.errors import DeviceError
+
+            raise DeviceError(f"no phone of the lab file {lab_file} is attached")
     est = _estimate(plan, store, targets)
     if dry_run:
         _print_plan(plan, targets, est)
@@ -532,12 +550,17 @@ def models(as_json, context) -> None:
 @cli.command(name="devices")
 @click.option("--json", "as_json", is_flag=True)
 @adb_server_option
+@lab_option
 @devices_file_option
-def devices_cmd(as_json, adb_server, devices_file) -> None:
+def devices_cmd(as_json, adb_server, lab_file, devices_file) -> None:
     """Devices devprof can profile now (this host is always there as `local`)."""
     from dataclasses import asdict
 
     from devprof import devices
+    from devprof.devices import lab as lab_mod
+
+    if lab_file:
+        adb_server = lab_mod.endpoints(adb_server, lab_mod.load(lab_file))
 
     found = devices.discover(adb_server=adb_server, devices_file=devices_file)
     _report_down_endpoints()

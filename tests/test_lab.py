@@ -101,3 +101,25 @@ def test_one_run_takes_every_phone_of_every_endpoint_in_parallel(lab, pg_url):
     assert rc == 0, err
     assert f"Galaxy S25 (SM-S931B) [{lab['s25'].serial}] @ adb {lab['a']}" in out
     assert f"Pixel 9 Pro [{lab['pixel'].serial}] @ adb {lab['b']}" in out
+
+
+def test_lab_file_hosts_and_phones(lab, tmp_path):
+    f = tmp_path / "lab.toml"
+    f.write_text(f'[hosts.bench1]\nadb = "{lab["a"]}"\nphones = ["{lab["s25"].serial}", "R5CYGONE"]\n\n'
+                 f'[hosts.bench2]\nadb = "{lab["b"]}"\n')
+    rc, out, err = devprof("devices", "--json", "--lab", str(f))
+    assert rc == 0, err
+    assert {lab["s25"].serial, lab["pixel"].serial} <= {d["serial"] for d in json.loads(out)}
+    rc, out, err = devprof("run", "--device", "all", "--lab", str(f), *TINY, "--dry-run",
+                           "--db", str(tmp_path / "s.db"))
+    assert rc == 0, err
+    assert lab["s25"].serial in out + err and lab["pixel"].serial in out + err
+    warn = [ln for ln in err.splitlines() if "warning" in ln]
+    assert warn == [f"warning: lab host bench1 ({lab['a']}): phone R5CYGONE not attached: skipped"]
+    # bench1 lists only the S25 and a missing phone; bench2 lists none: all of its phones
+    f.write_text(f'[hosts.bench1]\nadb = "{lab["a"]}"\nphones = ["R5CYGONE"]\n')
+    rc, out, err = devprof("run", "--device", "all", "--lab", str(f), *TINY, "--dry-run", "--db", str(tmp_path / "s.db"))
+    assert rc == 1 and "no phone of the lab file" in err
+    f.write_text('[hosts.x]\nadb = "nonsense"\n')
+    rc, _, err = devprof("devices", "--lab", str(f))
+    assert rc == 2 and "adb must be HOST:PORT" in err
