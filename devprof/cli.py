@@ -563,7 +563,8 @@ def devices_cmd(as_json, adb_server, lab_file, devices_file) -> None:
         adb_server = lab_mod.endpoints(adb_server, lab_mod.load(lab_file))
 
     found = devices.discover(adb_server=adb_server, devices_file=devices_file)
-    _report_down_endpoints()
+    if adb_server:  # the local default server not running is no news: it is the no-phone case
+        _report_down_endpoints()
     if as_json:
         out.print_json(json.dumps([asdict(d) for d in found]))
         return
