@@ -59,8 +59,22 @@ def _db_arg(value: str | Path) -> Path | str:
 
 
 adb_server_option = click.option(
-    "--adb-server", default=None, metavar="HOST:PORT",
-    help="adb server to use (a device farm's remote adb) [default: local, $ANDROID_ADB_SERVER_PORT].")
+    "--adb-server", default=None, metavar="HOST:PORT[,...]",
+    help="adb server(s) to use: one HOST:PORT or a comma-separated list (the hosts of a lab, a device farm's "
+         "remote adb endpoints); --device all runs every phone of every one that answers "
+         "[default: local, $ANDROID_ADB_SERVER_PORT].")
+
+
+def _report_down_endpoints() -> None:
+    """One line per adb endpoint of --adb-server that did not answer; the others go on."""
+    from devprof.devices import android
+
+    for line in android.down:
+        console.print(Text(f"warning: {line}: skipped", style="yellow"), highlight=False)
+lab_option = click.option(
+    "--lab", "lab_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="TOML lab file: [hosts.NAME] adb = \"HOST:PORT\", optional phones = [serials] (see README, Lab); "
+         "its endpoints join --adb-server's.")
 devices_file_option = click.option(
     "--devices-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="TOML file of device aliases [default: ~/.config/devprof/devices.toml].")
@@ -178,13 +192,14 @@ def cli() -> None:
 @click.option("--ready-timeout", type=click.FloatRange(0), default=60.0, show_default=True,
               help="Longest readiness wait before each repetition (s); then it goes on and records it.")
 @adb_server_option
+@lab_option
 @devices_file_option
 @db_option
 def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, reps_max, reps_time, reps_target,
         warmup, sample_ms, runtime, weights, cache,
         threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
         baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, ready, ready_timeout,
-        dry_run, adb_server, devices_file, db_path) -> None:
+        dry_run, adb_server, lab_file, devices_file, db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
     from devprof.catalog import get_model
@@ -248,7 +263,22 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
         store = None  # a dry run creates no store; without one the estimate is catalog arithmetic
     else:
         store = _open_store(db_path)
+    from devprof.devices import lab as lab_mod
+
+    lab_hosts = lab_mod.load(lab_file) if lab_file else []
+    if lab_hosts:
+        adb_server = lab_mod.endpoints(adb_server, lab_hosts)
     targets = devices.resolve(device, adb_server=adb_server, devices_file=devices_file)
+    if adb_server:
+        _report_down_endpoints()
+    if lab_hosts and device.strip().lower() == "all":
+        targets, warnings = lab_mod.select(targets, lab_hosts)
+        for w in warnings:
+            console.print(Text(f"warning: {w}", style="yellow"), highlight=False)
+        if not targets:
+            from devprof.errors import DeviceError
+
+            raise DeviceError(f"no phone of the lab file {lab_file} is attached")
     plans = {k: plan or make_plan(default_runtime(k)) for k in {t.kind for t in targets}}
     plan = plans[targets[0].kind]
     est = _estimate(plans, store, targets)
@@ -538,21 +568,28 @@ def models(as_json, context) -> None:
 @cli.command(name="devices")
 @click.option("--json", "as_json", is_flag=True)
 @adb_server_option
+@lab_option
 @devices_file_option
-def devices_cmd(as_json, adb_server, devices_file) -> None:
+def devices_cmd(as_json, adb_server, lab_file, devices_file) -> None:
     """Devices devprof can profile now (this host is always there as `local`)."""
     from dataclasses import asdict
 
     from devprof import devices
+    from devprof.devices import lab as lab_mod
+
+    if lab_file:
+        adb_server = lab_mod.endpoints(adb_server, lab_mod.load(lab_file))
 
     found = devices.discover(adb_server=adb_server, devices_file=devices_file)
+    if adb_server:  # the local default server not running is no news: it is the no-phone case
+        _report_down_endpoints()
     if as_json:
         out.print_json(json.dumps([asdict(d) for d in found]))
         return
     from devprof.report.fit import Col, fit_table
 
     cols = [Col("serial", keep=True), Col("alias"), Col("name"), Col("OS", drop=1), Col("ABI", drop=2),
-            Col("RAM", "right", drop=3), Col("state")]
+            Col("RAM", "right", drop=3), Col("state"), Col("adb server", drop=4)]
     rows = []
     for d in found:
         ram = d.extra.get("mem_total_mb")
@@ -560,7 +597,8 @@ def devices_cmd(as_json, adb_server, devices_file) -> None:
         name = d.name if d.kind == "android" else f"{d.name} ({d.model})" if d.model else d.name
         rows.append([Text(d.serial), Text(alias), Text(name or ""), Text(d.os_version or ""),
                      Text(str(d.extra.get("abi") or d.extra.get("machine", ""))),
-                     Text(f"{ram / 1024:.1f} GiB" if ram else ""), Text(str(d.extra.get("state", "ready")))])
+                     Text(f"{ram / 1024:.1f} GiB" if ram else ""), Text(str(d.extra.get("state", "ready"))),
+                     Text(str(d.extra.get("adb_server", "")))])
     out.print(fit_table(out, cols, rows, title="devices"))
 
 
@@ -732,3 +770,57 @@ def db_push(sources, target) -> None:
             copied, skipped = store.push_from(src)
             out.print(f"{src}: {copied} run(s) copied, {skipped} already in {store.where}",
                       markup=False, highlight=False)
+
+
+# ---- one figure over every stored run ----------------------------------------------------------
+@cli.command()
+@click.option("--device", required=True, help="An alias (s25), a serial, a model, local, or all (a series each).")
+@click.option("--model", required=True, help="The model whose figure to follow.")
+@click.option("--metric", default="decode_tok_s", show_default=True, help="prefill_tok_s, decode_tok_s, ttft_ms, peak_rss_mb, ...")
+@click.option("--workload", default=None, help="Only this workload [default: each one, a series each].")
+@click.option("--context", default=None, type=click.IntRange(1), help="Only this context [default: each one].")
+@click.option("--window", default=5, show_default=True, type=click.IntRange(2, 1000),
+              help="Change points: previous runs a run is judged against.")
+@click.option("--against-last", "last_n", default=None, type=click.IntRange(1, 1000), metavar="N",
+              help="Also compare the latest run with the median of the N runs before it [default: --window].")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the history as a self-contained HTML page (plotly, works offline).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable points instead of a table.")
+@db_option
+def history(device, model, metric, workload, context, window, last_n, html_path, as_json, db_path) -> None:
+    """Every stored run of one cell over time: its median and 95% interval, the runtime binary's sha256,
+    devprof's version, and change points (a run whose interval misses the band of the previous runs)."""
+    from devprof.analysis.history import against_last, build, to_dict
+    from devprof.stats import METRIC_INFO
+
+    if html_path is not None:
+        _check_writable(html_path, "--html")
+    store = _open_store(db_path, must_exist=True)
+    hist = build(store, device, model, metric, workload=workload, context=context, window=window)
+    if html_path is not None:
+        from devprof.export import write_text
+        from devprof.report.history_html import render
+
+        write_text(html_path, render(hist, last_n), "HTML page")
+    if as_json:
+        click.echo(json.dumps(to_dict(hist, last_n or window), indent=2, default=str))
+    else:
+        info = METRIC_INFO[metric]
+        for (dev, wl, ctx), pts in hist.series().items():
+            t = Table(title=escape(f"{info.label} ({info.unit}) of {model} on {dev}: {wl}, context {ctx}"))
+            for col in ("run", "created", "device", "median", "95% interval", "n", "runtime sha256", "devprof", "change"):
+                t.add_column(col, justify="right" if col in ("median", "n") else "left")
+            for p in pts:
+                t.add_row(Text(p.run_id), Text(p.created), Text(p.device), Text(f"{p.median:.{info.decimals}f}"),
+                          Text(f"[{p.ci_low:.{info.decimals}f}, {p.ci_high:.{info.decimals}f}]"), Text(str(p.n)),
+                          Text(p.sha256[:12]), Text(p.version),
+                          Text(f"{p.change} (band {p.band[0]:.{info.decimals}f}-{p.band[1]:.{info.decimals}f})"
+                               if p.change else "", style="bold red" if p.change else ""))
+            out.print(t)
+            cmp = against_last(pts, last_n or window)
+            if cmp and cmp["change_pct"] is not None:
+                out.print(Text(f"latest {cmp['run_id']}: {cmp['latest']:.{info.decimals}f} vs median of the "
+                               f"{cmp['baseline_runs']} run(s) before it {cmp['baseline_median']:.{info.decimals}f} "
+                               f"({cmp['change_pct']:+.1f}%, {'beyond' if cmp['beyond_noise'] else 'within'} their noise)"))
+    if html_path is not None:
+        click.echo(f"history: {html_path}", err=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from devprof.errors import UsageError
 
 
 def _echo_json(doc: dict) -> None:
@@ -65,7 +66,7 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
 # --------------------------------------------------------------------------------------------
 @click.command()
 @click.argument("run_a")
-@click.argument("run_b")
+@click.argument("run_b", required=False, default=None)
 @click.option("--threshold", default=5.0, show_default=True, type=click.FloatRange(0),
               help="Flag regressions larger than this many percent (and clear at 95%).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable rows instead of a table.")
@@ -74,15 +75,27 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
               help="Read B from this store (another device's, say) [default: the same as A].")
 @click.option("--allow-noisy", is_flag=True,
               help="Call regressions even when a run is flagged noisy (busy device, wide spread).")
-def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, db_path) -> None:
+@click.option("--against-last", "last_n", default=None, type=click.IntRange(1, 1000), metavar="N",
+              help="Instead of B: compare RUN_A with the median of the N runs before it on the same device.")
+def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, last_n, db_path) -> None:
     """Every metric of run B against run A, with the change and its 95% CI.
 
     Exit status 1 when a regression beyond --threshold is clear (slower prefill or decode, longer
     TTFT, higher peak memory), 0 otherwise: usable in CI. When run A or B is noisy (other processes
     busy during many repetitions, or a wide spread) no regression is called unless --allow-noisy.
+
+    `diff RUN --against-last N` compares RUN with the median of the N runs before it on the same device
+    instead (exit 1 when a figure got worse beyond --threshold and beyond those runs' noise).
     """
     from devprof.analysis.diff import diff_runs, to_dict
 
+    if last_n is not None:
+        if run_b is not None:
+            raise UsageError("give run B or --against-last N, not both")
+        _diff_against_last(run_a, last_n, threshold, as_json, db_path)
+        return
+    if run_b is None:
+        raise UsageError("diff needs run B (or --against-last N)")
     store = _open_store(db_path, must_exist=True)
     a = store.load_run(run_a)
     b = (_open_store(db_b, must_exist=True) if db_b else store).load_run(run_b)
@@ -98,6 +111,40 @@ def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, db_path) -> None:
         # not ctx.exit(): devprof's main() runs click with standalone_mode=False, which turns Exit into a return
         # value it ignores; SystemExit reaches the shell (and CliRunner) either way
         raise SystemExit(report.exit_code)
+
+
+def _diff_against_last(run_ref, n, threshold, as_json, db_path) -> None:
+    """`diff RUN --against-last N`: every metric of RUN against the median of the N runs before it."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from devprof.analysis.history import against_last_runs
+    from devprof.stats import METRIC_INFO
+
+    store = _open_store(db_path, must_exist=True)
+    record = store.load_run(run_ref)
+    rows = against_last_runs(store, record, n, threshold=threshold)
+    if not rows:
+        raise UsageError(f"no earlier run on {record.meta.device.name or record.meta.device.serial} measured "
+                         f"what run {record.meta.run_id} did: nothing to compare against")
+    if as_json:
+        _echo_json({"format": "devprof.diff-against-last/1", "run_id": record.meta.run_id, "n": n,
+                    "threshold_pct": threshold, "rows": rows})
+    else:
+        t = Table(title=f"run {record.meta.run_id} against the median of up to {n} earlier run(s) on "
+                        f"{record.meta.device.name or record.meta.device.serial}")
+        for col in ("model", "workload", "context", "metric", "this run", "earlier median", "change", "status"):
+            t.add_column(col)
+        for r in rows:
+            d = METRIC_INFO[r["metric"]].decimals
+            status = ("regression" if r["regression"] else "beyond noise" if r["beyond_noise"] else "within noise")
+            t.add_row(r["model"], r["workload"], str(r["context"]), r["metric"], f"{r['median']:.{d}f}",
+                      f"{r['baseline_median']:.{d}f} ({len(r['baseline_runs'])} runs)",
+                      "" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%",
+                      Text(status, style="bold red" if r["regression"] else ""))
+        out.print(t)
+    if any(r["regression"] for r in rows):
+        raise SystemExit(1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ machine falls on both alike and the ratio between them stays honest.
 
 from __future__ import annotations
 
+from devprof import __version__
+
 import hashlib
 import json
 import threading
@@ -217,7 +219,7 @@ class Session:
             workloads=list(plan.workloads), contexts=list(plan.contexts),
             new_tokens=plan.new_tokens, warmup=plan.warmup, sample_ms=plan.sample_ms,
             reps=plan.adaptive.min_reps if plan.adaptive is not None else plan.reps,
-            settings={**plan.settings, "weights": plan.weights, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
+            settings={**plan.settings, "devprof_version": __version__, "weights": plan.weights, "cache": plan.cache, "seed": plan.seed, "threads": plan.threads,
                       "cpu_mask": plan.cpu_mask, "timeout_s": plan.timeout_s,
                       **({"runtime_args": list(plan.runtime_args)} if plan.runtime_args else {}),
                       "ready": readiness.describe(self.ready_conds), "ready_timeout_s": plan.ready_timeout_s,

@@ -59,34 +59,86 @@ def _adb_errors():
 last_errors: list[str] = []
 
 
+def endpoints(adb_server: str | None) -> list[str | None]:
+    """The adb servers of ``--adb-server``: one HOST:PORT, or a comma-separated list of them (the
+    hosts of a lab, or a device farm's remote adb endpoints); None is the local server."""
+    if not adb_server or not str(adb_server).strip():
+        return [None]
+    eps = [e.strip() for e in str(adb_server).split(",") if e.strip()]
+    for e in eps:
+        _client(e)  # a malformed entry is bad input (exit 2) before anything is contacted
+    return list(dict.fromkeys(eps)) or [None]
+
+
+#: One line per adb endpoint that did not answer during the last discover()/resolve(), for the CLI
+#: to print (the phones of the other endpoints go on).
+down: list[str] = []
+
+
 def _list(adb_server: str | None):
     """(client, [AdbDeviceInfo]) or (None, []) when no adb server answers."""
     client = _client(adb_server)
     try:
         return client, client.list()
     except _adb_errors() as e:
-        last_errors[:] = [f"adb server at {client.host}:{client.port} not reachable ({e})"]
+        msg = f"adb server at {client.host}:{client.port} not reachable ({_why(e)})"
+        last_errors[:] = [msg]
+        down.append(msg)
         return None, []
 
 
+def _endpoint_name(client) -> str:
+    return f"{client.host}:{client.port}"
+
+
 def discover(adb_server: str | None = None, devices_file: Path | None = None, **_) -> list[DeviceInfo]:
-    client, listed = _list(adb_server)
+    down.clear()
     out = []
-    for d in listed:
-        if d.state == "device":
-            try:
-                out.append(AndroidDevice(client, d.serial, devices_file=devices_file).info())
-                continue
-            except DeviceError:
-                pass
-        out.append(DeviceInfo(kind="android", serial=d.serial, name="", model="",
-                              extra={"state": d.state}))
+    for ep in endpoints(adb_server):
+        client, listed = _list(ep)
+        for d in listed:
+            if d.state == "device":
+                try:
+                    out.append(AndroidDevice(client, d.serial, devices_file=devices_file).info())
+                    continue
+                except DeviceError:
+                    pass
+            out.append(DeviceInfo(kind="android", serial=d.serial, name="", model="",
+                                  extra={"state": d.state, "adb_server": _endpoint_name(client)}))
     return out
 
 
 def resolve(spec: str, adb_server: str | None = None, devices_file: Path | None = None, **_) -> list["AndroidDevice"]:
-    """Devices matching ``spec``: all | serial | alias. Raises DeviceError when the spec clearly
-    meant an Android phone that cannot be used; returns [] when nothing Android matches."""
+    """Devices matching ``spec`` on every endpoint of ``adb_server``: ``all`` gathers the phones of
+    every endpoint that answers (those that do not are listed in ``down``); a serial or alias is
+    looked for on each endpoint in turn."""
+    down.clear()
+    eps = endpoints(adb_server)
+    if len(eps) == 1:
+        return _resolve_one(spec, eps[0], devices_file)
+    found: list[AndroidDevice] = []
+    errors: list[str] = []
+    for ep in eps:
+        try:
+            devs = _resolve_one(spec, ep, devices_file)
+        except DeviceError as e:
+            if spec.lower() == "all":
+                raise
+            errors.append(e.message)
+            continue
+        errors.extend(last_errors)
+        if devs and spec.lower() != "all":
+            return devs
+        found.extend(devs)
+    last_errors[:] = errors
+    if not found and errors and any(not e.startswith("adb server at") for e in errors):
+        raise DeviceError("; ".join(e for e in errors if not e.startswith("adb server at")))
+    return found
+
+
+def _resolve_one(spec: str, adb_server: str | None, devices_file: Path | None) -> list["AndroidDevice"]:
+    """Devices matching ``spec`` on one adb server: all | serial | alias. Raises DeviceError when the
+    spec clearly meant an Android phone that cannot be used; returns [] when nothing Android matches."""
     last_errors.clear()
     client, listed = _list(adb_server)
     if client is None:
@@ -212,7 +264,8 @@ class AndroidDevice(Device):
                 extra={"abi": props.get("ro.product.cpu.abi", ""), "sdk": props.get("ro.build.version.sdk", ""),
                        "manufacturer": props.get("ro.product.manufacturer", ""),
                        "soc": props.get("ro.soc.model", ""), "mem_total_mb": round(mem_kb / 1024) if mem_kb else None,
-                       "aliases": al.names_for("android", self.serial, model, self._aliases), "state": "device"},
+                       "aliases": al.names_for("android", self.serial, model, self._aliases), "state": "device",
+                       "adb_server": _endpoint_name(self.client)},
             )
         return self._info
 
