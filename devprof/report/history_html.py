@@ -5,15 +5,12 @@ run report, devprof/report/html.py): the file works offline."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
 
 import plotly.io as pio
-from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
-from devprof import __version__, stats
+from devprof import stats
 from devprof.analysis.history import History, against_last
-from devprof.report.html import _CONFIG, _CSS, _TEMPLATE, h
+from devprof.report.html import _CONFIG, _TEMPLATE, h, page
 
 
 def render(hist: History, last_n: int | None = None) -> str:
@@ -45,30 +42,13 @@ def render(hist: History, last_n: int | None = None) -> str:
                     f"{cmp['baseline_median']:.4g} ({cmp['change_pct']:+.1f}%, "
                     f"{'beyond' if cmp['beyond_noise'] else 'within'} their noise)")
         figs.append(f'<figure class="plot">{div}<figcaption>{h(cap)}</figcaption></figure>')
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc = json.dumps({"device": hist.device, "model": hist.model, "metric": hist.metric,
-                      "points": len(hist.points)}).replace("</", "<\\/")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="devprof {h(__version__)}">
-<meta name="devprof-figures" content="{len(figs)}">
-<title>devprof history · {h(hist.device)} · {h(hist.model)} · {h(hist.metric)}</title>
-<style>{_CSS}</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
-<body>
-<header><h1>{h(info.label)} of {h(hist.model)} on {h(hist.device)} over time</h1>
+    doc = {"device": hist.device, "model": hist.model, "metric": hist.metric, "points": len(hist.points)}
+    body = f"""<header><h1>{h(info.label)} of {h(hist.model)} on {h(hist.device)} over time</h1>
 <p>Every stored run is a point: the median of its repetitions with its 95% interval. A change point (ringed)
 is a run whose interval does not overlap the band of the previous {hist.window} runs' medians (their
 order-statistic interval of the median; their range for 5 or fewer).</p></header>
 <main>
 {"".join(figs)}
-</main>
-<footer>devprof {h(__version__)} · written {h(now)} · plotly.js {h(get_plotlyjs_version())} embedded: this file needs no network.</footer>
-<script type="application/json" id="devprof-history">{doc}</script>
-</body>
-</html>
-"""
+</main>"""
+    return page(f"devprof history · {hist.device} · {hist.model} · {hist.metric}", len(figs), body,
+                "devprof-history", doc)

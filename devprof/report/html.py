@@ -203,30 +203,8 @@ class _Page:
         body = "\n".join(f'<section id="{sid}">\n<h2>{h(title)}</h2>\n{content}\n</section>'
                          for sid, title, content in sections)
         data = JSONRenderer().data(self.a)
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="devprof {h(__version__)}">
-<meta name="devprof-figures" content="{self.n_figures}">
-<title>devprof · {h(self.meta.run_id)} · {h(" vs ".join(self.display.values()))}</title>
-<style>{_CSS}</style>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
-<body>
-{self.header()}
-<nav>{nav}</nav>
-<main>
-{body}
-</main>
-<footer>devprof {h(__version__)} · report written {h(now)} · plotly.js {h(get_plotlyjs_version())} embedded:
-this file needs no network.</footer>
-<script type="application/json" id="devprof-data">{_json_script(data)}</script>
-</body>
-</html>
-"""
+        return page(f"devprof · {self.meta.run_id} · {' vs '.join(self.display.values())}", self.n_figures,
+                    f"{self.header()}\n<nav>{nav}</nav>\n<main>\n{body}\n</main>", "devprof-data", data)
 
     def figure(self, data: list[dict], layout: dict[str, Any], caption: str = "", height: int | None = None) -> str:
         """One plotly figure as a div (plotly.js is on the page once); ``caption`` is HTML."""
@@ -1161,4 +1139,29 @@ figure.plot { margin: 14px 0 22px; } figcaption { color: var(--muted); font-size
 .third { color: #e67700; font-size: 11px; } .note { color: var(--muted); font-size: 12px; }
 footer { margin-top: 32px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 8px; }
 code { font-size: 12px; }
+"""
+
+
+def page(title: str, n_figures: int, body: str, data_id: str, data) -> str:
+    """A whole self-contained HTML document: the CSS, plotly.js embedded once (the file works offline),
+    ``body`` (HTML), a footer, and ``data`` as a JSON script element with id ``data_id``."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="devprof {h(__version__)}">
+<meta name="devprof-figures" content="{n_figures}">
+<title>{h(title)}</title>
+<style>{_CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head>
+<body>
+{body}
+<footer>devprof {h(__version__)} · written {h(now)} · plotly.js {h(get_plotlyjs_version())} embedded:
+this file needs no network.</footer>
+<script type="application/json" id="{data_id}">{_json_script(data)}</script>
+</body>
+</html>
 """
