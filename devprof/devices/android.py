@@ -697,9 +697,9 @@ def _why(e: BaseException) -> str:
 
     import adbutils
 
-    if isinstance(e, EOFError):
-        return "the adb connection closed (device unplugged or adbd gone?)"
     text = str(e)
+    if isinstance(e, (EOFError, ConnectionError)) or text.strip().lower() in ("closed", "connection closed"):
+        return "the adb connection closed (device unplugged or adbd gone?)"
     if "offline" in text or "not found" in text:  # what the adb server says once it noticed
         return f"adb says {text} (device unplugged or adbd gone?)"
     if isinstance(e, (adbutils.AdbTimeout, socket.timeout, TimeoutError)):
