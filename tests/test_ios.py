@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import signal
+import time
 import sys
 import threading
 from pathlib import Path
@@ -360,6 +361,27 @@ def test_cancel_kills_the_app(world, opened):
 def test_ctrl_c_kills_the_app(world, opened):
     main = threading.main_thread().ident
     phone = _pro(world, app=F.scripted_app(hang=True, on_start=lambda p: signal.pthread_kill(main, signal.SIGINT)))
+    (dev,) = _resolve("iphone16pro", opened)
+    out = dev.run(RunRequest(argv=_argv(), sample_ms=10, timeout_s=30))
+    assert out.status == "interrupted" and "Ctrl-C" in out.note
+    assert phone.launches[-1].killed
+
+
+def test_ctrl_c_while_the_run_is_being_scheduled_still_stops_the_app(world, opened, monkeypatch):
+    """CI once saw the Ctrl-C land inside the hand-off to the event loop (the app already running):
+    the run must still come back interrupted with the app killed, not raise into the caller."""
+    from devprof.devices.ios import device as D
+    real = D._Loop.start
+
+    def start_then_ctrl_c(self, coro, fut):
+        real(self, coro, fut)
+        deadline = time.monotonic() + 10
+        while not phone.launches and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D._Loop, "start", start_then_ctrl_c)
+    phone = _pro(world, app=F.scripted_app(hang=True))
     (dev,) = _resolve("iphone16pro", opened)
     out = dev.run(RunRequest(argv=_argv(), sample_ms=10, timeout_s=30))
     assert out.status == "interrupted" and "Ctrl-C" in out.note

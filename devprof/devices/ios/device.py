@@ -92,6 +92,27 @@ class _Loop:
     def submit(self, coro: Awaitable) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
+    def start(self, coro: Awaitable, fut: concurrent.futures.Future) -> None:
+        """Schedule ``coro`` with its outcome going into ``fut``, which the caller made first: a Ctrl-C
+        that lands inside this call (the task may already be running) cannot lose the handle."""
+        async def _run() -> None:
+            fut.task = asyncio.current_task()  # type: ignore[attr-defined]
+            try:
+                result = await coro
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                if not fut.done():
+                    fut.set_exception(e)
+            else:
+                if not fut.done():
+                    fut.set_result(result)
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(_run()))
+
+    def stop(self, fut: concurrent.futures.Future) -> None:
+        """Cancel the task behind a future from :meth:`start`."""
+        task = getattr(fut, "task", None)
+        if task is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(task.cancel)
+
     def call(self, coro: Awaitable, timeout: float | None = None):
         fut = self.submit(coro)
         try:
@@ -590,9 +611,11 @@ class IosDevice(Device):
         if self._closed:
             raise DeviceError(f"{self.display} was closed")
         st = _RunState(interval=interval if req.sample_ms > 0 else 0)
-        fut = self._loop.submit(self._guard(
-            self._a_run(bundle_id, args, env, req, interval, result_rel, notes, st), f"running {bundle_id}"))
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        coro = self._guard(self._a_run(bundle_id, args, env, req, interval, result_rel, notes, st),
+                           f"running {bundle_id}")
         try:
+            self._loop.start(coro, fut)
             while True:
                 try:
                     return fut.result(timeout=0.1)
@@ -604,7 +627,7 @@ class IosDevice(Device):
             try:
                 return fut.result(timeout=30)
             except (KeyboardInterrupt, concurrent.futures.TimeoutError):
-                fut.cancel()
+                self._loop.stop(fut)
                 return ProcessOutcome(exit_code=None, stdout=_stdout(st), stderr="", start_wall_ms=time.time() * 1000,
                                       wall_ms=0.0, samples=list(st.samples), memory_metric=MEMORY_METRIC,
                                       status="interrupted",
