@@ -48,6 +48,21 @@ class MemorySample:
     file_kb: int | None = None
     hwm_kb: int | None = None
     footprint_kb: int | None = None  # iOS physFootprint (what Xcode's gauge and jetsam use)
+    # /proc/PID/status: shared memory (tmpfs, ashmem, memfd) and swapped-out anonymous pages (zram on Android)
+    shmem_kb: int | None = None
+    swap_kb: int | None = None
+    # /proc/PID/smaps_rollup (read every few samples, see devprof.memory): proportional set size and swap
+    pss_kb: int | None = None
+    pss_anon_kb: int | None = None
+    pss_file_kb: int | None = None
+    smaps_swap_kb: int | None = None
+    swap_pss_kb: int | None = None
+    # /proc/PID/stat: page faults so far (major: had to read from storage)
+    majflt: int | None = None
+    minflt: int | None = None
+    # the device's /proc/meminfo, read beside smaps_rollup
+    mem_available_kb: int | None = None
+    swap_free_kb: int | None = None
 
 
 @dataclass
@@ -66,6 +81,9 @@ class ProcessOutcome:
     note: str = ""
     sampler_cpu_s: float | None = None  # CPU seconds the host-side sampler spent (local device)
     cpu_s: float | None = None  # CPU seconds (user + system) the runtime process itself used, where known
+    #: devprof.memory: "meminfo_before" (the device's /proc/meminfo), "peak" (the parts of Android's peak
+    #: rule and which won), "exit" (the runtime's own status/smaps_rollup/faults at exit, where it prints them)
+    memory: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

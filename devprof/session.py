@@ -21,7 +21,7 @@ from typing import Protocol
 
 import click
 
-from devprof import interference
+from devprof import interference, memory
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
 from devprof.devices.base import Device, RunRequest
@@ -480,12 +480,9 @@ class Session:
                 result = self.adapter.parse(outcome.stdout, outcome.stderr)
             except ParseError as e:
                 outcome.status, outcome.note = "failed", e.message
-        if result is not None and result.reported_peak_rss_mb is not None and s.native:
-            # the runner's own VmHWM at exit: the peak can no longer fall between two samples
-            own = int(round(result.reported_peak_rss_mb * 1024))
-            if outcome.peak_rss_kb is None or own > outcome.peak_rss_kb:
-                outcome.peak_rss_kb = own
-                outcome.note = (outcome.note + "; " if outcome.note else "") + "peak from the runner's own VmHWM"
+        if result is not None and s.native:
+            # the runner's own status at exit: the peak can no longer fall between two samples
+            memory.fold_runner_exit(outcome, result.extra.get("runner_status_kb"))
         if result is not None and s.native and plan.cache == "cold":
             before = next((r for r in result.extra.get("residency", []) if r.get("stage") == "before_load"), None)
             if before and before.get("resident_kb") is not None:

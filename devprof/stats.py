@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from devprof.memory import PEAK_RULE
 from devprof.results import Repetition
 
 if TYPE_CHECKING:  # the store imports this module: no import cycle at run time
@@ -344,7 +345,7 @@ def peak_rss_kb(rep: Repetition) -> int | None:
     if rep.outcome.peak_rss_kb is not None:
         seen.append(rep.outcome.peak_rss_kb)
     own = (rep.result.extra or {}).get("vmhwm_kb") if rep.result is not None else None
-    if isinstance(own, (int, float)) and own > 0 and rep.outcome.memory_metric in ("VmHWM", "", None):
+    if isinstance(own, (int, float)) and own > 0 and rep.outcome.memory_metric in ("VmHWM", PEAK_RULE, "", None):
         seen.append(int(own))
     return max(seen) if seen else None
 

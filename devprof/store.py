@@ -17,7 +17,7 @@ around migrations, and run ids made unique by the primary key: a generated id an
 first is drawn again. psycopg's errors become StoreError (exit 1) at this boundary; a bad URL is a
 UsageError (exit 2).
 
-Schema (version 2)::
+Schema (version 3)::
 
     schema_version(version)
     runs(run_id PK, created, status, note, finished, device_kind, device_serial, device_name,
@@ -27,8 +27,11 @@ Schema (version 2)::
                 peak_rss_kb, peak_file_kb, peak_anon_kb, distinct_pairs, start_wall_ms, wall_ms,
                 n_samples, result_json, outcome_json, note, thermal_before_json,
                 thermal_after_json, artifacts_json, created,
-                conditions_json)  -- version 2: interference and readiness around the repetition
-    samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb) -- in sampling order
+                conditions_json,  -- version 2: interference and readiness around the repetition
+                peak_swap_kb, peak_pss_kb, major_faults, minor_faults, mem_available_kb)  -- version 3
+    samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb,
+            shmem_kb, swap_kb, pss_kb, pss_anon_kb, pss_file_kb, smaps_swap_kb, swap_pss_kb, majflt, minflt,
+            mem_available_kb, swap_free_kb)  -- in sampling order; the second line since version 3
     routing(rep_id PK/FK, n_tokens, distinct_pairs, summary_json)
 
 ``runs.meta_json`` holds the RunMeta fields that have no column of their own (device, models,
@@ -137,6 +140,12 @@ MIGRATIONS: list[tuple[int, str]] = [
     (1, _SCHEMA_V1),  # 0 -> 1: the first schema
     # 1 -> 2: the device's state around each repetition (devprof.interference); '{}' for older rows
     (2, "ALTER TABLE repetitions ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '{}'"),
+    # 2 -> 3: swap, PSS, page faults and the device's meminfo (devprof.memory); NULL for older rows
+    (3, ";".join([f"ALTER TABLE samples ADD COLUMN {c} INTEGER" for c in (
+        "shmem_kb", "swap_kb", "pss_kb", "pss_anon_kb", "pss_file_kb", "smaps_swap_kb", "swap_pss_kb",
+        "majflt", "minflt", "mem_available_kb", "swap_free_kb")] + [
+        f"ALTER TABLE repetitions ADD COLUMN {c} INTEGER" for c in (
+            "peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb")])),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 assert [v for v, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -161,7 +170,14 @@ _REP_COLS = ("run_id", "model", "workload", "context", "idx", "warmup", "status"
              "cache_state", "cache_note", "memory_metric", "prefill_tok_s", "decode_tok_s", "ttft_ms",
              "peak_rss_kb", "peak_file_kb", "peak_anon_kb", "distinct_pairs", "start_wall_ms", "wall_ms",
              "n_samples", "result_json", "outcome_json", "note", "thermal_before_json",
-             "thermal_after_json", "artifacts_json", "created", "conditions_json")
+             "thermal_after_json", "artifacts_json", "created", "conditions_json",
+             "peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb")
+#: the samples table's columns after rep_id, as MemorySample names them (insertion order is sample order)
+_SAMPLE_COLS = ("t_ms", "rss_kb", "anon_kb", "file_kb", "hwm_kb", "footprint_kb", "shmem_kb", "swap_kb", "pss_kb",
+                "pss_anon_kb", "pss_file_kb", "smaps_swap_kb", "swap_pss_kb", "majflt", "minflt",
+                "mem_available_kb", "swap_free_kb")
+_INSERT_SAMPLES = (f"INSERT INTO samples (rep_id, {', '.join(_SAMPLE_COLS)}) "
+                   f"VALUES ({', '.join('?' for _ in range(len(_SAMPLE_COLS) + 1))})")
 # RunMeta fields kept in their own columns, not in meta_json
 _META_COLUMN_FIELDS = ("run_id", "created", "status", "note")
 
@@ -608,9 +624,11 @@ class Store:
 
     def add_repetition(self, run_id: str, rep: Repetition) -> int:
         """Store one repetition with its samples and routing; committed before returning."""
+        from devprof.memory import rep_memory
         from devprof.stats import peak_rss_kb
 
         o, r = rep.outcome, rep.result
+        mem = rep_memory(rep)
         row = dict(
             run_id=run_id, model=rep.model, workload=rep.workload, context=rep.context, idx=rep.index,
             warmup=int(rep.warmup), status=o.status, exit_code=o.exit_code, cache_state=rep.cache_state,
@@ -624,16 +642,16 @@ class Store:
             note=o.note, thermal_before_json=_json(rep.thermal_before),
             thermal_after_json=_json(rep.thermal_after), artifacts_json=_json(rep.artifacts), created=_now(),
             conditions_json=_json(rep.conditions or {}),
+            peak_swap_kb=mem["peak_swap_kb"], peak_pss_kb=mem["peak_pss_kb"], major_faults=mem["major_faults"],
+            minor_faults=mem["minor_faults"], mem_available_kb=mem["meminfo_before"].get("MemAvailable"),
         )
         with self._write() as c:
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise StoreError(f"no run {run_id} in {self.where}")
             rep_id = _insert(c, "repetitions", row)
             if o.samples:
-                c.executemany(
-                    "INSERT INTO samples (rep_id, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ((rep_id, s.t_ms, s.rss_kb, s.anon_kb, s.file_kb, s.hwm_kb, s.footprint_kb) for s in o.samples))
+                c.executemany(_INSERT_SAMPLES,
+                              ((rep_id, *(getattr(s, k) for k in _SAMPLE_COLS)) for s in o.samples))
             if rep.routing is not None:
                 rt = rep.routing
                 c.execute("INSERT INTO routing (rep_id, n_tokens, distinct_pairs, summary_json) VALUES (?, ?, ?, ?)",
@@ -732,12 +750,11 @@ class Store:
                 "SELECT * FROM repetitions WHERE run_id = ? ORDER BY rep_id", (run_id,))]
             by_rep: dict[int, list[MemorySample]] = {r["rep_id"]: [] for r in reps_rows}
             if samples and reps_rows:
-                for rep_id, t, rss, anon, file_, hwm, fp in c.execute(
-                        "SELECT s.rep_id, s.t_ms, s.rss_kb, s.anon_kb, s.file_kb, s.hwm_kb, s.footprint_kb FROM samples s "
+                for rep_id, *vals in c.execute(
+                        f"SELECT s.rep_id, {', '.join('s.' + k for k in _SAMPLE_COLS)} FROM samples s "
                         "JOIN repetitions r ON r.rep_id = s.rep_id WHERE r.run_id = ? "
                         "ORDER BY s.rep_id, s.rowid", (run_id,)):
-                    by_rep[rep_id].append(MemorySample(t_ms=t, rss_kb=rss, anon_kb=anon, file_kb=file_, hwm_kb=hwm,
-                                                       footprint_kb=fp))
+                    by_rep[rep_id].append(MemorySample(**dict(zip(_SAMPLE_COLS, vals))))
             routing = {rep_id: _build(RoutingSummary, json.loads(js)) for rep_id, js in c.execute(
                 "SELECT g.rep_id, g.summary_json FROM routing g JOIN repetitions r ON r.rep_id = g.rep_id "
                 "WHERE r.run_id = ?", (run_id,))}
@@ -841,13 +858,8 @@ class Store:
             for rep in [dict(r) for r in src.execute(
                     "SELECT * FROM repetitions WHERE run_id = ? ORDER BY rep_id", (run["run_id"],))]:
                 new_id = _insert(c, "repetitions", {k: rep[k] for k in _REP_COLS})
-                c.executemany(
-                    "INSERT INTO samples (rep_id, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ((new_id, *s) for s in src.execute(
-                        "SELECT t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb FROM samples "
-                        "WHERE rep_id = ? ORDER BY rowid",
-                        (rep["rep_id"],))))
+                c.executemany(_INSERT_SAMPLES, ((new_id, *s) for s in src.execute(
+                    f"SELECT {', '.join(_SAMPLE_COLS)} FROM samples WHERE rep_id = ? ORDER BY rowid", (rep["rep_id"],))))
                 g = src.execute("SELECT n_tokens, distinct_pairs, summary_json FROM routing WHERE rep_id = ?",
                                 (rep["rep_id"],)).fetchone()
                 if g is not None:

@@ -83,6 +83,13 @@ def test_two_writer_processes_lose_nothing_and_never_collide(pg_url, tmp_path):
 
 
 # ---- migration from an older schema ----------------------------------------------------------------
+V3_COLUMNS = {  # what version 3 added (devprof.memory)
+    "samples": ("shmem_kb", "swap_kb", "pss_kb", "pss_anon_kb", "pss_file_kb", "smaps_swap_kb", "swap_pss_kb",
+                "majflt", "minflt", "mem_available_kb", "swap_free_kb"),
+    "repetitions": ("peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb"),
+}
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 def test_migrates_a_version_1_store_forward(engine, tmp_path, request):
     target = tmp_path / "old.db" if engine == "sqlite" else request.getfixturevalue("pg_url")
@@ -93,9 +100,12 @@ def test_migrates_a_version_1_store_forward(engine, tmp_path, request):
         s.add_repetition(run_id, rep)
         with s._write() as c:  # back to version 1: as an older devprof left it
             c.execute("ALTER TABLE repetitions DROP COLUMN conditions_json")
+            for table, cols in V3_COLUMNS.items():
+                for col in cols:
+                    c.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
             c.execute("UPDATE schema_version SET version = 1")
     with Store(target) as s:
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3
         got = s.load_run(run_id).repetitions
         assert len(got) == 1 and got[0].conditions == {} and got[0].outcome.samples == rep.outcome.samples
         rep2 = F.make_rep(F.MOE, "real", 256, 1, new_tokens=8)

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from devprof import memory
 from devprof.devices import aliases as al
 from devprof.devices.base import Device, RunRequest, StageReport
 from devprof.errors import DeviceError, DeviceLost, UsageError, killed_by
@@ -260,7 +261,7 @@ class AndroidDevice(Device):
                 kind="android", serial=self.serial,
                 name=f"{disp} ({model})" if disp != model else model, model=model,
                 os_version=f"Android {props.get('ro.build.version.release', '?')}",
-                memory_metric="VmHWM",
+                memory_metric=memory.PEAK_RULE,
                 extra={"abi": props.get("ro.product.cpu.abi", ""), "sdk": props.get("ro.build.version.sdk", ""),
                        "manufacturer": props.get("ro.product.manufacturer", ""),
                        "soc": props.get("ro.soc.model", ""), "mem_total_mb": round(mem_kb / 1024) if mem_kb else None,
@@ -546,14 +547,15 @@ class AndroidDevice(Device):
                     status, note = "oom", f"{note} by the low-memory killer ({evidence})"
         elif status == "ok" and rc not in (0, None):
             status, note = "failed", f"exit code {rc}"
-        hwm = [s.hwm_kb for s in samples if s.hwm_kb]
+        peak, parts = memory.android_peak(samples)
         from devprof.interference import sampler_cpu_seconds
 
         return ProcessOutcome(cpu_s=sampler_cpu_seconds(mem),
             exit_code=exit_code if status not in ("interrupted", "timeout") else None, stdout=stdout, stderr=stderr,
             start_wall_ms=dev_start_wall if dev_start_wall else start_wall, wall_ms=wall_ms, samples=samples,
-            peak_rss_kb=max(hwm) if hwm else None, memory_metric="VmHWM", status=status,
-            note=note or ("peak is the last sampled VmHWM" if hwm else ""),
+            peak_rss_kb=peak, memory_metric=memory.PEAK_RULE, status=status,
+            note=note or (f"peak is {memory.PEAK_RULE} over the samples ({parts['won']} won)" if peak else ""),
+            memory={"meminfo_before": memory.sampler_meminfo(mem), "peak": parts},
         )
 
     def _lmk_evidence(self, pid: int | None, samples: list[MemorySample]) -> str:
@@ -738,10 +740,9 @@ def parse_sampler_output(text: str) -> tuple[list[MemorySample], float | None, i
             k, _, v = item.partition(":")
             if v.isdigit():
                 vals[k] = int(v)
-        if "VmRSS" not in vals:
-            continue
-        samples.append(MemorySample(t_ms=round((t - up0) * 1000.0, 1), rss_kb=vals["VmRSS"], anon_kb=vals.get("RssAnon"),
-                                    file_kb=vals.get("RssFile"), hwm_kb=vals.get("VmHWM")))
+        sample = memory.sample_from(round((t - up0) * 1000.0, 1), vals)
+        if sample is not None:
+            samples.append(sample)
     return samples, wall0, rc
 
 

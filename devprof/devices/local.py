@@ -30,18 +30,19 @@ from pathlib import Path
 
 import psutil
 
-from devprof import pagecache
+from devprof import memory, pagecache
 from devprof.devices.base import Device, RunRequest, StageReport
 from devprof.errors import DeviceError, killed_by
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
-_STATUS_RX = re.compile(rb"^(VmRSS|RssAnon|RssFile|VmHWM):\s+(\d+)", re.M)
-_FIELDS = {b"VmRSS": "rss", b"RssAnon": "anon", b"RssFile": "file", b"VmHWM": "hwm"}
+_STATUS_RX = re.compile(rb"^(VmRSS|RssAnon|RssFile|VmHWM|RssShmem|VmSwap):\s+(\d+)", re.M)
+_FIELDS = {b"VmRSS": "rss", b"RssAnon": "anon", b"RssFile": "file", b"VmHWM": "hwm", b"RssShmem": "shmem",
+           b"VmSwap": "swap"}
 
 
 def parse_status(raw: bytes) -> dict[str, int]:
-    """Pick VmRSS/RssAnon/RssFile/VmHWM (kB) out of /proc/PID/status text (one regex pass:
-    8 us a sample against 21 us splitting every line; the sampler's cost is what it steals)."""
+    """Pick VmRSS/RssAnon/RssFile/VmHWM/RssShmem/VmSwap (kB) out of /proc/PID/status text (one regex
+    pass: 8 us a sample against 21 us splitting every line; the sampler's cost is what it steals)."""
     return {_FIELDS[k]: int(v) for k, v in _STATUS_RX.findall(raw)}
 
 
@@ -89,6 +90,7 @@ class StatusSampler(threading.Thread):
             fd = os.open(f"/proc/{self.pid}/status", os.O_RDONLY)
         except OSError:
             return
+        extra = _ExtraFiles(self.pid)
         c0 = time.thread_time()
         try:
             nxt = time.monotonic()
@@ -101,9 +103,11 @@ class StatusSampler(threading.Thread):
                 v = parse_status(raw)
                 if "rss" not in v:  # a zombie: memory fields are gone
                     break
-                self.samples.append(MemorySample(
+                sample = MemorySample(
                     t_ms=round((now - self.t0) * 1000.0, 3), rss_kb=v["rss"], anon_kb=v.get("anon"),
-                    file_kb=v.get("file"), hwm_kb=v.get("hwm")))
+                    file_kb=v.get("file"), hwm_kb=v.get("hwm"), shmem_kb=v.get("shmem"), swap_kb=v.get("swap"))
+                extra.fill(sample)
+                self.samples.append(sample)
                 nxt += self.interval
                 delay = nxt - time.monotonic()
                 if delay < 0:  # fell behind (machine busy): skip, don't burst
@@ -112,7 +116,52 @@ class StatusSampler(threading.Thread):
                 self._stop_evt.wait(delay)
         finally:
             os.close(fd)
+            extra.close()
             self.cpu_s = time.thread_time() - c0
+
+
+class _ExtraFiles:
+    """The sampler's other reads: /proc/PID/stat (page faults) every sample; /proc/PID/smaps_rollup
+    and /proc/meminfo on devprof.memory's cadence (smaps_rollup walks the page tables: costly)."""
+
+    def __init__(self, pid: int) -> None:
+        self.fds: dict[str, int] = {}
+        for name, path in (("stat", f"/proc/{pid}/stat"), ("meminfo", "/proc/meminfo")):
+            try:
+                self.fds[name] = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+        # opened per read: a descriptor of smaps_rollup keeps the address space it was opened on,
+        # which an exec replaces (status and stat follow the process)
+        self.smaps_path = f"/proc/{pid}/smaps_rollup"
+        self.cadence = memory.SmapsCadence()
+
+    def _read(self, name: str, size: int = 4096) -> bytes:
+        try:
+            return os.pread(self.fds[name], size, 0) if name in self.fds else b""
+        except OSError:
+            return b""
+
+    def fill(self, s: MemorySample) -> None:
+        f = memory.parse_stat_faults(self._read("stat", 2048))
+        s.minflt, s.majflt = f.get("minflt"), f.get("majflt")
+        t = time.monotonic()
+        if not self.cadence.due(t):
+            return
+        try:
+            with open(self.smaps_path, "rb") as f:
+                sm = memory.parse_smaps_rollup(f.read())
+        except OSError:
+            sm = {}
+        mi = memory.parse_meminfo(self._read("meminfo", 8192))
+        self.cadence.done(t, time.monotonic())
+        s.pss_kb, s.pss_anon_kb, s.pss_file_kb = sm.get("Pss"), sm.get("Pss_Anon"), sm.get("Pss_File")
+        s.smaps_swap_kb, s.swap_pss_kb = sm.get("Swap"), sm.get("SwapPss")
+        s.mem_available_kb, s.swap_free_kb = mi.get("MemAvailable"), mi.get("SwapFree")
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
 
 
 class LocalDevice(Device):
@@ -213,6 +262,7 @@ class LocalDevice(Device):
             argv = ["taskset", req.cpu_mask, *argv]
         env = {**os.environ, **req.env}
         own_hwm = _own_vmhwm_kb()
+        meminfo_before = _meminfo()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start_wall = time.time() * 1000.0
             t0 = time.monotonic()
@@ -282,6 +332,7 @@ class LocalDevice(Device):
             stdout=stdout, stderr=stderr, start_wall_ms=start_wall, wall_ms=wall_ms,
             samples=samples, peak_rss_kb=peak, memory_metric="VmHWM", status=status, note=note,
             sampler_cpu_s=sampler.cpu_s if sampler else None, cpu_s=waited.get("cpu_s"),
+            memory={"meminfo_before": meminfo_before},
         )
 
     def close(self) -> None:
@@ -378,6 +429,13 @@ def _kill_group(pid: int, done: threading.Event) -> None:
             return
         if done.wait(wait):
             return
+
+
+def _meminfo() -> dict[str, int]:
+    try:
+        return memory.parse_meminfo(Path("/proc/meminfo").read_bytes())
+    except OSError:
+        return {}
 
 
 def _cpu_model() -> str:

@@ -306,7 +306,9 @@ def _parse_perf(text: str, runtime: str) -> RunResult:
 # devprof's own runner (runner/runner.cpp): its "devprof_<what>: {json}" lines after the perf block
 
 _RUNNER_RE = re.compile(r"^devprof_(tokens|status|residency):[ \t]*(\{[^\n]*\})[ \t]*$", re.M)
-STATUS_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "VmSwap")
+STATUS_KEYS = ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmSwap",  # /proc/self/status, kB
+               "Pss", "Pss_Anon", "Pss_File", "Swap", "SwapPss",  # /proc/self/smaps_rollup, kB
+               "majflt", "minflt")  # getrusage: page faults
 
 
 def parse_runner_lines(text: str) -> dict[str, Any]:
@@ -314,8 +316,8 @@ def parse_runner_lines(text: str) -> dict[str, Any]:
     ``devprof_residency:``), as a dict; {} for output of other llama.cpp programs.
 
     Keys: ``token_ms`` (list, ms from the prefill start at which each new token was sampled),
-    ``prefill_end_ms``, ``threads``, ``status`` ({VmHWM, VmRSS, RssAnon, RssFile, VmSwap} in kB,
-    the runner's own /proc/self/status at exit), ``residency`` (list of {stage, resident_kb,
+    ``prefill_end_ms``, ``threads``, ``status`` (:data:`STATUS_KEYS`: the runner's own
+    /proc/self/status and smaps_rollup at exit in kB, and its page faults), ``residency`` (list of {stage, resident_kb,
     file_kb, evicted}: the model file in the page cache before load, after prefill, at exit).
     A line that is not valid JSON or has impossible values raises :class:`ParseError`.
     """
@@ -349,7 +351,7 @@ def parse_runner_lines(text: str) -> dict[str, Any]:
                 if v is None:
                     continue
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise ParseError(f"llamacpp: runner status {k} is not a size in kB: {snippet(str(v), 20)}")
+                    raise ParseError(f"llamacpp: runner status {k} is not a count or a size in kB: {snippet(str(v), 20)}")
                 st[k] = v
             out["status"] = st
         else:

@@ -36,8 +36,12 @@
 //                       "file_kb": F, "evicted": bool}          (mincore of the model file)
 //   devprof_tokens: {"prefill_start_ms": 0, "prefill_end_ms": P, "token_ms": [t1, ..., tN]}
 //                   (ms since the prefill started, at which each new token was sampled)
-//   devprof_status: {"VmHWM": kB, "VmRSS": kB, "RssAnon": kB, "RssFile": kB, "VmSwap": kB}
-//                   (the runner's own /proc/self/status at exit: the peak cannot be missed)
+//   devprof_status: {"VmHWM": kB, "VmRSS": kB, "RssAnon": kB, "RssFile": kB, "RssShmem": kB,
+//                    "VmSwap": kB, "Pss": kB, "Pss_Anon": kB, "Pss_File": kB, "Swap": kB,
+//                    "SwapPss": kB, "majflt": n, "minflt": n}
+//                   (the runner's own /proc/self/status and /proc/self/smaps_rollup at exit, so
+//                   the peak cannot be missed, and its page faults from getrusage; null when a
+//                   field is not there, e.g. smaps_rollup before Linux 4.14)
 // Errors: one line "devprof-llamarunner: error: ..." and exit 2 for bad input (missing or bad file,
 // bad ids, context too large, bad flags), 1 for a failure on good input.
 //
@@ -57,6 +61,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -226,22 +231,35 @@ static void residency(const std::string &path, const char *stage) {
     fflush(stderr);
 }
 
-static void print_status() {
-    const char *keys[] = {"VmHWM", "VmRSS", "RssAnon", "RssFile", "VmSwap"};
-    long long vals[5] = {-1, -1, -1, -1, -1};
-    FILE *f = fopen("/proc/self/status", "r");
-    if (f) {
-        char line[256];
-        while (fgets(line, sizeof line, f)) {
-            for (int i = 0; i < 5; ++i) {
-                size_t k = strlen(keys[i]);
-                if (strncmp(line, keys[i], k) == 0 && line[k] == ':') vals[i] = strtoll(line + k + 1, nullptr, 10);
-            }
+// read "Key:  value kB" lines of a /proc file into vals (keys[i] -> vals[i]; -1 when absent)
+static void read_kb_fields(const char *path, const char *const *keys, long long *vals, int n) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        for (int i = 0; i < n; ++i) {
+            size_t k = strlen(keys[i]);
+            if (strncmp(line, keys[i], k) == 0 && line[k] == ':') vals[i] = strtoll(line + k + 1, nullptr, 10);
         }
-        fclose(f);
+    }
+    fclose(f);
+}
+
+static void print_status() {
+    enum { N_STATUS = 6, N_SMAPS = 5, N = N_STATUS + N_SMAPS + 2 };
+    const char *keys[N] = {"VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmSwap",
+                           "Pss", "Pss_Anon", "Pss_File", "Swap", "SwapPss", "majflt", "minflt"};
+    long long vals[N];
+    for (long long &v : vals) v = -1;
+    read_kb_fields("/proc/self/status", keys, vals, N_STATUS);
+    read_kb_fields("/proc/self/smaps_rollup", keys + N_STATUS, vals + N_STATUS, N_SMAPS);
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        vals[N - 2] = ru.ru_majflt;
+        vals[N - 1] = ru.ru_minflt;
     }
     std::string out = "devprof_status: {";
-    for (int i = 0; i < 5; ++i) {
+    for (int i = 0; i < N; ++i) {
         char buf[64];
         if (vals[i] < 0)
             snprintf(buf, sizeof buf, "%s\"%s\": null", i ? ", " : "", keys[i]);
