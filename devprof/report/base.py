@@ -175,6 +175,10 @@ def memory_metric_note(metric: str) -> str:
     if metric == "VmHWM":
         return ("VmHWM: the kernel's high-water mark of the process's resident set "
                 "(/proc/PID/status), which also catches spikes between two samples")
+    if metric == "max(VmHWM, RSS+swap)":
+        return ("max(VmHWM, RSS+swap): the larger of the kernel's high-water mark of the resident set and the "
+                "largest sampled VmRSS + VmSwap (Android swaps anonymous pages to zram, and its low-memory "
+                "killer counts anonymous + swap; Pipette's rule)")
     return metric
 
 

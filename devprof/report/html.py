@@ -38,6 +38,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from devprof import __version__, stats
+from devprof.memory import PEAK_RULE
 from devprof.report.base import (  # noqa: F401 (phase_spans* and representative are re-exported)
     Analysis, Renderer, analyse, fmt, fmt_cv, memory_metric_note, phase_spans, phase_spans_from_durations,
     adaptive_lines, rep_label, representative, reps_text, threads_used, when,
@@ -133,7 +134,7 @@ def _json_script(data: Any) -> str:
 
 
 def _rss_label(metric: str) -> str:
-    return "VmRSS" if metric == "VmHWM" else metric
+    return "VmRSS" if metric in ("VmHWM", PEAK_RULE) else metric
 
 
 # ---- the renderer ------------------------------------------------------------------------------
@@ -413,7 +414,9 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
 
     # ---- memory -----------------------------------------------------------------------------
     def memory(self) -> str:
-        out = []
+        from devprof.report import memory_figures
+
+        out = [memory_figures.headroom(self)]
         for ctx in self.rec.contexts():
             fig_html = self._peak_figure(ctx)
             if fig_html:
@@ -426,6 +429,7 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
                     fig_html = self._timeline(model, workload, ctx)
                     if fig_html:
                         out.append(fig_html)
+                        out.append(memory_figures.faults_figure(self, model, workload, ctx) or "")
         if len(out) == n_before:
             out.append("<p>No memory samples were recorded (sampling off, or no repetition finished).</p>")
         return "\n".join(out)
