@@ -15,14 +15,15 @@ def _sample(rss: int, hwm: int | None) -> MemorySample:
     return MemorySample(t_ms=0.0, rss_kb=rss, anon_kb=None, file_kb=None, hwm_kb=hwm)
 
 
-def test_parse_status_picks_the_four_fields():
+def test_parse_status_picks_the_six_fields():
     raw = (b"Name:\tpython\nVmPeak:\t  900 kB\nVmHWM:\t  524288 kB\nVmRSS:\t  400000 kB\n"
-           b"RssAnon:\t  300000 kB\nRssFile:\t   99000 kB\nRssShmem:\t 1000 kB\nThreads:\t3\n")
-    assert parse_status(raw) == {"hwm": 524288, "rss": 400000, "anon": 300000, "file": 99000}
+           b"RssAnon:\t  300000 kB\nRssFile:\t   99000 kB\nRssShmem:\t 1000 kB\nVmSwap:\t 20 kB\nThreads:\t3\n")
+    assert parse_status(raw) == {"hwm": 524288, "rss": 400000, "anon": 300000, "file": 99000, "shmem": 1000,
+                                 "swap": 20}
     assert parse_status(b"Name:\tzombie\nState:\tZ (zombie)\nThreads:\t1\n") == {}
     with open("/proc/self/status", "rb") as f:
         own = parse_status(f.read())
-    assert set(own) == {"rss", "anon", "file", "hwm"} and own["hwm"] >= own["rss"] > 0
+    assert set(own) == {"rss", "anon", "file", "hwm", "shmem", "swap"} and own["hwm"] >= own["rss"] > 0
 
 
 def test_exit_peak_trusts_ru_maxrss_only_above_devprofs_own_high_water_mark():

@@ -1,0 +1,98 @@
+"""Swap, PSS, page faults and meminfo headroom end to end: `devprof run --device s25` through the real
+adb server and the suite's phone daemon (the committed arm64 runner under qemu; the daemon runs on
+this host, so /proc is this host's, real), and `--device local` with the host build of the runner.
+The store keeps them, the report shows them, and the page renders in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from chromium import plot_divs, render_in_chromium
+from devprof import memory
+from devprof.cli import cli
+
+EXIT_KEYS = {"VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmSwap", "Pss", "Pss_Anon", "Pss_File",
+             "Swap", "SwapPss", "majflt", "minflt"}
+RUN = ("--model", "mobilemoe-s-mini", "--baseline", "none", "--context", "128", "--new-tokens", "6",
+       "--reps", "1", "--warmup", "0", "--threads", "1", "--workload", "real", "--sample-ms", "20")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def adb():
+    from adb_env import AdbServer
+
+    with AdbServer() as server:
+        yield server
+
+
+def _check_store(db: Path, metric: str) -> None:
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT rep_id, memory_metric, peak_rss_kb, peak_swap_kb, peak_pss_kb, major_faults, "
+                       "minor_faults, mem_available_kb, outcome_json, result_json FROM repetitions").fetchall()
+    assert len(rows) == 1
+    rep_id, got_metric, peak, swap, pss, majflt, minflt, avail, outcome_json, result_json = rows[0]
+    assert got_metric == metric
+    # this host has no swap configured: a measured 0, not a missing value
+    assert swap == 0 and 0 < pss <= peak and majflt is not None and minflt > 1000
+    o = json.loads(outcome_json)
+    before = o["memory"]["meminfo_before"]
+    assert set(before) == set(memory.MEMINFO_KEYS) and avail == before["MemAvailable"] > peak
+    status = json.loads(result_json)["extra"]["runner_status_kb"]
+    assert set(status) == EXIT_KEYS  # the runner's own exit report: status, smaps_rollup, getrusage
+    assert status["Pss"] > 0 and status["minflt"] > 0 and minflt >= status["minflt"] * 0.5
+    if metric == memory.PEAK_RULE:
+        parts = o["memory"]["peak"]
+        assert parts["won"] in ("VmHWM", "RSS+swap") and peak == max(parts["VmHWM"], parts["RSS+swap"])
+    samples = con.execute("SELECT swap_kb, pss_kb, majflt, minflt, mem_available_kb FROM samples WHERE rep_id = ?",
+                          (rep_id,)).fetchall()
+    assert samples and all(s[0] is not None and s[2] is not None and s[3] is not None for s in samples)
+    with_pss = [s for s in samples if s[1] is not None]
+    assert with_pss and all(s[4] for s in with_pss) and len(with_pss) < len(samples)
+
+
+def _check_report(db: Path, tmp_path: Path, metric: str) -> None:
+    html = tmp_path / "r.html"
+    res = invoke("report", "latest", "--db", str(db), "--out", str(html))
+    assert res.exit_code == 0, res.output
+    text = html.read_text()
+    assert "Device memory headroom" in text and "MemAvailable before the run: it fits" in text
+    assert "Swap, PSS and page faults beside routing" in text and "expert first touched (layer)" in text
+    assert f"{metric}" in text
+    dom, errors = render_in_chromium(html)
+    assert errors == []
+    assert plot_divs(dom) and all(n > 0 for n in plot_divs(dom).values())
+
+
+def test_s25_stores_and_reports_swap_pss_faults_and_headroom(adb, monkeypatch, tmp_path):
+    if not shutil.which("qemu-aarch64-static"):
+        pytest.fail("qemu-aarch64-static is not installed: run scripts/test-setup", pytrace=False)
+    from adb_env import FakePhone
+
+    for k, v in adb.env.items():
+        if k.startswith("ANDROID_ADB") or k.startswith("ADB_"):
+            monkeypatch.setenv(k, v)
+    db = tmp_path / "s.db"
+    with FakePhone(adb):
+        res = invoke("run", "--device", "s25", *RUN, "--db", str(db))
+        assert res.exit_code == 0, res.output
+        _check_store(db, memory.PEAK_RULE)
+        _check_report(db, tmp_path, memory.PEAK_RULE)
+
+
+def test_local_stores_and_reports_swap_pss_faults_and_headroom(tmp_path):
+    pytest.importorskip("gguf")
+    db = tmp_path / "s.db"
+    res = invoke("run", "--device", "local", "--runtime", "llamacpp", *RUN, "--db", str(db))
+    assert res.exit_code == 0, res.output
+    _check_store(db, "VmHWM")
+    _check_report(db, tmp_path, "VmHWM")
