@@ -319,7 +319,9 @@ def test_runner_output_parses_into_a_run_result(tmp_path):
     assert len(ts) == 6 and ts == sorted(ts) and r.ttft_ms == ts[0] > 0
     assert len(r.extra["token_ms"]) == 5 and all(v >= 0 for v in r.extra["token_ms"])
     st = r.extra["runner_status_kb"]
-    assert set(st) == {"VmHWM", "VmRSS", "RssAnon", "RssFile", "VmSwap"} and st["VmHWM"] >= st["VmRSS"] > 0
+    assert set(st) == {"VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmSwap", "Pss", "Pss_Anon", "Pss_File",
+                       "Swap", "SwapPss", "majflt", "minflt"} and st["VmHWM"] >= st["VmRSS"] > 0
+    assert 0 < st["Pss"] and st["Pss_Anon"] + st["Pss_File"] <= st["Pss"] + 1 and st["minflt"] > 0
     assert r.reported_peak_rss_mb == st["VmHWM"] / 1024
     stages = {x["stage"]: x for x in r.extra["residency"]}
     assert list(stages) == ["before_load", "after_prefill", "exit"] and all(x["evicted"] for x in stages.values())
