@@ -1,0 +1,87 @@
+"""`devprof show`, `devprof report`, `devprof list`: one stored run, or the list of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.text import Text
+
+from devprof.cli.options import db_option, load_shown, open_store, out
+
+
+def write_report(record, path: Path) -> Path:
+    from devprof.export import write_text
+    from devprof.report import HtmlRenderer
+
+    # atomic: a temporary file beside it, renamed into place; a full disk leaves no empty report
+    return write_text(Path(path), HtmlRenderer().render(record), "report")
+
+
+@click.command()
+@click.argument("run_ref", default="latest")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable figures.")
+@db_option
+def show(run_ref, as_json, db_path) -> None:
+    """Show the figures of a run (RUN id, a unique prefix, latest, latest~1)."""
+    store = open_store(db_path, must_exist=True)
+    record = load_shown(store, run_ref)
+    if as_json:
+        from devprof.report import JsonRenderer
+
+        out.print_json(JsonRenderer().render(record))
+    else:
+        from devprof.report import TerminalRenderer
+
+        TerminalRenderer(console=out).print(record)
+
+
+@click.command()
+@click.argument("run_ref", default="latest")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: next to the store, RUN.html].")
+@click.option("--open", "open_it", is_flag=True, help="Open the report in a browser.")
+@db_option
+def report(run_ref, out_path, open_it, db_path) -> None:
+    """Write the self-contained HTML report of a run."""
+    store = open_store(db_path, must_exist=True)
+    record = load_shown(store, run_ref)
+    path = write_report(record, out_path or store.local_dir / f"{record.meta.run_id}.html")
+    click.echo(str(path))
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
+@click.command(name="list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True)
+@db_option
+def list_runs(limit, as_json, db_path) -> None:
+    """List stored runs, newest first."""
+    store = open_store(db_path, must_exist=True)
+    runs = store.list_runs(limit=limit)
+    if as_json:
+        out.print_json(json.dumps([{
+            "run_id": m.run_id, "created": m.created, "status": m.status, "device": m.device.name,
+            "device_kind": m.device.kind, "runtime": m.runtime, "models": m.models,
+            "workloads": m.workloads, "contexts": m.contexts, "reps": m.reps} for m in runs]))
+        return
+    from devprof.report.fit import Col, fit_table
+
+    # the run id (it holds the creation time) and the model names are never cut; narrow terminals
+    # lose created, reps, runtime, workloads and context, in that order
+    cols = [Col("run", keep=True), Col("created", drop=5), Col("status"), Col("device"), Col("runtime", drop=3),
+            Col("models", keep=True), Col("workloads", drop=2), Col("context", drop=1), Col("reps", "right", drop=4)]
+    rows = []
+    for m in runs:
+        style = {"complete": "green", "interrupted": "yellow", "running": "cyan"}.get(m.status, "red")
+        models = m.models[:1] + [f"vs {x}" for x in m.models[1:]]
+        rows.append([Text(m.run_id), Text(m.created), Text(m.status, style=style), Text(m.device.name or ""),
+                     Text(m.runtime), Text("\n".join(models)), Text(", ".join(m.workloads)),
+                     Text(", ".join(map(str, m.contexts))), Text(str(m.reps))])
+    out.print(fit_table(out, cols, rows, title=escape(f"runs in {store.where}")))
+
