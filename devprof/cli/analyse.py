@@ -16,6 +16,7 @@ from rich.text import Text
 
 from devprof.cli.options import check_writable, console, db_arg, db_option, echo_json, open_store, out
 from devprof.errors import UsageError
+from devprof.report import EXPORT_FORMATS
 
 
 # --------------------------------------------------------------------------------------------
@@ -37,14 +38,14 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
     record = store.load_run(run_ref)
     report = analyse_compare(record)
     if html_path is not None:
-        from devprof.export import write_text
-        from devprof.report.html import CompareHTMLRenderer
+        from devprof.report import get_renderer
+        from devprof.report.writer import write_text
 
-        write_text(html_path, CompareHTMLRenderer().render(report), "HTML page")
+        write_text(html_path, get_renderer("compare-html").render(report), "HTML page")
     if as_json:
         echo_json(to_dict(report))
     else:
-        from devprof.analysis.console import compare_renderables
+        from devprof.report.terminal_compare import compare_renderables
 
         for r in compare_renderables(report, width=out.width):
             out.print(r)
@@ -93,7 +94,7 @@ def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, last_n, db_path) -
     if as_json:
         echo_json(to_dict(report))
     else:
-        from devprof.analysis.console import diff_renderables
+        from devprof.report.terminal_compare import diff_renderables
 
         for r in diff_renderables(report):
             out.print(r)
@@ -137,7 +138,7 @@ def _diff_against_last(run_ref, n, threshold, as_json, db_path) -> None:
 # --------------------------------------------------------------------------------------------
 @click.command()
 @click.argument("run_ref", default="latest")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "md", "perfetto"]), default="csv",
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="csv",
               show_default=True, help="csv/json/md: one row per repetition and per summary; perfetto: one "
                                       "Chrome trace-event JSON per repetition.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
@@ -146,22 +147,24 @@ def _diff_against_last(run_ref, n, threshold, as_json, db_path) -> None:
 @db_option
 def export(run_ref, fmt, out_path, db_path) -> None:
     """Export a run: CSV, JSON, Markdown, or Perfetto traces (open in ui.perfetto.dev)."""
-    from devprof import export as ex
+    from devprof.report import export as write_export
+    from devprof.report import export_renderer
 
     store = open_store(db_path, must_exist=True)
     record = store.load_run(run_ref)
-    if fmt == "perfetto":
-        folder = out_path or store.local_dir / f"{record.meta.run_id}-perfetto"
-        paths = ex.write_perfetto(record, folder)
+    renderer = export_renderer(fmt)
+    if renderer.writes_folder:
+        folder = out_path or store.local_dir / f"{record.meta.run_id}-{fmt}"
+        paths = write_export(record, fmt, folder)
         for p in paths:
             click.echo(str(p))
         console.print(f"{len(paths)} trace(s) in {folder}: open one in ui.perfetto.dev (or chrome://tracing)",
                       highlight=False, markup=False)
         return
     if out_path is None:
-        click.echo(ex.render(record, fmt), nl=False)
+        click.echo(renderer.render(record), nl=False)
         return
-    ex.write(record, fmt, out_path)
+    write_export(record, fmt, out_path)
     click.echo(str(out_path), err=True)
 
 
@@ -191,10 +194,10 @@ def history(device, model, metric, workload, context, window, last_n, html_path,
     store = open_store(db_path, must_exist=True)
     hist = build(store, device, model, metric, workload=workload, context=context, window=window)
     if html_path is not None:
-        from devprof.export import write_text
-        from devprof.report.history_html import render
+        from devprof.report import get_renderer
+        from devprof.report.writer import write_text
 
-        write_text(html_path, render(hist, last_n), "HTML page")
+        write_text(html_path, get_renderer("history-html", last_n=last_n).render(hist), "HTML page")
     if as_json:
         click.echo(json.dumps(to_dict(hist, last_n or window), indent=2, default=str))
     else:

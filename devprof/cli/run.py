@@ -220,16 +220,14 @@ def _output(o, store, metas, elapsed: float) -> None:
     records = [store.load_run(m.run_id) for m in metas]
     paths = [write_report(r, (o.out_path if len(records) == 1 and o.out_path else None)
                           or store.local_dir / f"{r.meta.run_id}.html") for r in records]
-    if o.as_json:
-        from devprof.report import JsonRenderer
+    from devprof.report import get_renderer
 
-        docs = [json.loads(JsonRenderer().render(r)) for r in records]
+    if o.as_json:
+        docs = [json.loads(get_renderer("json").render(r)) for r in records]
         out.print_json(json.dumps(docs[0] if len(docs) == 1 else docs))
     else:
-        from devprof.report import TerminalRenderer
-
         for r in records:
-            TerminalRenderer(console=out).print(r)
+            get_renderer("terminal", console=out).print(r)
         out.print(f"{len(records)} run(s) finished in {elapsed:.0f} s: " + ", ".join(m.run_id for m in metas),
                   markup=False, highlight=False)
     for p in paths:

@@ -13,11 +13,11 @@ from devprof.cli.options import db_option, load_shown, open_store, out
 
 
 def write_report(record, path: Path) -> Path:
-    from devprof.export import write_text
-    from devprof.report import HtmlRenderer
+    from devprof.report import get_renderer
+    from devprof.report.writer import write_text
 
     # atomic: a temporary file beside it, renamed into place; a full disk leaves no empty report
-    return write_text(Path(path), HtmlRenderer().render(record), "report")
+    return write_text(Path(path), get_renderer("html").render(record), "report")
 
 
 @click.command()
@@ -28,14 +28,12 @@ def show(run_ref, as_json, db_path) -> None:
     """Show the figures of a run (RUN id, a unique prefix, latest, latest~1)."""
     store = open_store(db_path, must_exist=True)
     record = load_shown(store, run_ref)
+    from devprof.report import get_renderer
+
     if as_json:
-        from devprof.report import JsonRenderer
-
-        out.print_json(JsonRenderer().render(record))
+        out.print_json(get_renderer("json").render(record))
     else:
-        from devprof.report import TerminalRenderer
-
-        TerminalRenderer(console=out).print(record)
+        get_renderer("terminal", console=out).print(record)
 
 
 @click.command()

@@ -5,11 +5,11 @@ run report, devprof/report/html.py): the file works offline."""
 
 from __future__ import annotations
 
-
 import plotly.io as pio
 
 from devprof import stats
 from devprof.analysis.history import History, against_last
+from devprof.report.base import Renderer
 from devprof.report.html import _CONFIG, _TEMPLATE, h, page
 
 
@@ -52,3 +52,16 @@ order-statistic interval of the median; their range for 5 or fewer).</p></header
 </main>"""
     return page(f"devprof history · {hist.device} · {hist.model} · {hist.metric}", len(figs), body,
                 "devprof-history", doc)
+
+
+class HistoryHTMLRenderer(Renderer):
+    """`devprof history --html`; ``last_n``: the runs the latest one is held against."""
+
+    name = "history-html"
+    output_file_extension = "html"
+
+    def __init__(self, last_n: int | None = None) -> None:
+        self.last_n = last_n
+
+    def render(self, hist: History) -> str:
+        return render(hist, self.last_n)

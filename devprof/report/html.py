@@ -140,6 +140,7 @@ def _rss_label(metric: str) -> str:
 class HTMLRenderer(Renderer):
     """One self-contained HTML file per run."""
 
+    name = "html"
     output_file_extension = "html"
 
     def __init__(self, max_points: int = 2000, plot_height: int = 420) -> None:
@@ -156,6 +157,8 @@ HtmlRenderer = HTMLRenderer
 
 class CompareHTMLRenderer(HTMLRenderer):
     """`devprof compare --html`: the templated-vs-real section of a run as a page of its own."""
+
+    name = "compare-html"
 
     def render(self, report: Any) -> str:  # a CompareReport, a RunRecord or an Analysis
         from devprof.analysis.compare import CompareReport
