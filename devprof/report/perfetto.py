@@ -175,50 +175,56 @@ def validate_trace(doc: Any) -> list[str]:
     spans: dict[tuple, list[tuple[float, float, str]]] = {}
     last_counter: dict[tuple, float] = {}
     for i, e in enumerate(doc["traceEvents"]):
-        where = f"event {i}"
-        if not isinstance(e, dict):
-            errs.append(f"{where}: not an object")
-            continue
-        ph = e.get("ph")
-        if ph not in _PHASES:
-            errs.append(f"{where}: unknown phase {ph!r}")
-            continue
-        if not isinstance(e.get("name"), str) or not e["name"]:
-            errs.append(f"{where}: no name")
-        if not isinstance(e.get("pid"), int) or isinstance(e.get("pid"), bool):
-            errs.append(f"{where}: pid must be an integer")
-        if "args" in e and not isinstance(e["args"], dict):
-            errs.append(f"{where}: args must be an object")
-        if ph == "M":
-            if e.get("name") not in _META_NAMES:
-                errs.append(f"{where}: unknown metadata event {e.get('name')!r}")
-            elif e["name"].endswith("_name") and not isinstance((e.get("args") or {}).get("name"), str):
-                errs.append(f"{where}: {e['name']} needs args.name")
-            if e.get("name", "").startswith("thread_") and not isinstance(e.get("tid"), int):
-                errs.append(f"{where}: {e.get('name')} needs a tid")
-            continue
-        if not _num(e.get("ts")) or e["ts"] < 0:
-            errs.append(f"{where}: ts must be a finite number >= 0 (µs)")
-            continue
-        if ph == "X":
-            if not _num(e.get("dur")) or e["dur"] < 0:
-                errs.append(f"{where}: X needs a finite dur >= 0")
-                continue
-            if not isinstance(e.get("tid"), int):
-                errs.append(f"{where}: X needs an integer tid")
-                continue
-            spans.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"], e["name"]))
-        elif ph == "C":
-            args = e.get("args")
-            if not isinstance(args, dict) or not args or not all(_num(v) for v in args.values()):
-                errs.append(f"{where}: C needs numeric args")
-                continue
-            key = (e["pid"], e["name"], e.get("id"))
-            if e["ts"] < last_counter.get(key, -1.0):
-                errs.append(f"{where}: counter {e['name']} goes back in time")
-            last_counter[key] = e["ts"]
-        elif ph in ("i", "I") and e.get("s", "t") not in ("g", "p", "t"):
-            errs.append(f"{where}: instant scope must be g, p or t")
+        errs += _event_problems(f"event {i}", e, spans, last_counter)
+    return errs + _overlaps(spans)
+
+
+def _event_problems(where: str, e: Any, spans: dict, last_counter: dict) -> list[str]:
+    """One event's problems; its span goes into ``spans``, a counter's time into ``last_counter``."""
+    if not isinstance(e, dict):
+        return [f"{where}: not an object"]
+    ph = e.get("ph")
+    if ph not in _PHASES:
+        return [f"{where}: unknown phase {ph!r}"]
+    errs = []
+    if not isinstance(e.get("name"), str) or not e["name"]:
+        errs.append(f"{where}: no name")
+    if not isinstance(e.get("pid"), int) or isinstance(e.get("pid"), bool):
+        errs.append(f"{where}: pid must be an integer")
+    if "args" in e and not isinstance(e["args"], dict):
+        errs.append(f"{where}: args must be an object")
+    if ph == "M":
+        if e.get("name") not in _META_NAMES:
+            errs.append(f"{where}: unknown metadata event {e.get('name')!r}")
+        elif e["name"].endswith("_name") and not isinstance((e.get("args") or {}).get("name"), str):
+            errs.append(f"{where}: {e['name']} needs args.name")
+        if e.get("name", "").startswith("thread_") and not isinstance(e.get("tid"), int):
+            errs.append(f"{where}: {e.get('name')} needs a tid")
+        return errs
+    if not _num(e.get("ts")) or e["ts"] < 0:
+        return errs + [f"{where}: ts must be a finite number >= 0 (µs)"]
+    if ph == "X":
+        if not _num(e.get("dur")) or e["dur"] < 0:
+            return errs + [f"{where}: X needs a finite dur >= 0"]
+        if not isinstance(e.get("tid"), int):
+            return errs + [f"{where}: X needs an integer tid"]
+        spans.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"], e["name"]))
+    elif ph == "C":
+        args = e.get("args")
+        if not isinstance(args, dict) or not args or not all(_num(v) for v in args.values()):
+            return errs + [f"{where}: C needs numeric args"]
+        key = (e["pid"], e["name"], e.get("id"))
+        if e["ts"] < last_counter.get(key, -1.0):
+            errs.append(f"{where}: counter {e['name']} goes back in time")
+        last_counter[key] = e["ts"]
+    elif ph in ("i", "I") and e.get("s", "t") not in ("g", "p", "t"):
+        errs.append(f"{where}: instant scope must be g, p or t")
+    return errs
+
+
+def _overlaps(spans: dict[tuple, list[tuple[float, float, str]]]) -> list[str]:
+    """Spans on one thread must nest: one that starts inside another ends inside it."""
+    errs = []
     for key, items in spans.items():
         items.sort(key=lambda s: (s[0], -s[1]))
         stack: list[tuple[float, float, str]] = []

@@ -217,8 +217,6 @@ Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</captio
                 f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
     def _join_figure(self, mc) -> str:
-        from devprof.analysis.join import ALIGNMENT_WORDS
-
         joins = mc.joins
         colors = self._workload_colors([j.workload for j in joins])
         titles = [f"{j.workload} · {j.rep_label} · cache {j.cache_state}" for j in joins] + \
@@ -266,26 +264,7 @@ Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</captio
         layout[f"xaxis{sfx}"]["title"] = {"text": "routing predicts by then (MiB)"}
         layout[f"yaxis{sfx}"]["title"] = {"text": "RssFile growth (MiB)"}
         layout.update(shapes=shapes, title={"text": t(f"Routing joined with memory: {mc.display} at {mc.context} tokens")})
-        approx = any(j.spans_approx for j in joins)
-        src = {j.source for j in joins}
-        cap = ("RssFile (file-backed resident pages: weights paged in) minus its value just before prefill, beside "
-               "the bytes the routing must have paged in by then: each layer's non-expert weights as the layer is "
-               "reached, the embedding/LM head at the first logits (end of prefill), and every expert block touched "
-               "so far (sizes from the bundle's layout). <b>Approximation:</b> each (layer, expert) pair is placed in "
-               "time at its first token, "
-               + h(ALIGNMENT_WORDS[joins[0].alignment]) + " (dashed; the other alignment, "
-               + h(ALIGNMENT_WORDS["tokens" if joins[0].alignment == "layers" else "layers"])
-               + ", can be switched on in the legend); decode steps spread linearly over decode (orange). A cold "
-               "page cache makes first touches wait for the disk, so RssFile can lag the line; the end points do not "
-               "depend on the alignment."
-               + (" Spans placed from the runtime's durations (no timestamps)." if approx else "")
-               + (" Expert bytes from the stored coverage curve × block size (no per-token trace in the run folder)."
-                  if "summary" in src else "")
-               + " Right: each memory sample inside inference, RssFile growth against what routing predicts by then; "
-               "on the dashed line residency follows routing exactly, above it readahead, large folios or libraries "
-               "paged in on first use add to it. Cache state: " + h(", ".join(f"{j.workload} {j.cache_state}"
-                                                                             for j in joins)) + ".")
-        return self.figure(data, layout, cap, height=400)
+        return self.figure(data, layout, _join_caption(joins), height=400)
 
     def _join_table(self, mc) -> str:
         rows = []
@@ -339,3 +318,29 @@ Peak = the device's reported peak; RssFile/RssAnon = the largest sample.</captio
                 f"weight residency of the full-size models from {h(mc.display)}'s per-layer coverage at {mc.context} "
                 "tokens (assumption below).</caption><thead><tr>" + "".join(f"<th>{h(x)}</th>" for x in head)
                 + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _join_caption(joins) -> str:
+    """What the join figure shows, how each pair is placed in time, and the cache state of each workload."""
+    from devprof.analysis.join import ALIGNMENT_WORDS
+
+    approx = any(j.spans_approx for j in joins)
+    src = {j.source for j in joins}
+    cap = ("RssFile (file-backed resident pages: weights paged in) minus its value just before prefill, beside "
+           "the bytes the routing must have paged in by then: each layer's non-expert weights as the layer is "
+           "reached, the embedding/LM head at the first logits (end of prefill), and every expert block touched "
+           "so far (sizes from the bundle's layout). <b>Approximation:</b> each (layer, expert) pair is placed in "
+           "time at its first token, "
+           + h(ALIGNMENT_WORDS[joins[0].alignment]) + " (dashed; the other alignment, "
+           + h(ALIGNMENT_WORDS["tokens" if joins[0].alignment == "layers" else "layers"])
+           + ", can be switched on in the legend); decode steps spread linearly over decode (orange). A cold "
+           "page cache makes first touches wait for the disk, so RssFile can lag the line; the end points do not "
+           "depend on the alignment."
+           + (" Spans placed from the runtime's durations (no timestamps)." if approx else "")
+           + (" Expert bytes from the stored coverage curve × block size (no per-token trace in the run folder)."
+              if "summary" in src else "")
+           + " Right: each memory sample inside inference, RssFile growth against what routing predicts by then; "
+           "on the dashed line residency follows routing exactly, above it readahead, large folios or libraries "
+           "paged in on first use add to it. Cache state: " + h(", ".join(f"{j.workload} {j.cache_state}"
+                                                                         for j in joins)) + ".")
+    return cap

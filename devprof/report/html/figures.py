@@ -145,9 +145,30 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
         if not pool:
             return None
         rep = representative(pool)
-        o = rep.outcome
+        metric = rep.outcome.memory_metric
+        shapes, notes, spans, approx = _phase_marks(rep)
+        peak = stats.peak_rss_kb(rep)
+        if peak is not None:
+            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": peak / 1024.0,
+                           "y1": peak / 1024.0, "line": {"color": "#c92a2a", "dash": "dash", "width": 1}})
+            notes.append({"x": 1, "y": peak / 1024.0, "xref": "paper", "yref": "y", "showarrow": False,
+                          "xanchor": "right", "yanchor": "bottom", "font": {"size": 11, "color": "#c92a2a"},
+                          "text": t(f"reported peak ({metric}) {peak / 1024:.1f} MiB")})
+        status = "" if rep.outcome.status == "ok" else f" · {rep.outcome.status}"
+        layout = {
+            "title": {"text": t(f"{self.display.get(model, model)} · {workload} · {ctx} tokens · "
+                                f"{rep_label(rep)} · cache {rep.cache_state}{status}")},
+            "xaxis": {"title": {"text": "seconds since the process started"}},
+            "yaxis": {"title": {"text": "MiB"}, "rangemode": "tozero"},
+            "hovermode": "x unified", "shapes": shapes, "annotations": notes,
+        }
+        cap = self._timeline_caption(rep, pool, peak, bool(spans), approx)
+        return self.figure(self._timeline_traces(rep, pool), layout, cap, height=380)
+
+    def _timeline_traces(self, rep, pool) -> list[dict]:
+        """The memory series of ``rep``, then the other repetitions' RSS (hidden until clicked)."""
+        o, mp = rep.outcome, self.r.max_points
         metric = o.memory_metric
-        mp = self.r.max_points
         ts = [s.t_ms / 1000.0 for s in o.samples]
         data: list[dict] = []
         for name, attr, color, dash in ((rss_label(metric), "rss_kb", C_RSS, "solid"),
@@ -171,34 +192,11 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
             data.append({"type": "scatter", "mode": "lines", "x": x, "y": y,
                          "name": t(f"{rss_label(metric)} {rep_label(other)}"), "visible": "legendonly",
                          "line": {"color": C_RSS, "width": 1, "dash": "dash"}, "opacity": 0.6})
-        shapes: list[dict] = []
-        notes: list[dict] = []
-        spans, approx = phase_spans(rep), False
-        if not spans:
-            spans, approx = phase_spans_from_durations(rep), True
-        for i, (name, a, b) in enumerate(spans):
-            shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": a, "x1": b, "y0": 0, "y1": 1,
-                           "fillcolor": SPAN_COLORS[name], "opacity": 0.25, "layer": "below", "line": {"width": 0}})
-            # one row per phase, from the bottom up (the reported-peak label sits at the top): a short load
-            # span never puts its label on top of the prefill's
-            notes.append({"x": a, "y": 0.01 + 0.085 * i, "xref": "x", "yref": "paper", "text": name,
-                          "showarrow": False, "xanchor": "left", "yanchor": "bottom",
-                          "bgcolor": "rgba(255,255,255,0.7)", "font": {"size": 11, "color": "#495057"}})
-        peak = stats.peak_rss_kb(rep)
-        if peak is not None:
-            shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": peak / 1024.0,
-                           "y1": peak / 1024.0, "line": {"color": "#c92a2a", "dash": "dash", "width": 1}})
-            notes.append({"x": 1, "y": peak / 1024.0, "xref": "paper", "yref": "y", "showarrow": False,
-                          "xanchor": "right", "yanchor": "bottom", "font": {"size": 11, "color": "#c92a2a"},
-                          "text": t(f"reported peak ({metric}) {peak / 1024:.1f} MiB")})
-        status = "" if rep.outcome.status == "ok" else f" · {rep.outcome.status}"
-        layout = {
-            "title": {"text": t(f"{self.display.get(model, model)} · {workload} · {ctx} tokens · "
-                                f"{rep_label(rep)} · cache {rep.cache_state}{status}")},
-            "xaxis": {"title": {"text": "seconds since the process started"}},
-            "yaxis": {"title": {"text": "MiB"}, "rangemode": "tozero"},
-            "hovermode": "x unified", "shapes": shapes, "annotations": notes,
-        }
+        return data
+
+    def _timeline_caption(self, rep, pool, peak: float | None, has_spans: bool, approx: bool) -> str:
+        o, mp = rep.outcome, self.r.max_points
+        metric = o.memory_metric
         max_rss = max(s.rss_kb for s in o.samples) / 1024.0
         cap = [f"<b>Cache: {h(rep.cache_state)}</b>" + (f" ({h(rep.cache_note)})" if rep.cache_note else "") + ".",
                f"Shown: {h(rep_label(rep))}" + (f", the median peak of {len(pool)} repetitions; the others' "
@@ -210,8 +208,8 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
                ("Shaded: load, prefill, decode from the runtime's timestamps minus the process start."
                 if not approx else "Shaded: load, prefill, decode placed from the runtime's durations alone "
                 "(approximate: it printed no usable timestamps).")
-               if spans else "Prefill/decode spans unknown: the runtime printed no timestamps or durations."]
-        return self.figure(data, layout, " ".join(cap), height=380)
+               if has_spans else "Prefill/decode spans unknown: the runtime printed no timestamps or durations."]
+        return " ".join(cap)
 
     # ---- routing ----------------------------------------------------------------------------
     def routing(self) -> str:
@@ -346,3 +344,21 @@ pooled; with few steps p99 is close to the largest. Time to first token (prefill
         return self.figure(data, layout, "One point per measured repetition (warm-ups left out), numbered in the "
                                          "order the session ran them: drift (heat, a busy machine) shows as a trend, "
                                          "an outlier as a lone point. Hover for the page-cache state.", height=380)
+
+
+def _phase_marks(rep) -> tuple[list[dict], list[dict], list, bool]:
+    """Shaded load/prefill/decode spans and their labels: (shapes, annotations, spans, approximate)."""
+    shapes: list[dict] = []
+    notes: list[dict] = []
+    spans, approx = phase_spans(rep), False
+    if not spans:
+        spans, approx = phase_spans_from_durations(rep), True
+    for i, (name, a, b) in enumerate(spans):
+        shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": a, "x1": b, "y0": 0, "y1": 1,
+                       "fillcolor": SPAN_COLORS[name], "opacity": 0.25, "layer": "below", "line": {"width": 0}})
+        # one row per phase, from the bottom up (the reported-peak label sits at the top): a short load
+        # span never puts its label on top of the prefill's
+        notes.append({"x": a, "y": 0.01 + 0.085 * i, "xref": "x", "yref": "paper", "text": name,
+                      "showarrow": False, "xanchor": "left", "yanchor": "bottom",
+                      "bgcolor": "rgba(255,255,255,0.7)", "font": {"size": 11, "color": "#495057"}})
+    return shapes, notes, spans, approx
