@@ -10,18 +10,15 @@ import json
 from pathlib import Path
 
 import click
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
-from devprof.cli.options import check_writable, console, db_arg, db_option, echo_json, open_store, out
+from devprof.cli.options import check_writable, console, db_arg, db_option, echo_json, open_store, out, run_ref_argument
 from devprof.errors import UsageError
 from devprof.report import EXPORT_FORMATS
 
 
 # --------------------------------------------------------------------------------------------
 @click.command()
-@click.argument("run_ref", default="latest")
+@run_ref_argument
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the comparison as a self-contained HTML page.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable figures instead of tables.")
@@ -107,7 +104,6 @@ def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, last_n, db_path) -
 def _diff_against_last(run_ref, n, threshold, as_json, db_path) -> None:
     """`diff RUN --against-last N`: every metric of RUN against the median of the N runs before it."""
     from devprof.analysis.history import against_last_runs
-    from devprof.stats import METRIC_INFO
 
     store = open_store(db_path, must_exist=True)
     record = store.load_run(run_ref)
@@ -119,25 +115,16 @@ def _diff_against_last(run_ref, n, threshold, as_json, db_path) -> None:
         echo_json({"format": "devprof.diff-against-last/1", "run_id": record.meta.run_id, "n": n,
                     "threshold_pct": threshold, "rows": rows})
     else:
-        t = Table(title=f"run {record.meta.run_id} against the median of up to {n} earlier run(s) on "
-                        f"{record.meta.device.name or record.meta.device.serial}")
-        for col in ("model", "workload", "context", "metric", "this run", "earlier median", "change", "status"):
-            t.add_column(col)
-        for r in rows:
-            d = METRIC_INFO[r["metric"]].decimals
-            status = ("regression" if r["regression"] else "beyond noise" if r["beyond_noise"] else "within noise")
-            t.add_row(r["model"], r["workload"], str(r["context"]), r["metric"], f"{r['median']:.{d}f}",
-                      f"{r['baseline_median']:.{d}f} ({len(r['baseline_runs'])} runs)",
-                      "" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%",
-                      Text(status, style="bold red" if r["regression"] else ""))
-        out.print(t)
+        from devprof.report.terminal_tables import against_last_table
+
+        out.print(against_last_table(record.meta, n, rows))
     if any(r["regression"] for r in rows):
         raise SystemExit(1)
 
 
 # --------------------------------------------------------------------------------------------
 @click.command()
-@click.argument("run_ref", default="latest")
+@run_ref_argument
 @click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="csv",
               show_default=True, help="csv/json/md: one row per repetition and per summary; perfetto: one "
                                       "Chrome trace-event JSON per repetition.")
@@ -186,8 +173,7 @@ def export(run_ref, fmt, out_path, db_path) -> None:
 def history(device, model, metric, workload, context, window, last_n, html_path, as_json, db_path) -> None:
     """Every stored run of one cell over time: its median and 95% interval, the runtime binary's sha256,
     devprof's version, and change points (a run whose interval misses the band of the previous runs)."""
-    from devprof.analysis.history import against_last, build, to_dict
-    from devprof.stats import METRIC_INFO
+    from devprof.analysis.history import build, to_dict
 
     if html_path is not None:
         check_writable(html_path, "--html")
@@ -201,23 +187,10 @@ def history(device, model, metric, workload, context, window, last_n, html_path,
     if as_json:
         click.echo(json.dumps(to_dict(hist, last_n or window), indent=2, default=str))
     else:
-        info = METRIC_INFO[metric]
-        for (dev, wl, ctx), pts in hist.series().items():
-            t = Table(title=escape(f"{info.label} ({info.unit}) of {model} on {dev}: {wl}, context {ctx}"))
-            for col in ("run", "created", "device", "median", "95% interval", "n", "runtime sha256", "devprof", "change"):
-                t.add_column(col, justify="right" if col in ("median", "n") else "left")
-            for p in pts:
-                t.add_row(Text(p.run_id), Text(p.created), Text(p.device), Text(f"{p.median:.{info.decimals}f}"),
-                          Text(f"[{p.ci_low:.{info.decimals}f}, {p.ci_high:.{info.decimals}f}]"), Text(str(p.n)),
-                          Text(p.sha256[:12]), Text(p.version),
-                          Text(f"{p.change} (band {p.band[0]:.{info.decimals}f}-{p.band[1]:.{info.decimals}f})"
-                               if p.change else "", style="bold red" if p.change else ""))
-            out.print(t)
-            cmp = against_last(pts, last_n or window)
-            if cmp and cmp["change_pct"] is not None:
-                out.print(Text(f"latest {cmp['run_id']}: {cmp['latest']:.{info.decimals}f} vs median of the "
-                               f"{cmp['baseline_runs']} run(s) before it {cmp['baseline_median']:.{info.decimals}f} "
-                               f"({cmp['change_pct']:+.1f}%, {'beyond' if cmp['beyond_noise'] else 'within'} their noise)"))
+        from devprof.report.terminal_tables import history_renderables
+
+        for r in history_renderables(hist, model, last_n or window):
+            out.print(r)
     if html_path is not None:
         click.echo(f"history: {html_path}", err=True)
 

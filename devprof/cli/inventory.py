@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.text import Text
 
 from devprof.cli.options import adb_server_option, devices_file_option, lab_option, out, report_down_endpoints
@@ -23,25 +22,9 @@ def models(as_json, context) -> None:
     if as_json:
         out.print_json(json.dumps([m.summary(context) for m in MODELS.values()]))
         return
-    from devprof.report.fit import Col, fit_table
+    from devprof.report.terminal_tables import models_table
 
-    # model names are never cut; narrow terminals lose fp32 GiB, hidden, prefill, layers, decode, in that order
-    cols = [Col("model", keep=True), Col("kind"), Col("layers", "right", drop=3), Col("hidden", "right", drop=5),
-            Col("experts"), Col("total", "right"), Col("active", "right"), Col("INT4 GiB", "right"),
-            Col("fp32 GiB", "right", drop=6), Col("KV fp16 MiB", "right"), Col("decode GFLOP/tok", "right", drop=2),
-            Col("prefill TFLOP", "right", drop=4)]
-    rows = []
-    for m in MODELS.values():
-        exp = f"{m.n_experts}x{m.expert_ffn} top-{m.top_k}" + (f" +{m.n_shared}x{m.shared_ffn}" if m.n_shared else "") if m.is_moe else f"ffn {m.ffn}"
-        mark = lambda f: " (3rd)" if f in m.third_party else ""  # noqa: E731
-        rows.append([m.name, m.kind, f"{m.n_layers}{mark('n_layers')}", str(m.hidden), exp,
-                  f"{m.total_params / 1e9:.3f}B{mark('total_params')}", f"{m.active_params / 1e6:.0f}M{mark('active_params')}",
-                  f"{m.weight_bytes('int4') / 2**30:.3f}", f"{m.weight_bytes('fp32') / 2**30:.2f}",
-                  f"{m.kv_cache_bytes(min(context, m.max_context), 2) / 2**20:.1f}",
-                  f"{m.decode_flops_per_token(min(context, m.max_context)) / 1e9:.2f}",
-                  f"{m.prefill_flops(min(context, m.max_context)) / 1e12:.2f}"])
-    out.print(fit_table(out, cols, [[Text(c) for c in r] for r in rows],
-                        title=f"models (KV cache and FLOPs at {context} tokens; (3rd) = third-party figure)"))
+    out.print(models_table(out, MODELS.values(), context))
 
 
 @click.command(name="devices")
@@ -65,21 +48,9 @@ def devices_cmd(as_json, adb_server, lab_file, devices_file) -> None:
     if as_json:
         out.print_json(json.dumps([asdict(d) for d in found]))
         return
-    from devprof.report.fit import Col, fit_table
+    from devprof.report.terminal_tables import devices_table
 
-    cols = [Col("serial", keep=True), Col("alias"), Col("name"), Col("OS", drop=1), Col("ABI", drop=2),
-            Col("RAM", "right", drop=3), Col("state"), Col("adb server", drop=4)]
-    rows = []
-    for d in found:
-        ram = d.extra.get("mem_total_mb")
-        alias = "local" if d.kind == "local" else ", ".join(d.extra.get("aliases") or [])
-        name = d.name if d.kind == "android" else f"{d.name} ({d.model})" if d.model else d.name
-        rows.append([Text(d.serial), Text(alias), Text(name or ""), Text(d.os_version or ""),
-                     Text(str(d.extra.get("abi") or d.extra.get("machine", ""))),
-                     Text(f"{ram / 1024:.1f} GiB" if ram else ""), Text(str(d.extra.get("state", "ready"))),
-                     Text(str(d.extra.get("adb_server", "")))])
-    out.print(fit_table(out, cols, rows, title="devices"))
-
+    out.print(devices_table(out, found))
 
 
 @click.group()
@@ -117,18 +88,14 @@ def bins_list(as_json) -> None:
     if as_json:
         out.print_json(json.dumps([asdict(e) for e in entries]))
         return
-    from devprof.report.fit import Col, fit_table
+    from devprof.report.terminal_tables import bins_table
 
-    cols = [Col("name", keep=True), Col("runtime"), Col("platform", drop=2), Col("abi", drop=3), Col("cpu features", drop=4), Col("path"),
-            Col("sha256", drop=1), Col("ok")]
-    rows = []
+    checks = []
     for e in entries:
         try:
             e.verify()
-            ok = Text("yes", style="green")
+            checks.append(None)
         except DevprofError as err:
-            ok = Text(err.message, style="red")
-        rows.append([Text(e.name), Text(e.runtime), Text(e.platform), Text(e.abi), Text(e.cpu_features or "any"), Text(str(e.path)),
-                     Text(e.sha256[:12]), ok])
-    out.print(fit_table(out, cols, rows, title=escape(str(b.manifest_path()))))
+            checks.append(err.message)
+    out.print(bins_table(out, entries, checks, b.manifest_path()))
 

@@ -77,6 +77,8 @@ devices_file_option = click.option(
     "--devices-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="TOML file of device aliases [default: ~/.config/devprof/devices.toml].")
 
+run_ref_argument = click.argument("run_ref", default="latest")  # a run id, a unique prefix, latest, latest~N
+
 db_option = click.option(
     "--db", "db_path", default=None, callback=lambda _c, _p, v: None if v is None else db_arg(v),
     metavar="FILE|URL",

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import click
-from rich.markup import escape
-from rich.text import Text
 
-from devprof.cli.options import db_option, load_shown, open_store, out
+from devprof.cli.options import db_option, load_shown, open_store, out, run_ref_argument
 
 
 def write_report(record, path: Path) -> Path:
@@ -21,7 +19,7 @@ def write_report(record, path: Path) -> Path:
 
 
 @click.command()
-@click.argument("run_ref", default="latest")
+@run_ref_argument
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable figures.")
 @db_option
 def show(run_ref, as_json, db_path) -> None:
@@ -37,7 +35,7 @@ def show(run_ref, as_json, db_path) -> None:
 
 
 @click.command()
-@click.argument("run_ref", default="latest")
+@run_ref_argument
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: next to the store, RUN.html].")
 @click.option("--open", "open_it", is_flag=True, help="Open the report in a browser.")
@@ -68,18 +66,7 @@ def list_runs(limit, as_json, db_path) -> None:
             "device_kind": m.device.kind, "runtime": m.runtime, "models": m.models,
             "workloads": m.workloads, "contexts": m.contexts, "reps": m.reps} for m in runs]))
         return
-    from devprof.report.fit import Col, fit_table
+    from devprof.report.terminal_tables import runs_table
 
-    # the run id (it holds the creation time) and the model names are never cut; narrow terminals
-    # lose created, reps, runtime, workloads and context, in that order
-    cols = [Col("run", keep=True), Col("created", drop=5), Col("status"), Col("device"), Col("runtime", drop=3),
-            Col("models", keep=True), Col("workloads", drop=2), Col("context", drop=1), Col("reps", "right", drop=4)]
-    rows = []
-    for m in runs:
-        style = {"complete": "green", "interrupted": "yellow", "running": "cyan"}.get(m.status, "red")
-        models = m.models[:1] + [f"vs {x}" for x in m.models[1:]]
-        rows.append([Text(m.run_id), Text(m.created), Text(m.status, style=style), Text(m.device.name or ""),
-                     Text(m.runtime), Text("\n".join(models)), Text(", ".join(m.workloads)),
-                     Text(", ".join(map(str, m.contexts))), Text(str(m.reps))])
-    out.print(fit_table(out, cols, rows, title=escape(f"runs in {store.where}")))
+    out.print(runs_table(out, runs, store.where))
 
