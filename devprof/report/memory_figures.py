@@ -15,7 +15,9 @@ import statistics
 from typing import Any
 
 from devprof import memory, stats
-from devprof.report.base import phase_spans, phase_spans_from_durations, rep_label, representative
+from devprof.analysis.phases import phase_spans, phase_spans_from_durations, rep_label, representative
+from devprof.report.html.page import C_ANON, C_FILE, SPAN_COLORS, h, t
+from devprof.report.html.plot import downsample
 
 C_SWAP, C_PSS, C_FAULT, C_TOUCH = "#c92a2a", "#5f3dc4", "#495057", "#e8590c"
 MIB = 1024.0
@@ -89,8 +91,6 @@ def headroom_sentence(rec: Any, rows: list[dict[str, Any]], display: dict[str, s
 
 def headroom(page: Any) -> str:
     """The headroom table (HTML) for the report's memory section; "" when nothing was measured."""
-    from devprof.report.html import h
-
     rows = headroom_rows(page.rec)
     if not rows:
         return ""
@@ -146,8 +146,6 @@ def _first_touches(page: Any, rep: Any, spans: list) -> tuple[list[float], list[
 
 def _line(name: str, ts: list[float], ys: list[float | None], color: str, yaxis: str, mp: int,
           dash: str = "solid") -> dict[str, Any] | None:
-    from devprof.report.html import downsample, t
-
     if all(y is None for y in ys):
         return None
     x, y = downsample(ts, ys, mp)
@@ -158,8 +156,6 @@ def _line(name: str, ts: list[float], ys: list[float | None], color: str, yaxis:
 
 def faults_figure(page: Any, model: str, workload: str, ctx: int) -> str | None:
     """Swap, PSS and page faults over time with routing's first touches; None without such samples."""
-    from devprof.report.html import C_ANON, C_FILE, SPAN_COLORS, h, t
-
     pool = _cell_reps(page.rec, model, workload, ctx) or [
         r for r in page.rec.repetitions
         if (r.model, r.workload, r.context) == (model, workload, ctx) and not r.warmup and r.outcome.samples]
