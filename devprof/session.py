@@ -229,6 +229,13 @@ class Session:
         if plan.threads == -1 and plan.runtime == "llamacpp" and self.device.kind == "local":
             self.threads, why = host_default_threads(plan.cpu_mask)
             meta.settings["threads_default"] = f"{self.threads} ({why})"
+        if plan.runtime == "llamacpp" and plan.threads > 0:
+            from devprof.runtimes.llamacpp import threads_warning
+
+            ncpu = (self.device.cpu_snapshot() or {}).get("ncpu")
+            if warn := threads_warning(plan.threads, ncpu, info.serial or self.device.kind):
+                click.echo(warn, err=True)
+                meta.settings["threads_warning"] = warn
         run_id = self.store.create_run(meta)
         self.meta = meta
         run_dir = self.artifacts_root / run_id
