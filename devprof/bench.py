@@ -72,6 +72,7 @@ class BenchConfig:
     seed: int = 0
     llamacpp: bool = True
     build_llama_bench: bool = False
+    runner: str | None = None  # devprof's llama.cpp runner binary [default: the committed host build]
 
     @property
     def pair(self) -> tuple[ModelSpec, ModelSpec]:
@@ -156,7 +157,7 @@ class Runner:
     def llamacpp_argv(self, path: Path) -> list[str]:
         from devprof.runtimes.llamacpp import host_runner
 
-        return [host_runner(), "-m", str(path), "--prompt-ids", str(self.ids_file),
+        return [self.cfg.runner or host_runner(), "-m", str(path), "--prompt-ids", str(self.ids_file),
                 "-n", str(self.cfg.new_tokens), "-t", str(self.cfg.n_threads), "--warmup"]
 
     def run(self, argv: list[str], parser: str, sample_ms: int = 10, prefix: list[str] | None = None) -> Sample:

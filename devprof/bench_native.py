@@ -264,7 +264,7 @@ class NativeSection:
         self.bytes = {k: gguf_bytes(p) for k, p in self.ggufs.items()}
         self.bw: dict[str, float] = {}
         self.feed: list[str] = []
-        if runner_has_decode_ids(host_runner()):
+        if runner_has_decode_ids(cfg.runner or host_runner()):
             import numpy as np
 
             vocab = min(s.vocab for s in specs.values())
