@@ -213,7 +213,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
                                    "`pip install -e '.[llamacpp]'` (or pass --no-llamacpp)") from None
             log("writing GGUF files (F32 and Q4_0) from the same weights")
             native = NativeSection(cfg, runner, {"moe": moe, "dense": dense}, log)
-            res.notes += native.notes
             configs.update(native.configs())
             log(f"GEMV read rate on matrices the size of the GGUFs ({cfg.n_threads} threads)")
             native.measure_ceilings()
@@ -260,6 +259,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
                 fig[f"llamacpp_q4_0_prefill_tok_s_{tag}"] = _r(pre(f"q4_0-{tag}"))
                 fig[f"llamacpp_decode_ratio_{tag}"] = _r(_div(dec(f"ref-{tag}"), dec(f"f32-{tag}")), 3)
             fig.update(native.figures(dec, pre))
+            res.notes += native.notes
 
         # -- the sampler: overhead, and its peak against the kernel's -------------------------
         # On the MoE (the faster model: more pairs in the time), in interleaved pairs.

@@ -306,8 +306,13 @@ class NativeSection:
         for phase in ("prefill", "decode"):
             outcome = self.runner.dev.run(RunRequest(argv=self.llama_bench.argv(Path(gguf), phase), sample_ms=10,
                                                      timeout_s=3600))
-            got[phase] = LlamaBench.tok_s(outcome.stdout, outcome.stderr, outcome.status)
-        return RunResult(runtime="llama-bench", prefill_tok_s=got["prefill"], decode_tok_s=got["decode"]), outcome
+            try:
+                got[phase] = LlamaBench.tok_s(outcome.stdout, outcome.stderr, outcome.status)
+            except RuntimeFailed as e:  # a parse error too; the runner's figures stand without it
+                note = f"{Path(gguf).name} {phase}: {e}"
+                if note not in self.notes:
+                    self.notes.append(note)
+        return RunResult(runtime="llama-bench", prefill_tok_s=got.get("prefill"), decode_tok_s=got.get("decode")), outcome
 
     def measure_ceilings(self) -> None:
         """GEMV read rate on a matrix the size of each GGUF's weights (keeps the better of calls)."""
