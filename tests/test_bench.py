@@ -240,3 +240,24 @@ def test_runner_vs_llama_bench_section_end_to_end(tmp_path):
             for phase in ("prefill", "decode"):
                 assert 0.2 < fig[f"runner_over_llama_bench_{phase}_{w}_{tag}"] < 5.0, (w, tag, phase, fig)
     assert not any("llama-bench is not built" in n for n in native.notes)
+
+
+def test_a_failing_llama_bench_is_a_note_and_the_runner_figures_stand(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from devprof.bench import BenchConfig, Runner
+    from devprof.bench_native import NativeSection, host_variant, llama_bench_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    lb = llama_bench_path(host_variant())
+    lb.parent.mkdir(parents=True)
+    lb.write_text("#!/bin/sh\necho 'main: error: failed to load model' >&2\nexit 1\n")
+    lb.chmod(0o755)
+    cfg = BenchConfig(quick=True, context=16, new_tokens=3, reps=1, threads=1)
+    moe, dense = cfg.pair
+    native = NativeSection(cfg, Runner(cfg, tmp_path), {"moe": moe, "dense": dense}, print)
+    keys = native.configs()
+    assert list(keys)[:2] == ["q4_0-moe", "lb-q4_0-moe"] and len(keys) == 8
+    result, outcome = native.run_llama_bench(keys["lb-q4_0-moe"][0][0])
+    assert result.prefill_tok_s is None and result.decode_tok_s is None and outcome.exit_code == 1
+    failed = [n for n in native.notes if "llama-bench failed" in n]
+    assert len(failed) == 2 and all("failed to load model" in n for n in failed)
