@@ -176,6 +176,11 @@ def _prompt_ids(context: int, seed: int) -> list[int]:
     return build_prompt("real", context, seed=seed).token_ids
 
 
+def _best(vals: list[float | None]) -> float | None:
+    v = [x for x in vals if x is not None]
+    return max(v) if v else None
+
+
 def _med(vals: list[float | None]) -> float | None:
     v = [x for x in vals if x is not None]
     return statistics.median(v) if v else None
@@ -258,7 +263,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
                 fig[f"llamacpp_q4_0_decode_tok_s_{tag}"] = _r(dec(f"q4_0-{tag}"))
                 fig[f"llamacpp_q4_0_prefill_tok_s_{tag}"] = _r(pre(f"q4_0-{tag}"))
                 fig[f"llamacpp_decode_ratio_{tag}"] = _r(_div(dec(f"ref-{tag}"), dec(f"f32-{tag}")), 3)
-            fig.update(native.figures(dec, pre))
+            fig.update(native.figures(lambda k: _best([s.result.decode_tok_s for s in samples[k]]),
+                                      lambda k: _best([s.result.prefill_tok_s for s in samples[k]])))
+            fig["q4_moe_decode_speedup"] = _r(_div(dec("q4_0-moe"), dec("q4_0-dense")), 3)
+            fig["q4_prefill_speedup"] = _r(_div(pre("q4_0-moe"), pre("q4_0-dense")), 3)
             res.notes += native.notes
 
         # -- the sampler: overhead, and its peak against the kernel's -------------------------

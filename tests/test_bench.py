@@ -123,7 +123,6 @@ def test_native_figures_ratios_ceilings_and_speedups():
     assert fig["runner_decode_over_gemv_ceiling_q4_0_moe"] == 0.02
     assert fig["gemv_ceiling_f32-dense_decode_tok_s"] == 100.0
     assert fig["runner_decode_over_gemv_ceiling_f32_dense"] == 0.4
-    assert fig["q4_moe_decode_speedup"] == 2.5 and fig["q4_prefill_speedup"] == 2.5
     # without llama-bench: no ratio figures, the table says "—" in its columns
     fig2 = figures(dec, pre, nbytes, kv, bw, have_llama_bench=False)
     assert not any(k.startswith(("runner_over_llama_bench", "llama_bench_")) for k in fig2)
