@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devprof import stats
-from devprof.bench_native import LLAMA_BENCH_TARGET, NativeSection, fastest_step_tok_s, ratio_keys
+from devprof.bench_native import LLAMA_BENCH_TARGET, NativeSection, ratio_keys
 from devprof.catalog import ModelSpec, get_model
 from devprof.devices.base import RunRequest
 from devprof.devices.local import LocalDevice
@@ -264,8 +264,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
                 fig[f"llamacpp_q4_0_prefill_tok_s_{tag}"] = _r(pre(f"q4_0-{tag}"))
                 fig[f"llamacpp_decode_ratio_{tag}"] = _r(_div(dec(f"ref-{tag}"), dec(f"f32-{tag}")), 3)
             fig.update(native.figures(lambda k: _best([s.result.decode_tok_s for s in samples[k]]),
-                                      lambda k: _best([s.result.prefill_tok_s for s in samples[k]]),
-                                      lambda k: _best([fastest_step_tok_s(s.result) for s in samples[k]])))
+                                      lambda k: _best([s.result.prefill_tok_s for s in samples[k]])))
             fig["q4_moe_decode_speedup"] = _r(_div(dec("q4_0-moe"), dec("q4_0-dense")), 3)
             fig["q4_prefill_speedup"] = _r(_div(pre("q4_0-moe"), pre("q4_0-dense")), 3)
             res.notes += native.notes

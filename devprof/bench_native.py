@@ -8,10 +8,8 @@
   ±30% here when the load is several times the cores). llama-bench is built from the same pinned llama.cpp source and the same ggml/llama
   libraries as the runner (``scripts/build-device-bins --llama-bench``, into devprof's build cache,
   not committed); without it the section prints the one line that builds it and the rest runs.
-  llama-bench's prefill is ``-p C -n 0`` (C random ids); its decode is ``-p 0 -n 1 -d C -r N-1``
-  (N-1 single steps after a C-token KV cache, each feeding a random id; its rate is N-1 over their
-  total time). The fastest single step of each side (the runner's shortest inter-token time, which
-  includes sampling) is compared too: under load a short step is the likeliest to run undisturbed. The runner's decode steps are fed
+  llama-bench's prefill is ``-p C -n 0`` (C random ids); its decode is ``-p 0 -n N-1 -d C`` (N-1
+  steps after a C-token KV cache, each step feeding a random id). The runner's decode steps are fed
   random ids too (``--decode-ids``): greedy decoding on seeded random weights repeats one token, so
   an MoE would read the same few experts every step, which flatters its decode by up to a third on
   the minis (the runner then decodes 1.33x "faster" than llama-bench).
@@ -166,7 +164,7 @@ def gemv_read_rate(nbytes: int, threads: int, reps: int = 10) -> float:
 # -- the figures --------------------------------------------------------------------------------
 def figures(dec: Callable[[str], float | None], pre: Callable[[str], float | None],
             nbytes: dict[str, GgufBytes], kv_bytes: dict[str, int], bw: dict[str, float],
-            have_llama_bench: bool, step: Callable[[str], float | None] = lambda k: None) -> dict[str, Any]:
+            have_llama_bench: bool) -> dict[str, Any]:
     """The section's figures from tok/s per configuration key (``q4_0-moe``, and ``lb-q4_0-moe`` for
     llama-bench; devprof bench gives the best of the repetitions), the GGUFs' bytes, KV bytes per
     step and GEMV rates."""
@@ -188,7 +186,6 @@ def figures(dec: Callable[[str], float | None], pre: Callable[[str], float | Non
                 fig[f"llama_bench_{k}_prefill_tok_s"] = _r(pre(f"lb-{k}"))
                 fig[f"runner_over_llama_bench_decode_{w}_{tag}"] = _r(_div(d, dec(f"lb-{k}")), 3)
                 fig[f"runner_over_llama_bench_prefill_{w}_{tag}"] = _r(_div(p, pre(f"lb-{k}")), 3)
-                fig[f"runner_over_llama_bench_fastest_step_{w}_{tag}"] = _r(_div(step(k), step(f"lb-{k}")), 3)
     return fig
 
 
@@ -211,14 +208,13 @@ def table_rows(fig: dict[str, Any]) -> list[list[str]]:
                          _f(fig.get(f"runner_over_llama_bench_prefill_{w}_{tag}"), 3),
                          _f(fig.get(f"runner_{k}_decode_tok_s"), 1), _f(fig.get(f"llama_bench_{k}_decode_tok_s"), 1),
                          _f(fig.get(f"runner_over_llama_bench_decode_{w}_{tag}"), 3),
-                         _f(fig.get(f"runner_over_llama_bench_fastest_step_{w}_{tag}"), 3),
                          _f(fig.get(f"gemv_ceiling_{k}_decode_tok_s"), 1),
                          _f(fig.get(f"runner_decode_over_gemv_ceiling_{w}_{tag}"), 3)])
     return rows
 
 
 COLUMNS = ("weights model", "prefill runner", "llama-bench", "ratio", "decode runner", "llama-bench", "ratio",
-           "fastest step ratio", "GEMV ceiling", "runner/ceiling")
+           "GEMV ceiling", "runner/ceiling")
 
 
 def _f(v: float | None, nd: int) -> str:
@@ -240,21 +236,19 @@ class LlamaBench:
         self.path, self.context, self.steps, self.threads = path, context, steps, threads
 
     def argv(self, gguf: Path, phase: str) -> list[str]:
-        test = (["-p", str(self.context), "-n", "0", "-r", "1"] if phase == "prefill"
-                else ["-p", "0", "-n", "1", "-d", str(self.context), "-r", str(self.steps)])
+        test = (["-p", str(self.context), "-n", "0"] if phase == "prefill"
+                else ["-p", "0", "-n", str(self.steps), "-d", str(self.context)])
         return [str(self.path), "-m", str(gguf), *test, "-t", str(self.threads), "-b", "512", "-ub", "512",
-                "-o", "jsonl"]
+                "-r", "1", "-o", "jsonl"]
 
     @staticmethod
-    def tok_s(stdout: str, stderr: str, status: str) -> tuple[float, float]:
-        """(tok/s of the whole test, of its fastest repetition)."""
+    def tok_s(stdout: str, stderr: str, status: str) -> float:
         from devprof.runtimes.llamacpp import parse_llama_bench
 
         if status != "ok":
             tail = (stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeFailed(f"llama-bench failed ({status}): {tail[:300]}")
-        rec = parse_llama_bench(stdout, "jsonl")[0]
-        return rec.n_tokens * 1e9 / rec.avg_ns, max(rec.samples_ts or (rec.avg_ts,))
+        return parse_llama_bench(stdout, "jsonl")[0].avg_ts
 
 
 class NativeSection:
@@ -308,7 +302,7 @@ class NativeSection:
         from devprof.results import RunResult
 
         assert self.llama_bench is not None
-        got: dict[str, tuple[float, float]] = {}
+        got: dict[str, float] = {}
         outcome = None
         for phase in ("prefill", "decode"):
             outcome = self.runner.dev.run(RunRequest(argv=self.llama_bench.argv(Path(gguf), phase), sample_ms=10,
@@ -319,10 +313,7 @@ class NativeSection:
                 note = f"{Path(gguf).name} {phase}: {e}"
                 if note not in self.notes:
                     self.notes.append(note)
-        dec = got.get("decode")
-        return RunResult(runtime="llama-bench", prefill_tok_s=got["prefill"][0] if "prefill" in got else None,
-                         decode_tok_s=dec[0] if dec else None,
-                         extra={"fastest_step_tok_s": dec[1]} if dec else {}), outcome
+        return RunResult(runtime="llama-bench", prefill_tok_s=got.get("prefill"), decode_tok_s=got.get("decode")), outcome
 
     def measure_ceilings(self) -> None:
         """GEMV read rate on a matrix the size of each GGUF's weights (keeps the better of calls)."""
@@ -330,21 +321,10 @@ class NativeSection:
             rate = gemv_read_rate(b.weights, self.cfg.n_threads)
             self.bw[k] = max(rate, self.bw.get(k, 0.0))
 
-    def figures(self, dec: Callable[[str], float | None], pre: Callable[[str], float | None],
-                step: Callable[[str], float | None] = lambda k: None) -> dict[str, Any]:
+    def figures(self, dec: Callable[[str], float | None], pre: Callable[[str], float | None]) -> dict[str, Any]:
         kv_tokens = self.cfg.context + self.cfg.new_tokens // 2
         kv = {tag: spec.kv_cache_bytes(kv_tokens, 2) for tag, spec in self.specs.items()}
-        return figures(dec, pre, self.bytes, kv, self.bw, self.llama_bench is not None, step)
-
-
-def fastest_step_tok_s(result: Any) -> float | None:
-    """1 / the shortest decode step of one process: the runner's inter-token times (a step and its
-    sampling), llama-bench's fastest single-step repetition."""
-    ex = result.extra or {}
-    if "fastest_step_tok_s" in ex:
-        return ex["fastest_step_tok_s"]
-    steps = [t for t in ex.get("token_ms") or [] if t > 0]
-    return 1000.0 / min(steps) if steps else None
+        return figures(dec, pre, self.bytes, kv, self.bw, self.llama_bench is not None)
 
 
 def rich_table(fig: dict[str, Any]) -> Any:

@@ -112,10 +112,7 @@ def test_native_figures_ratios_ceilings_and_speedups():
               "f32-moe": GgufBytes(170_000_000, 40_000_000), "f32-dense": GgufBytes(170_000_000, 168_000_000)}
     kv = {"moe": 1_000_000, "dense": 2_000_000}
     bw = {"q4_0-moe": 70e9, "q4_0-dense": 52e9, "f32-moe": 20.5e9, "f32-dense": 17e9}
-    steps = {"q4_0-moe": 250.0, "lb-q4_0-moe": 240.0}
-    fig = figures(dec, pre, nbytes, kv, bw, have_llama_bench=True, step=steps.get)
-    assert fig["runner_over_llama_bench_fastest_step_q4_0_moe"] == round(250 / 240, 3)
-    assert fig["runner_over_llama_bench_fastest_step_f32_moe"] is None
+    fig = figures(dec, pre, nbytes, kv, bw, have_llama_bench=True)
     assert fig["runner_over_llama_bench_decode_q4_0_moe"] == round(200 / 196, 3)
     assert fig["runner_over_llama_bench_prefill_q4_0_moe"] == round(1000 / 1010, 3)
     assert fig["runner_over_llama_bench_decode_f32_dense"] == 0.8
@@ -173,12 +170,9 @@ def test_llama_bench_command_and_the_not_built_line(tmp_path, monkeypatch):
     assert "\n" not in line and "scripts/build-device-bins --llama-bench --variant x86_64-v3" in line
     assert "devprof bench --build-llama-bench" in line and str(llama_bench_path("x86_64-v3")) in line
     lb = LlamaBench(tmp_path / "llama-bench", context=512, steps=31, threads=1)
-    assert lb.argv(tmp_path / "m.gguf", "prefill")[1:] == ["-m", str(tmp_path / "m.gguf"), "-p", "512", "-n", "0", "-r", "1",
-                                                           "-t", "1", "-b", "512", "-ub", "512", "-o", "jsonl"]
-    assert lb.argv(tmp_path / "m.gguf", "decode")[3:12] == ["-p", "0", "-n", "1", "-d", "512", "-r", "31", "-t"]
-    line = ('{"n_prompt": 0, "n_gen": 1, "n_depth": 512, "avg_ns": 4000000, "stddev_ns": 0, "avg_ts": 260.0, '
-            '"stddev_ts": 0, "samples_ns": [5000000, 3000000], "samples_ts": [200.0, 333.3]}\n')
-    assert LlamaBench.tok_s(line, "", "ok") == (250.0, 333.3)  # 1 token / 4 ms mean; the fastest repetition
+    assert lb.argv(tmp_path / "m.gguf", "prefill")[1:] == ["-m", str(tmp_path / "m.gguf"), "-p", "512", "-n", "0", "-t", "1",
+                                                           "-b", "512", "-ub", "512", "-r", "1", "-o", "jsonl"]
+    assert lb.argv(tmp_path / "m.gguf", "decode")[3:10] == ["-p", "0", "-n", "31", "-d", "512", "-t"]
     from devprof.errors import RuntimeFailed
 
     with pytest.raises(RuntimeFailed, match="llama-bench failed .failed.: boom"):
@@ -223,7 +217,7 @@ def test_runner_vs_llama_bench_section_end_to_end(tmp_path):
     """The section on the minis with the llama-bench built in devprof's cache: every ratio measured."""
     pytest.importorskip("gguf")
     from devprof.bench import BenchConfig, Runner, _med
-    from devprof.bench_native import NativeSection, fastest_step_tok_s, host_variant, llama_bench_path
+    from devprof.bench_native import NativeSection, host_variant, llama_bench_path
 
     if not llama_bench_path(host_variant()).is_file():
         pytest.skip(f"llama-bench is not built ({llama_bench_path(host_variant())}); "
@@ -239,11 +233,10 @@ def test_runner_vs_llama_bench_section_end_to_end(tmp_path):
             got[key] = [native.run_llama_bench(argv[0])[0]]
         else:
             got[key] = [native.runner.run(argv, parser).result]
-    fig = native.figures(lambda k: _med([r.decode_tok_s for r in got[k]]), lambda k: _med([r.prefill_tok_s for r in got[k]]),
-                         lambda k: fastest_step_tok_s(got[k][0]))
+    fig = native.figures(lambda k: _med([r.decode_tok_s for r in got[k]]), lambda k: _med([r.prefill_tok_s for r in got[k]]))
     for w in ("q4_0", "f32"):
         for tag in ("moe", "dense"):
-            for phase in ("prefill", "decode", "fastest_step"):
+            for phase in ("prefill", "decode"):
                 assert 0.2 < fig[f"runner_over_llama_bench_{phase}_{w}_{tag}"] < 5.0, (w, tag, phase, fig)
     assert not any("llama-bench is not built" in n for n in native.notes)
 
@@ -267,12 +260,3 @@ def test_a_failing_llama_bench_is_a_note_and_the_runner_figures_stand(tmp_path, 
     assert result.prefill_tok_s is None and result.decode_tok_s is None and outcome.exit_code == 1
     failed = [n for n in native.notes if "llama-bench failed" in n]
     assert len(failed) == 2 and all("failed to load model" in n for n in failed)
-
-
-def test_fastest_step_of_the_runner_and_of_llama_bench():
-    from devprof.bench_native import fastest_step_tok_s
-    from devprof.results import RunResult
-
-    assert fastest_step_tok_s(RunResult(runtime="llamacpp", extra={"token_ms": [5.0, 4.0, 8.0]})) == 250.0
-    assert fastest_step_tok_s(RunResult(runtime="llama-bench", extra={"fastest_step_tok_s": 300.0})) == 300.0
-    assert fastest_step_tok_s(RunResult(runtime="llamacpp")) is None
