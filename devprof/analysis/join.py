@@ -57,7 +57,7 @@ def reference_layout(model: str, seed: int = 0) -> WeightLayout | None:
     """The reference runtime's layout of a catalog model (the bundle's layout.json, or the same plan
     computed without touching a file); None for models the catalog does not know or dense ones."""
     from devprof.catalog import MODELS
-    from devprof.refruntime.bundle import bundle_dir, tensor_plan
+    from devprof.runtimes.reference.bundle import bundle_dir, tensor_plan
 
     spec = MODELS.get(model)
     if spec is None or not spec.is_moe:
@@ -170,7 +170,7 @@ def file_growth(rep: Repetition) -> tuple[float, float] | None:
 def reference_weight_bytes(model: str) -> int | None:
     """All weight bytes of a catalog model's reference bundle (computed, no file read)."""
     from devprof.catalog import MODELS
-    from devprof.refruntime.bundle import tensor_plan
+    from devprof.runtimes.reference.bundle import tensor_plan
 
     spec = MODELS.get(model)
     if spec is None:

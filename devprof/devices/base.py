@@ -75,6 +75,11 @@ class Device(ABC):
         cold | warm | unknown, describing the file's cache state before the next run."""
         return "unknown", "not supported on this device"
 
+    def cache_state(self, device_path: str) -> tuple[str, str]:
+        """The page-cache state of a file that is left as it is (a warm run): (state, how), state
+        cold | warm | unknown."""
+        return "unknown", "not measurable"
+
     def cpu_features(self) -> set[str] | None:
         """The CPU's /proc/cpuinfo features (arm64 "Features", x86 "flags"); None when unknown."""
         return None

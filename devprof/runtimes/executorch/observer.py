@@ -29,43 +29,21 @@ sampled from the prefill logits, is not in it (``TextTokenGenerator::generate`` 
 is consistent. ``prompt_eval_end_ms`` is taken after tokenization + prefill, and
 ``first_token_ms`` is set right beside it, so TTFT ~= prefill time (tokenization included).
 
-This module also reads the Android benchmark app's (``minibench``) ``benchmark_results.json``:
-see :func:`parse_benchmark_results` and :func:`benchmark_app_run_result`.
+The Android benchmark app's (``minibench``) ``benchmark_results.json`` is read by
+:mod:`devprof.runtimes.executorch.benchmark_app`.
 """
-
 from __future__ import annotations
 
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from devprof.errors import ParseError, RuntimeFailed, UsageError
+from devprof.errors import ParseError
 from devprof.results import RunResult
-from devprof.runtimes.base import (
-    Invocation,
-    RuntimeAdapter,
-    as_count,
-    as_number,
-    coerce_text,
-    fmt_num,
-    json_safe,
-    register,
-    require_int,
-    require_path,
-    safe_parse,
-    snippet,
-)
+from devprof.runtimes.base import as_count, as_number, coerce_text, json_safe, safe_parse, snippet
 
-__all__ = [
-    "ExecuTorchAdapter",
-    "parse_pytorch_observer",
-    "parse_rss_lines",
-    "BenchmarkAppMetric",
-    "parse_benchmark_results",
-    "benchmark_app_run_result",
-]
+__all__ = ["parse_pytorch_observer", "parse_rss_lines", "OBSERVER_TAG"]
 
 OBSERVER_TAG = "PyTorchObserver"
 
@@ -81,108 +59,6 @@ _RSS_KEYS = {
 }
 # ET_LOG error lines of the posix PAL look like "E 00:00:01.234567 executorch:file.cpp:12] msg".
 _ET_ERROR_RE = re.compile(r"(?m)^E \d{2}:\d{2}:\d{2}\.\d+ (.+)$")
-
-
-# --------------------------------------------------------------------------------------------
-# The adapter
-
-
-@register
-class ExecuTorchAdapter(RuntimeAdapter):
-    """``llama_main`` from pytorch/executorch (flags of examples/models/llama/main.cpp).
-
-    The command line always asks for greedy decoding (``--temperature=0``) and, unless
-    ``extra["ignore_eos"]`` is False, ``--ignore_eos`` so that the generation length does not
-    depend on the model's output. Needs a runner that knows ``--prompt_file``,
-    ``--max_new_tokens`` and ``--ignore_eos`` (not in release 1.1's runner).
-
-    ``extra`` keys read by :meth:`argv` (others are ignored):
-
-    ``warmup`` (bool, default False)
-        ``--warmup``: one discarded generation before the measured one (same prompt and
-        length). It raises ``ru_maxrss`` before the measured run starts.
-    ``ignore_eos`` (bool, default True), ``temperature`` (number, default 0)
-    ``data_paths`` (str or list of str)
-        ``--data_paths`` (.ptd weight files), comma-joined; a path containing a comma is refused
-        because the runner splits on commas.
-    ``num_bos`` / ``num_eos`` (int >= 0)
-        BOS/EOS tokens the runner adds to the prompt (runner default 0: no BOS).
-    ``seq_len`` (int, deprecated flag), ``etdump_path`` (str), ``method_name`` (str)
-    ``extra_args`` (list of str): appended verbatim.
-    """
-
-    name = "executorch"
-
-    def argv(self, inv: Invocation) -> list[str]:
-        ex = inv.extra or {}
-        binary = require_path(inv.binary, "binary")
-        model = require_path(inv.model_path, "model_path")
-        if inv.tokenizer_path is None:
-            raise UsageError("executorch runtime needs a tokenizer path (--tokenizer_path)")
-        tokenizer = require_path(inv.tokenizer_path, "tokenizer_path")
-        prompt_file = require_path(inv.prompt_file, "prompt_file")
-        n = require_int(inv.max_new_tokens, "max_new_tokens", minimum=1)
-        threads = require_int(inv.threads, "threads", minimum=-1)
-
-        # gflags accepts --flag=value for every type; the '=' form keeps each setting in one
-        # argv element and is unambiguous for values that start with '-'.
-        args = [
-            binary,
-            f"--model_path={model}",
-            f"--tokenizer_path={tokenizer}",
-            f"--prompt_file={prompt_file}",
-            f"--max_new_tokens={n}",
-        ]
-        temperature = ex.get("temperature", 0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature >= 0
-        ):
-            raise UsageError(f"temperature must be a number >= 0, got {temperature!r}")
-        args.append(f"--temperature={fmt_num(temperature)}")
-        if threads > 0:
-            args.append(f"--cpu_threads={threads}")  # -1/0: the runner's performant-core heuristic
-        if _flag(ex, "ignore_eos", True):
-            args.append("--ignore_eos")
-        if _flag(ex, "warmup", False):
-            args.append("--warmup")
-
-        data_paths = ex.get("data_paths")
-        if data_paths:
-            paths = [data_paths] if isinstance(data_paths, str) else list(data_paths)
-            for p in paths:
-                require_path(p, "data_paths entry")
-                if "," in p:
-                    raise UsageError(f"data path {p!r} contains a comma; llama_main splits --data_paths on commas")
-            args.append("--data_paths=" + ",".join(paths))
-        for key in ("num_bos", "num_eos"):
-            if ex.get(key) is not None:
-                args.append(f"--{key}={require_int(ex[key], key, minimum=0)}")
-        if ex.get("seq_len") is not None:
-            args.append(f"--seq_len={require_int(ex['seq_len'], 'seq_len', minimum=1)}")
-        if ex.get("etdump_path"):
-            args.append(f"--etdump_path={require_path(ex['etdump_path'], 'etdump_path')}")
-        if ex.get("method_name"):
-            args.append(f"--method_name={require_path(ex['method_name'], 'method_name')}")
-        args.extend(_extra_args(ex))
-        return args
-
-    def parse(self, stdout: str, stderr: str = "") -> RunResult:
-        text = coerce_text(stdout, "stdout") + "\n" + coerce_text(stderr, "stderr")
-        return parse_pytorch_observer(text, runtime=self.name)
-
-
-def _flag(ex: dict, key: str, default: bool) -> bool:
-    v = ex.get(key, default)
-    if not isinstance(v, bool):
-        raise UsageError(f"{key} must be true or false, got {v!r}")
-    return v
-
-
-def _extra_args(ex: dict) -> list[str]:
-    extra = ex.get("extra_args") or []
-    if isinstance(extra, str) or not all(isinstance(a, str) for a in extra):
-        raise UsageError("extra_args must be a list of strings (one argv element each)")
-    return list(extra)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,138 +276,3 @@ def parse_rss_lines(text: str) -> dict[str, Any]:
             continue
         values[_RSS_KEYS[m.group(1)]] = v
     return {"values": values, "lines": n, "warnings": warnings}
-
-
-# --------------------------------------------------------------------------------------------
-# The Android benchmark app ("minibench") benchmark_results.json
-
-
-@dataclass(frozen=True)
-class BenchmarkAppMetric:
-    """One entry of the app's ``benchmark_results.json`` (a Gson dump of ``BenchmarkMetric``).
-
-    ``model``/``backend``/``quantization`` come from the app splitting the .pte file name
-    ``NAME_BACKEND_QUANT``; both are "" when the name did not match that pattern.
-    ``device`` is the app's ``deviceInfo`` (``device`` = Build.BRAND, ``arch`` = Build.MODEL,
-    ``os``, ``totalMem``/``availMem``: read from an unfilled MemoryInfo, so usually 0).
-    """
-
-    model: str
-    backend: str
-    quantization: str
-    metric: str
-    actual_value: float
-    target_value: float
-    device: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_benchmark_results(text: str | bytes) -> list[BenchmarkAppMetric]:
-    """Parse ``benchmark_results.json`` into a list of :class:`BenchmarkAppMetric`.
-
-    Accepts the current shape (``benchmarkModel``, ``metric``, ``actualValue``,
-    ``targetValue``, ``deviceInfo``) and the first one (pytorch/executorch#5332: ``actual``,
-    ``target``, ``device``, ``arch`` at top level). A list of metrics comes back rather than a
-    RunResult because the file mixes models and metric kinds; use
-    :func:`benchmark_app_run_result` to fold one model's metrics into a RunResult.
-    """
-
-    def body() -> list[BenchmarkAppMetric]:
-        raw = coerce_text(text, "benchmark_results.json").strip().lstrip("\ufeff")
-        where = "benchmark_results.json"
-        if not raw:
-            raise ParseError(f"{where} is empty")
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            cut = exc.pos >= len(raw) - 1 or "Unterminated" in exc.msg
-            raise ParseError(
-                f"{where} is {'cut off' if cut else 'not valid JSON'} ({exc.msg} at char {exc.pos})"
-            ) from None
-        except RecursionError:
-            raise ParseError(f"{where} is nested too deeply to be a metric list") from None
-        if isinstance(data, dict):
-            data = [data]
-        if not isinstance(data, list):
-            raise ParseError(f"{where} holds a JSON {type(data).__name__}, not a list of metrics")
-        if not data:
-            raise ParseError(f"{where} holds no metrics (the app writes it even when the run failed)")
-        out = []
-        for i, item in enumerate(data, 1):
-            w = f"{where} entry {i}"
-            if not isinstance(item, dict):
-                raise ParseError(f"{w} is a JSON {type(item).__name__}, not an object")
-            bm = item.get("benchmarkModel")
-            if not isinstance(bm, dict):
-                raise ParseError(f"{w} lacks a benchmarkModel object")
-            if not isinstance(item.get("metric"), str) or not item["metric"]:
-                raise ParseError(f"{w} lacks a metric name")
-            if "actualValue" in item:
-                actual = as_number(item["actualValue"], "actualValue", w)
-                target = as_number(item.get("targetValue", 0), "targetValue", w)
-                device = item.get("deviceInfo") if isinstance(item.get("deviceInfo"), dict) else {}
-            elif "actual" in item:
-                actual = as_number(item["actual"], "actual", w)
-                target = as_number(item.get("target", 0), "target", w)
-                device = {k: item[k] for k in ("device", "arch", "os") if k in item}
-            else:
-                raise ParseError(f"{w} ({item['metric']}) lacks actualValue")
-            out.append(
-                BenchmarkAppMetric(
-                    model=str(bm.get("name", "")),
-                    backend=str(bm.get("backend", "") or ""),
-                    quantization=str(bm.get("quantization", "") or ""),
-                    metric=item["metric"],
-                    actual_value=float(actual),
-                    target_value=float(target),
-                    device=json_safe(dict(device)),
-                )
-            )
-        return out
-
-    try:
-        return body()
-    except ParseError:
-        raise
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:  # pragma: no cover - defensive
-        raise ParseError(f"benchmark_results.json could not be read ({type(exc).__name__})") from exc
-
-
-def benchmark_app_run_result(metrics: list[BenchmarkAppMetric], model: str | None = None) -> RunResult:
-    """Fold one model's app metrics into a RunResult (runtime "executorch").
-
-    ``token_per_sec`` is the app's decode rate (generated_tokens / (inference_end_ms -
-    prompt_eval_end_ms) from the observer stats) and fills ``decode_tok_s``;
-    ``llm_model_load_time(ms)`` (or ``model_load_time(ms)``) fills ``load_ms`` (measured by the
-    app around module load). The app reports nothing for prefill, TTFT or token counts.
-    ``generate_time(ms)`` and every other metric go to ``extra["app_metrics"]``. A nonzero
-    ``load_status`` raises :class:`RuntimeFailed`. With metrics of several models in the list,
-    ``model`` must name one.
-    """
-    models = sorted({m.model for m in metrics})
-    if not metrics:
-        raise ParseError("benchmark_results.json: no metrics to fold")
-    if model is None:
-        if len(models) > 1:
-            raise UsageError(f"benchmark results hold several models ({', '.join(models)}); name one")
-        model = models[0]
-    chosen = [m for m in metrics if m.model == model]
-    if not chosen:
-        raise UsageError(f"benchmark results have no model {model!r}; they have: {', '.join(models)}")
-    values = {m.metric: m.actual_value for m in chosen}
-    status = values.get("load_status")
-    if status is not None and status != 0:
-        raise RuntimeFailed(f"benchmark app: model {model!r} failed to load (load_status {fmt_num(status)})")
-    load = values.get("llm_model_load_time(ms)", values.get("model_load_time(ms)"))
-    tps = values.get("token_per_sec")
-    extra: dict[str, Any] = {
-        "source": "benchmark_results.json (Android benchmark app)",
-        "model": model,
-        "backend": chosen[0].backend,
-        "quantization": chosen[0].quantization,
-        "device_info": chosen[0].device,
-        "app_metrics": values,
-    }
-    if tps is not None and tps <= 0:
-        extra["warnings"] = [f"token_per_sec is {tps}: no decode rate (the app leaves 0 when it saw no stats)"]
-        tps = None
-    return RunResult(runtime="executorch", decode_tok_s=tps, load_ms=load, extra=extra)

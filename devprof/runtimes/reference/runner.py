@@ -2,7 +2,7 @@
 
 Flags mirror ExecuTorch's ``llama_main`` where they apply::
 
-    --model_path BUNDLE_DIR      a bundle folder (devprof.refruntime.bundle)
+    --model_path BUNDLE_DIR      a bundle folder (devprof.runtimes.reference.bundle)
     --tokenizer_path PATH        default: the bundle's tokenizer.json
     --prompt_file TEXT_FILE | --prompt_ids_file FILE (one int per line, or .npy) | --prompt TEXT
     --max_new_tokens N           tokens generated (the first from the prefill logits, then N-1
@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--cpu_threads must be -1 or >= 1, got {args.cpu_threads}")
     if args.prefill_chunk is not None and args.prefill_chunk < 1:
         raise UsageError(f"--prefill_chunk must be >= 1, got {args.prefill_chunk}")
-    from devprof.refruntime.bundle import load_config, spec_from_config
+    from devprof.runtimes.reference.bundle import load_config, spec_from_config
 
     folder = Path(args.model_path)
     config = load_config(folder)
@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from devprof.refruntime.engine import DEFAULT_PREFILL_CHUNK, Engine, set_threads, tune_malloc
+    from devprof.runtimes.reference.engine import DEFAULT_PREFILL_CHUNK, Engine, set_threads, tune_malloc
 
     if args.cpu_threads > 0:
         set_threads(args.cpu_threads)

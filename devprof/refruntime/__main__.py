@@ -1,0 +1,5 @@
+import sys
+
+from devprof.runtimes.reference.runner import main
+
+sys.exit(main())
