@@ -20,6 +20,7 @@ from rich.text import Text
 
 from devprof import REPO_ROOT, __version__
 from devprof.errors import DevprofError, UsageError
+from devprof.runtimes import known_runtimes
 
 # log_path=False: the user's log says what happened, not which line of devprof said it (cli.py:238)
 console = Console(stderr=True, soft_wrap=True, log_path=False)
@@ -203,7 +204,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
     from devprof.catalog import get_model
-    from devprof.runtimes.base import get_adapter
+    from devprof.runtimes.base import default_runtime, get_adapter
     from devprof.session import Plan, Session
 
     models = [get_model(model)]
@@ -235,7 +236,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
         p = Plan(
             models=models, workloads=workloads.parse_workloads(workload), contexts=_int_list(context, "--context"),
             new_tokens=new_tokens, reps=reps, warmup=warmup, sample_ms=sample_ms, runtime=rt, cache=cache,
-            weights=weights or ("q4_0" if rt == "llamacpp" else "fp32"),
+            weights=weights or get_adapter(rt).default_weights,
             seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
             cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
             ready=ready, ready_timeout_s=ready_timeout, adaptive=rule,
@@ -246,7 +247,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
         return p
 
     # the options are checked before any device is touched; without --runtime the device kind picks it
-    plan = make_plan(runtime or ("reference" if weights in (None, "fp32") else "llamacpp"))
+    plan = make_plan(runtime or default_runtime(weights=weights))
     if runtime is None:
         plan = None
     if out_path is not None:  # found out now, not after the run
@@ -313,13 +314,6 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
                   markup=False, highlight=False)
     for p in paths:
         click.echo(f"report: {p}", err=True)
-
-
-def default_runtime(kind: str) -> str:
-    """The runtime `devprof run` uses on a device kind when no --runtime is given: devprof's native llama.cpp
-    runner on Android phones (the reference runtime's Android launcher needs a host Python, which only the test
-    daemon has; `--runtime reference` still reaches it), the reference runtime on this host and on iPhones."""
-    return "llamacpp" if kind == "android" else "reference"
 
 
 def _estimate(plans, store, targets):
@@ -641,7 +635,7 @@ def bins() -> None:
 
 @bins.command(name="add")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--runtime", required=True, type=click.Choice(["reference", "executorch", "llamacpp"]))
+@click.option("--runtime", required=True, type=click.Choice(known_runtimes()))
 @click.option("--platform", required=True, type=click.Choice(["android", "ios", "host"]))
 @click.option("--abi", default="arm64-v8a", show_default=True, help="arm64-v8a, x86_64, ... or any.")
 @click.option("--name", default=None, help="Name to refer to it by [default: derived].")

@@ -43,8 +43,8 @@ class Plan:
     reps: int = 3
     warmup: int = 1
     sample_ms: int = 10
-    runtime: str = "reference"
-    weights: str = "fp32"  # fp32 | q8_0 | q4_0 (llamacpp: devprof's GGUF export of the same seeded weights)
+    runtime: str = rt.DEFAULT_RUNTIME
+    weights: str = "fp32"  # fp32 | q8_0 | q4_0: the format of devprof's seeded weights the runtime is given
     cache: str = "cold"  # cold: evict the weights file before every repetition; warm: leave it
     seed: int = 0
     threads: int = -1
@@ -59,7 +59,7 @@ class Plan:
     #: --reps auto: the stopping rule (devprof.adaptive.Rule); None: exactly ``reps`` repetitions
     adaptive: object | None = None
     binary_name: str | None = None  # a registered binary by name (else chosen by runtime/platform/ABI)
-    #: model name -> (model file, tokenizer file or None): user bundles (.pte, .gguf) for prebuilt runtimes
+    #: model name -> (model file, tokenizer file or None): the user's prebuilt model files
     model_files: dict[str, tuple[Path, Path | None]] = field(default_factory=dict)
     runtime_args: list[str] = field(default_factory=list)  # appended to every runtime command line
     settings: dict = field(default_factory=dict)

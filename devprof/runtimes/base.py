@@ -33,6 +33,8 @@ __all__ = [
     "register",
     "get_adapter",
     "known_runtimes",
+    "default_runtime",
+    "find_adapter",
 ]
 
 
@@ -76,6 +78,8 @@ class RuntimeAdapter(ABC):
 
     #: weight formats this runtime runs from devprof's own seeded weights; empty: a prebuilt file only
     weight_formats: tuple[str, ...] = ()
+    #: the weight format when none is given
+    default_weights: str = "fp32"
     #: bytes per KV-cache element (for the memory estimate before a run)
     kv_bytes: int = 4
     #: True: on a host without idle cores to spare the session picks the thread count itself
@@ -101,6 +105,16 @@ class RuntimeAdapter(ABC):
 
     def host_command(self) -> str | None:
         """How this runtime runs on this host without a registered binary, or None if it cannot."""
+        return None
+
+    #: the order the prefill reads the weights in: "layers" (the whole prompt one layer at a time) or "tokens"
+    prefill_order: str = "tokens"
+
+    def weights_layout(self, model: str, seed: int = 0, *, from_file: bool = True) -> tuple[dict, str] | None:
+        """Where the tensors of catalog model ``model`` sit in the weights file this runtime reads
+        (``{"tensors": {name: {"nbytes", ...}}, "expert_blocks": [{layer, expert, offset, nbytes}]}``)
+        and where that comes from (``from_file``: the file's own record if it exists, else computed);
+        None when unknown."""
         return None
 
     def native_evict(self, binary: Any) -> list[str]:
@@ -147,6 +161,30 @@ def known_runtimes() -> list[str]:
     """Sorted names of every registered adapter."""
     _load_builtins()
     return sorted(_REGISTRY)
+
+
+#: the runtime `devprof run` uses when none is given, and per device kind where another one is better:
+#: devprof's native llama.cpp runner on Android phones (the reference runtime's Android launcher needs a
+#: host Python, which only the test daemon has; `--runtime reference` still reaches it)
+DEFAULT_RUNTIME = "reference"
+DEFAULT_BY_KIND = {"android": "llamacpp"}
+
+
+def default_runtime(kind: str | None = None, weights: str | None = None) -> str:
+    """The runtime for a device kind when no --runtime is given; without a kind, the default runtime if it
+    runs ``weights`` (None: its default), else the first runtime that does."""
+    if kind is not None:
+        return DEFAULT_BY_KIND.get(kind, DEFAULT_RUNTIME)
+    if weights is None or weights in get_adapter(DEFAULT_RUNTIME).weight_formats:
+        return DEFAULT_RUNTIME
+    return next((n for n in known_runtimes() if weights in get_adapter(n).weight_formats), DEFAULT_RUNTIME)
+
+
+def find_adapter(name: str) -> RuntimeAdapter | None:
+    """The adapter for ``name``, or None for a runtime this devprof does not know (an old run's)."""
+    _load_builtins()
+    cls = _REGISTRY.get(name.strip().lower() if isinstance(name, str) else "")
+    return cls() if cls is not None else None
 
 
 def get_adapter(name: str) -> RuntimeAdapter:

@@ -89,6 +89,7 @@ class LlamaCppAdapter(RuntimeAdapter):
         return add_runner_lines(result, text)
 
     weight_formats = ("fp32", "q8_0", "q4_0")
+    default_weights = "q4_0"
     kv_bytes = 2  # llama.cpp keeps K/V in f16
     picks_host_threads = True
     needs_cpu_features = True

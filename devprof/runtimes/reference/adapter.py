@@ -119,5 +119,23 @@ class ReferenceAdapter(RuntimeAdapter):
         weights = paths["weights.bin"]
         return remote_dir or str(Path(weights).parent), paths.get("tokenizer.json"), weights
 
+    prefill_order = "layers"
+
+    def weights_layout(self, model: str, seed: int = 0, *, from_file: bool = True) -> tuple[dict, str] | None:
+        from devprof.catalog import MODELS
+        from devprof.runtimes.reference.bundle import bundle_dir, tensor_plan
+
+        spec = MODELS.get(model)
+        if spec is None:
+            return None
+        if from_file:
+            try:
+                p = bundle_dir(spec, seed) / "layout.json"
+                if p.is_file():
+                    return json.loads(p.read_text()), f"the bundle's layout.json ({p})"
+            except (OSError, ValueError):
+                pass
+        return tensor_plan(spec), "devprof's bundle layout (computed)"
+
     def host_command(self) -> str | None:
         return f"python -m {MODULE}"
