@@ -305,6 +305,21 @@ def require_path(value: Any, key: str) -> str:
     return value
 
 
+def token_rate(n: int | None, span: float | None, per_second: float, label: str, zero_span: str,
+               warnings: list[str]) -> float | None:
+    """Tokens per second over a span in units of ``1 / per_second`` s; None (with a warning) for 0 tokens or
+    a span of 0 (``zero_span`` says why), None without one when either is unknown."""
+    if n is None or span is None:
+        return None
+    if n == 0:
+        warnings.append(f"{label}: 0 tokens, rate not computed")
+        return None
+    if span == 0:
+        warnings.append(zero_span)
+        return None
+    return n / span * per_second
+
+
 def safe_parse(fn: Callable[[], RunResult], runtime: str) -> RunResult:
     """Run a parser body, turning any unexpected exception into a one-line ParseError.
 

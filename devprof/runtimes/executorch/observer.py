@@ -41,7 +41,7 @@ from typing import Any
 
 from devprof.errors import ParseError
 from devprof.results import RunResult
-from devprof.runtimes.base import as_count, as_number, coerce_text, json_safe, safe_parse, snippet
+from devprof.runtimes.base import as_count, as_number, coerce_text, json_safe, safe_parse, snippet, token_rate
 
 __all__ = ["parse_pytorch_observer", "parse_rss_lines", "OBSERVER_TAG"]
 
@@ -171,15 +171,8 @@ def _parse_observer(text: str, runtime: str) -> RunResult:
         return float(d)
 
     def rate(tokens: int, span_units: float | None, label: str) -> float | None:
-        if span_units is None:
-            return None
-        if tokens == 0:
-            warnings.append(f"{label}: 0 tokens, rate not computed")
-            return None
-        if span_units == 0:
-            warnings.append(f"{label} span is 0 ms (below the 1 ms timer resolution): rate not computed")
-            return None
-        return tokens / span_units * scale
+        return token_rate(tokens, span_units, scale, label,
+                          f"{label} span is 0 ms (below the 1 ms timer resolution): rate not computed", warnings)
 
     prefill_ms = span(t_inf0, t_pe, "prefill")
     decode_ms = span(t_pe, t_inf1, "decode")

@@ -73,7 +73,7 @@ same; with an F32 KV cache and flash attention off llama.cpp F32 matches the ref
 ~3e-7 relative). How llama.cpp computes by default differs: an F16 KV cache, and its CPU flash
 attention rounds Q to F16 (~2e-4 relative on the logits); Q8_0/Q4_0 weights; the last
 layer's attention output and FFN run only for tokens whose logits are wanted (so a prompt's
-tokens other than the last never touch the last layer's experts; see devprof.llamarunner).
+tokens other than the last never touch the last layer's experts; see runner/runner.cpp).
 """
 
 from __future__ import annotations
@@ -91,25 +91,12 @@ import numpy as np
 
 from devprof.catalog import ModelSpec
 from devprof.errors import DevprofError
+from devprof.runtimes.llamacpp import gguf_plan
 from devprof.runtimes.llamacpp.gguf_plan import (EXPORT_VERSION, GATING_SOFTMAX_WEIGHT, RMS_EPS, ROUTING_NOTE,
                                                  WEIGHT_TYPES, ExportPlan, TensorSpec, _ALIGN, _RELEASE_BYTES, _Source,
                                                  _gguf, _qtype, arch_for, expected_tensor_bytes, export_plan)
 
-__all__ = [
-    "EXPORT_VERSION",
-    "WEIGHT_TYPES",
-    "GATING_SOFTMAX_WEIGHT",
-    "ROUTING_NOTE",
-    "RMS_EPS",
-    "arch_for",
-    "build_gguf",
-    "gguf_path",
-    "export_plan",
-    "expected_tensor_bytes",
-    "read_metadata",
-    "TensorSpec",
-    "ExportPlan",
-]
+__all__ = [*gguf_plan.__all__, "build_gguf", "gguf_path", "read_metadata"]
 
 
 # ---- tokenizer ------------------------------------------------------------------------------

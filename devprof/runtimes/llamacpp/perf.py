@@ -33,7 +33,7 @@ from typing import Any
 
 from devprof.errors import ParseError
 from devprof.results import RunResult
-from devprof.runtimes.base import coerce_text, safe_parse, snippet
+from devprof.runtimes.base import coerce_text, safe_parse, snippet, token_rate
 
 __all__ = ["parse_llama_perf", "parse_runner_lines", "add_runner_lines", "token_intervals_ms"]
 
@@ -122,15 +122,8 @@ def _parse_perf(text: str, runtime: str) -> RunResult:
     ev_ms, ev_n = value("eval time", True), count("eval time", True)
 
     def rate(n: int | None, ms: float | None, label: str) -> float | None:
-        if n is None or ms is None:
-            return None
-        if n == 0:
-            warnings.append(f"{label}: 0 tokens, rate not computed")
-            return None
-        if ms == 0:
-            warnings.append(f"{label}: 0 ms for {n} tokens (perf timings disabled?), rate not computed")
-            return None
-        return n / ms * 1000.0
+        return token_rate(n, ms, 1000.0, label, f"{label}: 0 ms for {n} tokens (perf timings disabled?), rate not computed",
+                          warnings)
 
     prefill_tok_s = rate(pe_n, pe_ms, "prompt eval")
     decode_tok_s = rate(ev_n, ev_ms, "eval")
