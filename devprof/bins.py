@@ -188,10 +188,10 @@ def save(entries: list[Binary], manifest: Path | None = None) -> None:
             if v != "" or k in ("name", "runtime", "platform", "abi", "path", "sha256"):
                 lines.append(f"{k} = {_toml_str(v)}")
         lines.append("")
-    from devprof.export import _atomic_write  # the one atomic writer: no half-written or stray file
+    from devprof.report.writer import atomic_write  # the one atomic writer: no half-written or stray file
 
     try:
-        _atomic_write(manifest, "\n".join(lines))
+        atomic_write(manifest, "\n".join(lines))
     except OSError as e:
         raise DevprofError(f"cannot write the binaries manifest {manifest}: {e.strerror}") from None
 

@@ -19,7 +19,7 @@ from devprof.analysis import compare as C
 from devprof.analysis import coverage as cov
 from devprof.analysis import projection as P
 from devprof.analysis.artifacts import Trace, load_rep_trace, prompt_segments
-from devprof.analysis.console import compare_renderables, to_text
+from devprof.report.terminal_compare import compare_renderables, to_text
 from devprof.analysis.join import WeightLayout, join, pair_times, weight_layout
 from devprof.catalog import get_model
 from devprof.errors import DevprofError, UsageError

@@ -31,7 +31,7 @@ from devprof.analysis.join import (
 )
 from devprof.analysis.projection import ASSUMPTION, Projection, project
 from devprof.errors import DevprofError, UsageError
-from devprof.report.base import rep_label, representative
+from devprof.analysis.phases import rep_label, representative
 from devprof.store import RunRecord
 
 FORMAT = "devprof.compare/1"

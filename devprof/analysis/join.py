@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from devprof.analysis.artifacts import Trace
-from devprof.report.base import phase_spans, phase_spans_from_durations
+from devprof.analysis.phases import phase_spans, phase_spans_from_durations
 from devprof.results import Repetition, RoutingSummary
 from devprof.runtimes import base as rt
 

@@ -91,7 +91,7 @@ import numpy as np
 
 from devprof.catalog import ModelSpec
 from devprof.errors import DevprofError
-from devprof.runtimes.llamacpp import gguf_plan
+import devprof.runtimes.llamacpp.gguf_plan as gguf_plan
 from devprof.runtimes.llamacpp.gguf_plan import (EXPORT_VERSION, GATING_SOFTMAX_WEIGHT, RMS_EPS, ROUTING_NOTE,
                                                  WEIGHT_TYPES, ExportPlan, TensorSpec, _ALIGN, _RELEASE_BYTES, _Source,
                                                  _gguf, _qtype, arch_for, expected_tensor_bytes, export_plan)
