@@ -111,7 +111,7 @@ def machine_ceilings(threads: int, reps: int = 10) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
-    from devprof.refruntime.engine import set_threads
+    from devprof.runtimes.reference.engine import set_threads
 
     set_threads(threads)
 
@@ -146,7 +146,7 @@ class Runner:
         self.ids_file.write_text("\n".join(map(str, ids)) + "\n")
 
     def reference_argv(self, spec: ModelSpec) -> list[str]:
-        from devprof.refruntime.bundle import build_bundle
+        from devprof.runtimes.reference.bundle import build_bundle
         from devprof.runtimes.base import Invocation, get_adapter
 
         inv = Invocation(binary="", model_path=str(build_bundle(spec, seed=self.cfg.seed)), tokenizer_path=None,
@@ -194,7 +194,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
     for spec in (moe, dense):
         if cfg.context > spec.max_context:
             raise UsageError(f"--context {cfg.context} is larger than {spec.display} allows")
-    from devprof.runtimes.llamacpp import threads_warning
+    from devprof.session import threads_warning
 
     if warn := threads_warning(cfg.n_threads, os.cpu_count(), "this host"):
         log(warn)

@@ -29,7 +29,6 @@ from devprof.errors import DevprofError, UsageError
 from devprof.hashing import sha256_file
 
 PLATFORMS = ("android", "ios", "host")
-RUNTIMES = ("reference", "executorch", "llamacpp")
 TEMPLATE_KEYS = ("binary", "model", "tokenizer", "prompt_file", "prompt_ids_file", "max_new_tokens",
                  "threads", "routing_trace")
 
@@ -159,8 +158,10 @@ def add(path: Path, runtime: str, platform: str, abi: str, name: str | None = No
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"no such file: {path}")
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    from devprof.runtimes import known_runtimes
+
+    if runtime not in known_runtimes():
+        raise UsageError(f"unknown runtime {runtime!r}; known: {', '.join(known_runtimes())}")
     if platform not in PLATFORMS:
         raise UsageError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
     for tok in _placeholders(command):
@@ -187,10 +188,10 @@ def save(entries: list[Binary], manifest: Path | None = None) -> None:
             if v != "" or k in ("name", "runtime", "platform", "abi", "path", "sha256"):
                 lines.append(f"{k} = {_toml_str(v)}")
         lines.append("")
-    from devprof.export import _atomic_write  # the one atomic writer: no half-written or stray file
+    from devprof.report.writer import atomic_write  # the one atomic writer: no half-written or stray file
 
     try:
-        _atomic_write(manifest, "\n".join(lines))
+        atomic_write(manifest, "\n".join(lines))
     except OSError as e:
         raise DevprofError(f"cannot write the binaries manifest {manifest}: {e.strerror}") from None
 

@@ -1,7 +1,7 @@
 """The small hierarchy of errors devprof raises for things a user can fix.
 
 Every one is a ``click.ClickException``: the CLI prints its one-line message and exits non-zero,
-never a traceback. Deeper layers raise these; only ``cli.py`` decides how to show them.
+never a traceback. Deeper layers raise these; only ``cli/options.py`` decides how to show them.
 """
 
 from __future__ import annotations

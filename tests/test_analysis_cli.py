@@ -13,14 +13,14 @@ from click.testing import CliRunner
 
 import factories as F
 from devprof import cli as cli_mod
-from devprof.cli_analysis import compare, diff, export
+from devprof.cli.analyse import compare, diff, export
 from devprof.store import Store
 from test_diff import rerun, slowed_record
 
 
 @pytest.fixture(scope="module")
 def app() -> click.Group:
-    """devprof's group with the three commands, as cli.py registers them."""
+    """devprof's group with the three commands, as devprof.cli registers them."""
     for cmd in (compare, diff, export):
         if cmd.name not in cli_mod.cli.commands:
             cli_mod.cli.add_command(cmd)

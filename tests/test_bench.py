@@ -202,7 +202,7 @@ def test_runner_decode_ids_support_is_read_from_its_help(tmp_path):
 
 def test_more_threads_than_the_device_has_gets_one_warning_line():
     from devprof.devices.local import LocalDevice
-    from devprof.runtimes.llamacpp import threads_warning
+    from devprof.session import threads_warning
 
     ncpu = LocalDevice().cpu_snapshot()["ncpu"]
     assert ncpu == os.cpu_count()

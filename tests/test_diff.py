@@ -10,7 +10,7 @@ import pytest
 
 import factories as F
 from devprof import stats
-from devprof.analysis.console import diff_renderables, to_text
+from devprof.report.terminal_compare import diff_renderables, to_text
 from devprof.analysis.diff import DiffRow, diff_runs, to_dict
 from devprof.errors import UsageError
 from devprof.store import RunRecord

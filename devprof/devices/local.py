@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from devprof import pagecache
-from devprof.devices.base import Device, RunRequest, StageReport
+from devprof.devices.base import Device, RunRequest, StageReport, wait_for_exit
 from devprof.errors import DeviceError, killed_by
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
@@ -235,18 +235,7 @@ class LocalDevice(Device):
                 done.set()
 
             threading.Thread(target=_reap, daemon=True).start()
-            status, note = "ok", ""
-            deadline = t0 + req.timeout_s
-            try:
-                while not done.wait(0.05):
-                    if req.cancel is not None and req.cancel.is_set():
-                        status, note = "interrupted", "stopped by the user"
-                        break
-                    if time.monotonic() > deadline:
-                        status, note = "timeout", f"killed after the {req.timeout_s:g} s timeout"
-                        break
-            except KeyboardInterrupt:
-                status, note = "interrupted", "stopped by the user (Ctrl-C)"
+            status, note = wait_for_exit(done.wait, req, t0, 0.05)
             if status != "ok":
                 _kill_group(proc.pid, done)
             done.wait(10)

@@ -69,6 +69,7 @@ def run_dict(a: Analysis) -> dict[str, Any]:
 class JSONRenderer(Renderer):
     """The summary and ratios of a run as JSON (no samples: those stay in the store)."""
 
+    name = "json"
     output_file_extension = "json"
 
     def __init__(self, indent: int | None = 2) -> None:

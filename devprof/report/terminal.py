@@ -42,6 +42,7 @@ def _cell(m: stats.Metric | None, decimals: int, stacked: bool = False) -> Text:
 class TerminalRenderer(Renderer):
     """Rich tables for a terminal. ``print(record)`` writes to ``console``; ``render`` returns text."""
 
+    name = "terminal"
     output_file_extension = "txt"
 
     def __init__(self, console: Console | None = None, width: int | None = None, color: bool = False,

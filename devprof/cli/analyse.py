@@ -1,19 +1,7 @@
-"""`devprof compare`, `devprof diff`, `devprof export`: commands that read stored runs.
+"""`devprof compare`, `diff`, `export`, `history`: commands that read stored runs.
 
-Standalone click commands; ``devprof/cli.py`` registers them on its group::
-
-    from devprof.cli_analysis import compare, diff, export
-    cli.add_command(compare)
-    cli.add_command(diff)
-    cli.add_command(export)
-
-Argument parsing, output and exit codes only: the analysis is in ``devprof.analysis``, the files
-in ``devprof.export``. User errors are ``DevprofError``s (one line, non-zero exit).
-
-The helpers come from ``devprof.cli`` (``db_option``, ``_open_store``, ``out``, ``console``), which
-imports this module at its end: so that either module can be imported first, this one imports
-``devprof.cli`` only at its bottom, after the three commands exist, and adds the shared ``--db``
-option to them there (``db_option`` applied to a command appends the option).
+Argument parsing, output and exit codes only: the analysis is in ``devprof.analysis``, the output
+formats in ``devprof.report``. User errors are ``DevprofError``s (one line, non-zero exit).
 """
 
 from __future__ import annotations
@@ -23,19 +11,18 @@ from pathlib import Path
 
 import click
 
+from devprof.cli.options import check_writable, console, db_arg, db_option, echo_json, open_store, out, run_ref_argument
 from devprof.errors import UsageError
-
-
-def _echo_json(doc: dict) -> None:
-    click.echo(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False, default=str))
+from devprof.report import EXPORT_FORMATS
 
 
 # --------------------------------------------------------------------------------------------
 @click.command()
-@click.argument("run_ref", default="latest")
+@run_ref_argument
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the comparison as a self-contained HTML page.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable figures instead of tables.")
+@db_option
 def compare(run_ref, html_path, as_json, db_path) -> None:
     """Templated vs real prompts for each MoE model of a run: memory, routing, the join, a projection.
 
@@ -44,18 +31,18 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
     from devprof.analysis.compare import compare as analyse_compare
     from devprof.analysis.compare import to_dict
 
-    store = _open_store(db_path, must_exist=True)
+    store = open_store(db_path, must_exist=True)
     record = store.load_run(run_ref)
     report = analyse_compare(record)
     if html_path is not None:
-        from devprof.export import write_text
-        from devprof.report.html import CompareHTMLRenderer
+        from devprof.report import get_renderer
+        from devprof.report.writer import write_text
 
-        write_text(html_path, CompareHTMLRenderer().render(report), "HTML page")
+        write_text(html_path, get_renderer("compare-html").render(report), "HTML page")
     if as_json:
-        _echo_json(to_dict(report))
+        echo_json(to_dict(report))
     else:
-        from devprof.analysis.console import compare_renderables
+        from devprof.report.terminal_compare import compare_renderables
 
         for r in compare_renderables(report, width=out.width):
             out.print(r)
@@ -71,12 +58,13 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
               help="Flag regressions larger than this many percent (and clear at 95%).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable rows instead of a table.")
 @click.option("--db-b", "db_b", default=None, metavar="FILE|URL",
-              callback=lambda _c, _p, v: None if v is None else _db_arg(v),
+              callback=lambda _c, _p, v: None if v is None else db_arg(v),
               help="Read B from this store (another device's, say) [default: the same as A].")
 @click.option("--allow-noisy", is_flag=True,
               help="Call regressions even when a run is flagged noisy (busy device, wide spread).")
 @click.option("--against-last", "last_n", default=None, type=click.IntRange(1, 1000), metavar="N",
               help="Instead of B: compare RUN_A with the median of the N runs before it on the same device.")
+@db_option
 def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, last_n, db_path) -> None:
     """Every metric of run B against run A, with the change and its 95% CI.
 
@@ -96,14 +84,14 @@ def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, last_n, db_path) -
         return
     if run_b is None:
         raise UsageError("diff needs run B (or --against-last N)")
-    store = _open_store(db_path, must_exist=True)
+    store = open_store(db_path, must_exist=True)
     a = store.load_run(run_a)
-    b = (_open_store(db_b, must_exist=True) if db_b else store).load_run(run_b)
+    b = (open_store(db_b, must_exist=True) if db_b else store).load_run(run_b)
     report = diff_runs(a, b, threshold=threshold, allow_noisy=allow_noisy)
     if as_json:
-        _echo_json(to_dict(report))
+        echo_json(to_dict(report))
     else:
-        from devprof.analysis.console import diff_renderables
+        from devprof.report.terminal_compare import diff_renderables
 
         for r in diff_renderables(report):
             out.print(r)
@@ -115,73 +103,94 @@ def diff(run_a, run_b, threshold, as_json, db_b, allow_noisy, last_n, db_path) -
 
 def _diff_against_last(run_ref, n, threshold, as_json, db_path) -> None:
     """`diff RUN --against-last N`: every metric of RUN against the median of the N runs before it."""
-    from rich.table import Table
-    from rich.text import Text
-
     from devprof.analysis.history import against_last_runs
-    from devprof.stats import METRIC_INFO
 
-    store = _open_store(db_path, must_exist=True)
+    store = open_store(db_path, must_exist=True)
     record = store.load_run(run_ref)
     rows = against_last_runs(store, record, n, threshold=threshold)
     if not rows:
         raise UsageError(f"no earlier run on {record.meta.device.name or record.meta.device.serial} measured "
                          f"what run {record.meta.run_id} did: nothing to compare against")
     if as_json:
-        _echo_json({"format": "devprof.diff-against-last/1", "run_id": record.meta.run_id, "n": n,
+        echo_json({"format": "devprof.diff-against-last/1", "run_id": record.meta.run_id, "n": n,
                     "threshold_pct": threshold, "rows": rows})
     else:
-        t = Table(title=f"run {record.meta.run_id} against the median of up to {n} earlier run(s) on "
-                        f"{record.meta.device.name or record.meta.device.serial}")
-        for col in ("model", "workload", "context", "metric", "this run", "earlier median", "change", "status"):
-            t.add_column(col)
-        for r in rows:
-            d = METRIC_INFO[r["metric"]].decimals
-            status = ("regression" if r["regression"] else "beyond noise" if r["beyond_noise"] else "within noise")
-            t.add_row(r["model"], r["workload"], str(r["context"]), r["metric"], f"{r['median']:.{d}f}",
-                      f"{r['baseline_median']:.{d}f} ({len(r['baseline_runs'])} runs)",
-                      "" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%",
-                      Text(status, style="bold red" if r["regression"] else ""))
-        out.print(t)
+        from devprof.report.terminal_tables import against_last_table
+
+        out.print(against_last_table(record.meta, n, rows))
     if any(r["regression"] for r in rows):
         raise SystemExit(1)
 
 
 # --------------------------------------------------------------------------------------------
 @click.command()
-@click.argument("run_ref", default="latest")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "md", "perfetto"]), default="csv",
+@run_ref_argument
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="csv",
               show_default=True, help="csv/json/md: one row per repetition and per summary; perfetto: one "
                                       "Chrome trace-event JSON per repetition.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
               help="File to write (csv/json/md; default: standard output) or folder (perfetto; default: "
                    "RUN-perfetto/ next to the store).")
+@db_option
 def export(run_ref, fmt, out_path, db_path) -> None:
     """Export a run: CSV, JSON, Markdown, or Perfetto traces (open in ui.perfetto.dev)."""
-    from devprof import export as ex
+    from devprof.report import export as write_export
+    from devprof.report import export_renderer
 
-    store = _open_store(db_path, must_exist=True)
+    store = open_store(db_path, must_exist=True)
     record = store.load_run(run_ref)
-    if fmt == "perfetto":
-        folder = out_path or store.local_dir / f"{record.meta.run_id}-perfetto"
-        paths = ex.write_perfetto(record, folder)
+    renderer = export_renderer(fmt)
+    if renderer.writes_folder:
+        folder = out_path or store.local_dir / f"{record.meta.run_id}-{fmt}"
+        paths = write_export(record, fmt, folder)
         for p in paths:
             click.echo(str(p))
         console.print(f"{len(paths)} trace(s) in {folder}: open one in ui.perfetto.dev (or chrome://tracing)",
                       highlight=False, markup=False)
         return
     if out_path is None:
-        click.echo(ex.render(record, fmt), nl=False)
+        click.echo(renderer.render(record), nl=False)
         return
-    ex.write(record, fmt, out_path)
+    write_export(record, fmt, out_path)
     click.echo(str(out_path), err=True)
 
 
-# ---- the shared helpers of devprof/cli.py (see the module docstring for why they come last) ----------
-from devprof.cli import _db_arg, _open_store, console, db_option, out  # noqa: E402
+# ---- one figure over every stored run ----------------------------------------------------------
+@click.command()
+@click.option("--device", required=True, help="An alias (s25), a serial, a model, local, or all (a series each).")
+@click.option("--model", required=True, help="The model whose figure to follow.")
+@click.option("--metric", default="decode_tok_s", show_default=True, help="prefill_tok_s, decode_tok_s, ttft_ms, peak_rss_mb, ...")
+@click.option("--workload", default=None, help="Only this workload [default: each one, a series each].")
+@click.option("--context", default=None, type=click.IntRange(1), help="Only this context [default: each one].")
+@click.option("--window", default=5, show_default=True, type=click.IntRange(2, 1000),
+              help="Change points: previous runs a run is judged against.")
+@click.option("--against-last", "last_n", default=None, type=click.IntRange(1, 1000), metavar="N",
+              help="Also compare the latest run with the median of the N runs before it [default: --window].")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the history as a self-contained HTML page (plotly, works offline).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable points instead of a table.")
+@db_option
+def history(device, model, metric, workload, context, window, last_n, html_path, as_json, db_path) -> None:
+    """Every stored run of one cell over time: its median and 95% interval, the runtime binary's sha256,
+    devprof's version, and change points (a run whose interval misses the band of the previous runs)."""
+    from devprof.analysis.history import build, to_dict
 
-for _cmd in (compare, diff, export):
-    if not any(p.name == "db_path" for p in _cmd.params):
-        db_option(_cmd)
+    if html_path is not None:
+        check_writable(html_path, "--html")
+    store = open_store(db_path, must_exist=True)
+    hist = build(store, device, model, metric, workload=workload, context=context, window=window)
+    if html_path is not None:
+        from devprof.report import get_renderer
+        from devprof.report.writer import write_text
 
-__all__ = ["compare", "diff", "export"]
+        write_text(html_path, get_renderer("history-html", last_n=last_n).render(hist), "HTML page")
+    if as_json:
+        click.echo(json.dumps(to_dict(hist, last_n or window), indent=2, default=str))
+    else:
+        from devprof.report.terminal_tables import history_renderables
+
+        for r in history_renderables(hist, model, last_n or window):
+            out.print(r)
+    if html_path is not None:
+        click.echo(f"history: {html_path}", err=True)
+

@@ -18,7 +18,7 @@ from devprof import stats
 from devprof.analysis.compare import JOIN_NOTE, CompareReport, ModelCompare, workload_words
 from devprof.analysis.coverage import coverage_at
 from devprof.analysis.diff import DiffReport
-from devprof.report.base import fmt, fmt_cv, when
+from devprof.report.base import Renderer, fmt, fmt_cv, when
 
 _LABEL = {"peak_rss_mb": "peak {metric} MiB", "peak_rss_file_mb": "peak RssFile MiB",
           "peak_rss_anon_mb": "peak RssAnon MiB", "distinct_experts": "experts (pairs)"}
@@ -293,4 +293,29 @@ def diff_renderables(d: DiffReport) -> list[RenderableType]:
     return out
 
 
-__all__ = ["compare_renderables", "diff_renderables", "to_text", "workload_words"]
+__all__ = ["CompareTerminalRenderer", "DiffTerminalRenderer", "compare_renderables", "diff_renderables", "to_text",
+           "workload_words"]
+
+
+class CompareTerminalRenderer(Renderer):
+    """`devprof compare`'s tables as plain text (the command prints :func:`compare_renderables` itself)."""
+
+    name = "compare-terminal"
+
+    def __init__(self, width: int = 140) -> None:
+        self.width = width
+
+    def render(self, report: CompareReport) -> str:
+        return to_text(compare_renderables(report, width=self.width), width=self.width)
+
+
+class DiffTerminalRenderer(Renderer):
+    """`devprof diff`'s tables as plain text (the command prints :func:`diff_renderables` itself)."""
+
+    name = "diff-terminal"
+
+    def __init__(self, width: int = 140) -> None:
+        self.width = width
+
+    def render(self, report: DiffReport) -> str:
+        return to_text(diff_renderables(report), width=self.width)
