@@ -11,8 +11,8 @@
   llama-bench's prefill is ``-p C -n 0`` (C random ids); its decode is ``-p 0 -n N-1 -d C`` (N-1
   steps after a C-token KV cache, each step feeding a random id). The runner's decode steps are fed
   random ids too (``--decode-ids``): greedy decoding on seeded random weights repeats one token, so
-  an MoE would read the same few experts every step, which flatters its decode by up to a third on
-  the minis (the runner then decodes 1.33x "faster" than llama-bench).
+  an MoE would route every step to the same few experts (MoE-mini: 1-4 distinct expert sets per
+  layer over 32 steps), a different workload from llama-bench's.
 - Decode efficiency against the GEMV ceiling: the bytes a decode step reads, from the GGUF's own
   tensor sizes (every tensor but the embedding lookup; routed experts ``top_k / n_experts`` of
   theirs) plus the F16 KV cache, times the runner's decode tok/s, over the best fp32 GEMV read
