@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from devprof.bench import TARGETS, _time_v_maxrss, table_rows, verdict
-from devprof.bench_native import ratio_keys
+from devprof.bench_native import host_variant, not_built_line, ratio_keys
 from devprof.cli import cli
 
 ISSUE_KEYS = ["decode_efficiency_moe", "decode_efficiency_dense", "prefill_efficiency_moe",
