@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import factories as F
+from tests.support import factories as F
 from devprof import cli as cli_mod
 from devprof.cli_analysis import compare, diff, export
 from devprof.store import Store

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import factories as F
-from chromium import plot_divs, render_in_chromium
+from tests.support import factories as F
+from tests.support.chromium import plot_divs, render_in_chromium
 from devprof import routing as R
 from devprof import stats
 from devprof.analysis import compare as C

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import factories as F
+from tests.support import factories as F
 from devprof import stats
 from devprof.analysis.console import diff_renderables, to_text
 from devprof.analysis.diff import DiffRow, diff_runs, to_dict

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import factories as F
+from tests.support import factories as F
 from devprof import export as ex
 from devprof import stats
 from devprof.errors import DevprofError, UsageError

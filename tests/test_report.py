@@ -11,8 +11,8 @@ from html.parser import HTMLParser
 import pytest
 from plotly.offline import get_plotlyjs
 
-import factories as F
-from chromium import plot_divs, render_in_chromium
+from tests.support import factories as F
+from tests.support.chromium import plot_divs, render_in_chromium
 from devprof import stats
 from devprof.report import HTMLRenderer, JSONRenderer, TerminalRenderer, get_renderer
 from devprof.report.html import downsample, phase_spans, phase_spans_from_durations

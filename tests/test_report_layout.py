@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import factories as F
-from chromium import FLAGS, find_chromium, inject_recorder
+from tests.support import factories as F
+from tests.support.chromium import FLAGS, find_chromium, inject_recorder
 from devprof.report import HtmlRenderer
 from devprof.store import RunRecord
 
