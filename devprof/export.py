@@ -43,8 +43,7 @@ from devprof import stats
 from devprof.errors import DevprofError, UsageError, path_error
 from devprof.report.base import phase_spans, phase_spans_from_durations, rep_label, when
 from devprof.report.jsonout import finite_json
-from devprof.results import Repetition
-from devprof.store import RunRecord
+from devprof.results import Repetition, RunRecord
 
 FORMATS: tuple[str, ...] = ("csv", "json", "md", "perfetto")
 FORMAT = "devprof.export/1"

@@ -31,14 +31,10 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from devprof.results import Repetition
-
-if TYPE_CHECKING:  # the store imports this module: no import cycle at run time
-    from devprof.store import RunRecord
+from devprof.results import Repetition, RunRecord
 
 #: The metrics of a summary row, in display order.
 METRICS: tuple[str, ...] = (

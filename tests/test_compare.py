@@ -24,8 +24,7 @@ from devprof.analysis.join import WeightLayout, join, pair_times, reference_layo
 from devprof.catalog import get_model
 from devprof.errors import DevprofError, UsageError
 from devprof.report.html import CompareHTMLRenderer
-from devprof.results import MemorySample
-from devprof.store import RunRecord
+from devprof.results import MemorySample, RunRecord
 
 EVIL = "<script>alert(1)</script>"
 

@@ -18,7 +18,7 @@ from devprof import export as ex
 from devprof import stats
 from devprof.errors import DevprofError, UsageError
 from devprof.report.jsonout import result_dict
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 EVIL = "<b>x</b> | y"
 

@@ -156,7 +156,7 @@ def test_store_keeps_conditions_and_migrates_a_version_1_file(tmp_path):
 def _with_interference(record, busy_indices, other=38.0):
     from dataclasses import replace
 
-    from devprof.store import RunRecord
+    from devprof.results import RunRecord
 
     reps = []
     k = 0
@@ -188,7 +188,7 @@ def test_verdict_flags_a_wide_spread():
     from dataclasses import replace
 
     from tests.support import factories as F
-    from devprof.store import RunRecord
+    from devprof.results import RunRecord
 
     rec = F.make_record()
     reps = []

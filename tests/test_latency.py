@@ -11,7 +11,7 @@ import pytest
 from tests.support import factories as F
 from devprof import stats
 from devprof.report import HtmlRenderer, JsonRenderer, TerminalRenderer
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 
 def _with_steps(record: RunRecord) -> RunRecord:

@@ -26,7 +26,7 @@ from typing import Any
 from devprof import stats
 from devprof.analysis.compare import cv_warning
 from devprof.errors import UsageError
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 FORMAT = "devprof.diff/1"
 CV_LIMIT = 0.05

@@ -14,8 +14,7 @@ from pathlib import Path
 from abc import ABC, abstractmethod
 
 from devprof import interference, stats
-from devprof.results import Repetition
-from devprof.store import RunRecord
+from devprof.results import Repetition, RunRecord
 
 
 class Renderer(ABC):

@@ -43,7 +43,7 @@ from devprof.report.base import (  # noqa: F401 (phase_spans* and representative
     adaptive_lines, rep_label, representative, reps_text, threads_used, when,
 )
 from devprof.report.jsonout import JSONRenderer
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 GIB = 1024**3
 
