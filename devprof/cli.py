@@ -460,7 +460,7 @@ class _RichObserver:
 
 
 def _write_report(record, path: Path) -> Path:
-    from devprof.export import write_text
+    from devprof.files import write_text
     from devprof.report import HtmlRenderer
 
     # atomic: a temporary file beside it, renamed into place; a full disk leaves no empty report
@@ -798,7 +798,7 @@ def history(device, model, metric, workload, context, window, last_n, html_path,
     store = _open_store(db_path, must_exist=True)
     hist = build(store, device, model, metric, workload=workload, context=context, window=window)
     if html_path is not None:
-        from devprof.export import write_text
+        from devprof.files import write_text
         from devprof.report.history_html import render
 
         write_text(html_path, render(hist, last_n), "HTML page")

@@ -48,7 +48,7 @@ def compare(run_ref, html_path, as_json, db_path) -> None:
     record = store.load_run(run_ref)
     report = analyse_compare(record)
     if html_path is not None:
-        from devprof.export import write_text
+        from devprof.files import write_text
         from devprof.report.html import CompareHTMLRenderer
 
         write_text(html_path, CompareHTMLRenderer().render(report), "HTML page")

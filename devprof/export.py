@@ -31,9 +31,7 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ import numpy as np
 
 from devprof import stats
 from devprof.errors import DevprofError, UsageError, path_error
+from devprof.files import atomic_write, write_text
 from devprof.report.base import phase_spans, phase_spans_from_durations, rep_label, when
 from devprof.report.jsonout import finite_json
 from devprof.results import Repetition, RunRecord
@@ -399,38 +398,6 @@ def validate_trace(doc: Any) -> list[str]:
 
 
 # ---- writing ------------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file renamed into place, with the permissions a plain write would give."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str, what: str) -> Path:
-    """Write a user-named file atomically; a folder or an OS error is one clear DevprofError."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"cannot write the {what} to {path}: it is a folder (give a file name)")
-    try:
-        _atomic_write(path, text)
-    except OSError as e:
-        raise path_error(f"cannot write to {path} (the {what}): {e.strerror or e}", e) from None
-    return path
-
-
 def render(record: RunRecord, fmt: str) -> str:
     """csv, json or md as text."""
     if fmt == "csv":
@@ -455,7 +422,7 @@ def write_perfetto(record: RunRecord, folder: Path) -> list[Path]:
             if problems:  # a bug here, not the user's: say what
                 raise DevprofError(f"trace {name} is malformed: {problems[0]}")
             path = folder / name
-            _atomic_write(path, json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+            atomic_write(path, json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
             written.append(path)
     except OSError as e:
         raise path_error(f"cannot write to {e.filename or folder}: {e.strerror or e}", e) from None

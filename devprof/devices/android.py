@@ -21,7 +21,7 @@ from pathlib import Path
 from devprof.devices import aliases as al
 from devprof.devices.base import Device, RunRequest, StageReport
 from devprof.errors import DeviceError, DeviceLost, UsageError, killed_by
-from devprof.hashing import sha256_file
+from devprof.files import sha256_file
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
 REMOTE_ROOT = "/data/local/tmp/devprof"

@@ -100,6 +100,7 @@ import numpy as np
 from devprof import REPO_ROOT
 from devprof.catalog import MODELS, ModelSpec
 from devprof.errors import DevprofError, UsageError
+from devprof.files import drop_page_cache, sha256_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -154,7 +155,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def _tokenizer_sha() -> str:
     if not TOKENIZER_SRC.is_file():
         raise DevprofError(f"tokenizer not found: {TOKENIZER_SRC}")
-    return hashlib.sha256(TOKENIZER_SRC.read_bytes()).hexdigest()
+    return sha256_file(TOKENIZER_SRC)
 
 
 def bundle_id(spec: ModelSpec, seed: int = 0, expert_align: int = EXPERT_ALIGN) -> str:
@@ -373,14 +374,6 @@ class _HashingWriter:
         return self.h.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_weights(path: Path, plan: dict[str, Any], seed: int) -> str:
     w = _HashingWriter(path)
     try:
@@ -391,22 +384,10 @@ def _write_weights(path: Path, plan: dict[str, Any], seed: int) -> str:
         w.pad_to(plan["file_size"])
     finally:
         digest = w.close()
+    # pages cached by write() sit in large folios, and Linux 6.18 maps a whole large folio on a
+    # fault: the next run's residency would be coarser than one expert ("Residency granularity")
     drop_page_cache(path)
     return digest
-
-
-def drop_page_cache(path: Path) -> None:
-    """Drop a (clean) file's pages from the page cache (POSIX_FADV_DONTNEED).
-
-    Done after writing or hashing weights.bin: pages cached by write()/read() sit in large
-    folios, and Linux 6.18 maps a whole large folio on a fault, which would make the next run's
-    residency coarser than one expert (see "Residency granularity" above).
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def _is_complete(folder: Path, bid: str) -> bool:
@@ -488,7 +469,7 @@ def _build_into(tmp: Path, spec: ModelSpec, seed: int, bid: str, expert_align: i
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     for name in ("layout.json", "tokenizer.json", "config.json"):
         p = tmp / name
-        files[name] = {"sha256": _sha256_file(p), "size": p.stat().st_size}
+        files[name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     (tmp / "manifest.json").write_text(json.dumps({"bundle_id": bid, "files": files}, indent=1, sort_keys=True))
     for p in tmp.iterdir():
         os.chmod(p, 0o644)
@@ -531,8 +512,8 @@ def verify_manifest(folder: Path) -> list[str]:
     bad = []
     for name, info in man["files"].items():
         p = folder / name
-        if not p.is_file() or p.stat().st_size != info["size"] or _sha256_file(p) != info["sha256"]:
+        if not p.is_file() or p.stat().st_size != info["size"] or sha256_file(p, cached=False) != info["sha256"]:
             bad.append(name)
-    if (folder / "weights.bin").is_file():
+    if (folder / "weights.bin").is_file():  # read() cached it in large folios, as write() does
         drop_page_cache(folder / "weights.bin")
     return bad

@@ -14,6 +14,7 @@ from pathlib import Path
 from abc import ABC, abstractmethod
 
 from devprof import interference, stats
+from devprof.files import atomic_write
 from devprof.results import Repetition, RunRecord
 
 
@@ -28,10 +29,8 @@ class Renderer(ABC):
 
     def write(self, record: RunRecord, path: Path | str) -> Path:
         """Render into ``path`` (written to a temporary file first, then renamed into place)."""
-        from devprof.export import _atomic_write  # the one atomic writer
-
         path = Path(path)
-        _atomic_write(path, self.render(record))
+        atomic_write(path, self.render(record))
         return path
 
 

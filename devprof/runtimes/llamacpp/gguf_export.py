@@ -83,7 +83,6 @@ import json
 import math
 import mmap
 import os
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -94,6 +93,7 @@ import numpy as np
 
 from devprof.catalog import ModelSpec
 from devprof.errors import DevprofError, UsageError
+from devprof.files import atomic_path, atomic_write
 
 __all__ = [
     "EXPORT_VERSION",
@@ -500,21 +500,10 @@ def build_gguf(spec: ModelSpec, seed: int = 0, weights: str = "f32", cache_dir: 
                 old.unlink(missing_ok=True)
         sidecar = final.parent / (final.name + ".json")
         sidecar.unlink(missing_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=final.name + ".tmp-", dir=final.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(final, prefix=final.name + ".tmp-", mode=0o644) as tmp:
             _write(tmp, spec, weights, bundle, config, gguf, workers)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-            # the sidecar last: a GGUF without one (an interrupted build) is never reused
-            rec = dict(want, size=final.stat().st_size)
-            tmp_side = final.parent / (final.name + f".json.tmp-{os.getpid()}")
-            tmp_side.write_text(json.dumps(rec, indent=1, sort_keys=True))
-            os.replace(tmp_side, sidecar)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # the sidecar last: a GGUF without one (an interrupted build) is never reused
+        atomic_write(sidecar, json.dumps(dict(want, size=final.stat().st_size), indent=1, sort_keys=True))
     return final
 
 
