@@ -25,8 +25,8 @@ from devprof import interference
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
 from devprof.devices.base import Device, RunRequest
-from devprof.errors import (DeviceLost, DevprofError, ParseError, RuntimeFailed, UsageError, killed_by,
-                            signal_hint, signal_name, stop_signal)
+from devprof.errors import (DeviceLost, DevprofError, Interrupted, ParseError, RuntimeFailed, UsageError,
+                            killed_by, signal_hint, signal_name, stop_signal)
 from devprof.results import ProcessOutcome, Repetition, RunMeta
 from devprof.runtimes import base as rt
 from devprof.store import Store
@@ -167,12 +167,6 @@ class _Quiet:
 
     def repetition(self, rep: Repetition, done: int) -> None:
         pass
-
-
-class Interrupted(DevprofError):
-    """Ctrl-C during a run: what was measured is kept."""
-
-    exit_code = 130
 
 
 @dataclass

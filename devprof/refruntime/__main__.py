@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from devprof.errors import DevprofError, UsageError
+from devprof.errors import DevprofError, ExitCode, UsageError
 
 PROG = "refruntime"
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
-        return 130
+        return ExitCode.INTERRUPTED
     except MemoryError:
         sys.stderr.write(f"{PROG}: error: out of memory\n")
         return 1
