@@ -35,6 +35,9 @@ Schema (version 2)::
 workloads, settings, ...). The metric columns of ``repetitions`` are for queries (peak_rss_kb is the
 device's reported peak, see ``stats.peak_rss_kb``; memory_metric says which); the JSON columns hold
 the full records, so a repetition read back equals the one written. ``MIGRATIONS[i]`` upgrades version i to i + 1.
+
+The schema and its migrations live in :mod:`devprof.store_schema`, the PostgreSQL connection in
+:mod:`devprof.store_pg`, rows <-> records in :mod:`devprof.store_rows`.
 """
 
 from __future__ import annotations
@@ -42,301 +45,29 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import secrets
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from devprof.errors import StoreError, UsageError, path_error
-from devprof.results import (
-    DeviceInfo, MemorySample, ProcessOutcome, Repetition, RoutingSummary, RunMeta, RunRecord, RunResult,
+from devprof.results import DeviceInfo, MemorySample, Repetition, RoutingSummary, RunMeta, RunRecord
+from devprof.store_pg import _PgConn, _pg_errors, _pg_reason, _redact, _RunIdTaken, is_url
+from devprof.store_rows import (
+    _build, _created_time, _effective, _insert, _insert_run, _json, _meta_from_row, _meta_json, _now, _outcome_json,
+    _process_started, _reason, _rep_from_row,
 )
+from devprof.store_schema import _REP_COLS, _RUN_COLS, MIGRATIONS, SCHEMA_VERSION, _dialect, _exec_script
 
 #: Where the CLI keeps the store by default, relative to the repository root.
 DEFAULT_STORE = Path("reports") / "devprof.db"
 
 RUN_STATUSES = ("running", "complete", "interrupted", "failed", "lost")
-
-_SCHEMA_V1 = """
-CREATE TABLE runs (
-    run_id         TEXT PRIMARY KEY,
-    created        TEXT NOT NULL,
-    status         TEXT NOT NULL,
-    note           TEXT NOT NULL DEFAULT '',
-    finished       TEXT,
-    device_kind    TEXT NOT NULL DEFAULT '',
-    device_serial  TEXT NOT NULL DEFAULT '',
-    device_name    TEXT NOT NULL DEFAULT '',
-    runtime        TEXT NOT NULL DEFAULT '',
-    meta_json      TEXT NOT NULL,
-    writer_host    TEXT NOT NULL DEFAULT '',
-    writer_pid     INTEGER,
-    writer_started REAL
-);
-CREATE INDEX runs_created ON runs(created);
-CREATE TABLE repetitions (
-    rep_id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id              TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    model               TEXT NOT NULL,
-    workload            TEXT NOT NULL,
-    context             INTEGER NOT NULL,
-    idx                 INTEGER NOT NULL,
-    warmup              INTEGER NOT NULL,
-    status              TEXT NOT NULL,
-    exit_code           INTEGER,
-    cache_state         TEXT NOT NULL,
-    cache_note          TEXT NOT NULL DEFAULT '',
-    memory_metric       TEXT NOT NULL,
-    prefill_tok_s       REAL,
-    decode_tok_s        REAL,
-    ttft_ms             REAL,
-    peak_rss_kb         INTEGER,
-    peak_file_kb        INTEGER,
-    peak_anon_kb        INTEGER,
-    distinct_pairs      INTEGER,
-    start_wall_ms       REAL,
-    wall_ms             REAL,
-    n_samples           INTEGER NOT NULL DEFAULT 0,
-    result_json         TEXT,
-    outcome_json        TEXT NOT NULL,
-    note                TEXT NOT NULL DEFAULT '',
-    thermal_before_json TEXT NOT NULL DEFAULT '{}',
-    thermal_after_json  TEXT NOT NULL DEFAULT '{}',
-    artifacts_json      TEXT NOT NULL DEFAULT '{}',
-    created             TEXT NOT NULL
-);
-CREATE INDEX repetitions_run ON repetitions(run_id, model, workload, context);
-CREATE TABLE samples (
-    rep_id  INTEGER NOT NULL REFERENCES repetitions(rep_id) ON DELETE CASCADE,
-    t_ms    REAL NOT NULL,
-    rss_kb  INTEGER NOT NULL,
-    anon_kb INTEGER,
-    file_kb INTEGER,
-    hwm_kb  INTEGER,
-    footprint_kb INTEGER
-);
-CREATE INDEX samples_rep ON samples(rep_id);
-CREATE TABLE routing (
-    rep_id         INTEGER PRIMARY KEY REFERENCES repetitions(rep_id) ON DELETE CASCADE,
-    n_tokens       INTEGER NOT NULL,
-    distinct_pairs INTEGER NOT NULL,
-    summary_json   TEXT NOT NULL
-);
-"""
-
-#: The versioned migration list, shared by both engines: (version it leads to, SQL in SQLite's dialect).
-#: ``_dialect`` rewrites the few things PostgreSQL spells differently; each step runs in one transaction.
-MIGRATIONS: list[tuple[int, str]] = [
-    (1, _SCHEMA_V1),  # 0 -> 1: the first schema
-    # 1 -> 2: the device's state around each repetition (devprof.interference); '{}' for older rows
-    (2, "ALTER TABLE repetitions ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '{}'"),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-assert [v for v, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
-
-
-def _dialect(sql: str, engine: str) -> str:
-    """SQLite-dialect schema SQL for ``engine``. PostgreSQL: identity keys instead of AUTOINCREMENT,
-    DOUBLE PRECISION for REAL (PostgreSQL's REAL is 4 bytes), and a ``seq`` identity column on runs and
-    samples standing in for SQLite's implicit rowid (insertion order)."""
-    if engine == "sqlite":
-        return sql
-    sql = sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
-    sql = re.sub(r"\bREAL\b", "DOUBLE PRECISION", sql)
-    sql = re.sub(r"(rep_id\s+)INTEGER\b", r"\1BIGINT", sql)
-    sql = sql.replace("CREATE TABLE runs (", "CREATE TABLE runs (\n    seq BIGINT GENERATED BY DEFAULT AS IDENTITY,")
-    sql = sql.replace("CREATE TABLE samples (", "CREATE TABLE samples (\n    seq BIGINT GENERATED BY DEFAULT AS IDENTITY,")
-    return sql
-
-_RUN_COLS = ("run_id", "created", "status", "note", "finished", "device_kind", "device_serial",
-             "device_name", "runtime", "meta_json", "writer_host", "writer_pid", "writer_started")
-_REP_COLS = ("run_id", "model", "workload", "context", "idx", "warmup", "status", "exit_code",
-             "cache_state", "cache_note", "memory_metric", "prefill_tok_s", "decode_tok_s", "ttft_ms",
-             "peak_rss_kb", "peak_file_kb", "peak_anon_kb", "distinct_pairs", "start_wall_ms", "wall_ms",
-             "n_samples", "result_json", "outcome_json", "note", "thermal_before_json",
-             "thermal_after_json", "artifacts_json", "created", "conditions_json")
-# RunMeta fields kept in their own columns, not in meta_json
-_META_COLUMN_FIELDS = ("run_id", "created", "status", "note")
-
-
-def _exec_script(conn: sqlite3.Connection, script: str) -> None:
-    # sqlite3's executescript() commits first; run statement by statement to stay in our transaction
-    for stmt in script.split(";"):
-        if stmt.strip():
-            conn.execute(stmt)
-
-
-# ---- (de)serialisation -----------------------------------------------------------------------
-T = TypeVar("T")
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default, ensure_ascii=False)
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "__dataclass_fields__"):
-        return asdict(o)
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):  # numpy scalars
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)
-
-
-def _build(cls: type[T], data: dict[str, Any]) -> T:
-    """A dataclass from a dict, ignoring keys it does not know (older/newer writers)."""
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def _meta_json(meta: RunMeta) -> str:
-    d = asdict(meta)
-    for k in _META_COLUMN_FIELDS:
-        d.pop(k, None)
-    return _json(d)
-
-
-def _outcome_json(o: ProcessOutcome) -> str:
-    d = {f.name: getattr(o, f.name) for f in fields(o) if f.name != "samples"}
-    return _json(d)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ---- who is writing -------------------------------------------------------------------------
-def _process_started(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).create_time())
-    except Exception:  # psutil missing, or no such process
-        return None
-
-
-def _writer_alive(host: str, pid: int | None, started: float | None) -> bool | None:
-    """Whether the process that wrote a run still runs: True/False, or None when we cannot tell."""
-    if pid is None or not host or host != socket.gethostname():
-        return None
-    try:
-        import psutil
-    except ImportError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if started is not None and abs(p.create_time() - started) > 1.0:
-            return False  # the pid was reused by another process
-        return True
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return None
-
-
-def is_url(target: Path | str | None) -> bool:
-    """Whether a --db value names a PostgreSQL server rather than an SQLite file."""
-    return isinstance(target, str) and target.split(":", 1)[0].lower() in ("postgresql", "postgres")
-
-
-def _redact(url: str) -> str:
-    """A URL fit for messages: any password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-class _RunIdTaken(Exception):
-    """Another writer stored the same run id first (a unique-key violation): pick another."""
-
-
-class _PgRow(tuple):
-    """A PostgreSQL row that behaves like sqlite3.Row: by index, by name, and ``dict(row)``."""
-
-    _names: tuple[str, ...] = ()
-
-    def __getitem__(self, key):  # type: ignore[override]
-        if isinstance(key, str):
-            return tuple.__getitem__(self, self._names.index(key))
-        return tuple.__getitem__(self, key)
-
-    def keys(self) -> list[str]:
-        return list(self._names)
-
-
-def _pg_rows(cursor: Any) -> Callable[[Any], _PgRow]:
-    names = tuple(d.name for d in cursor.description or ())
-
-    def make(values: Any) -> _PgRow:
-        r = _PgRow(values)
-        r._names = names
-        return r
-    return make
-
-
-class _PgConn:
-    """A psycopg connection speaking the store's SQLite-flavoured SQL: ``?`` placeholders, ``rowid``."""
-
-    def __init__(self, conn: Any) -> None:
-        self.raw = conn
-
-    @staticmethod
-    def _sql(sql: str, params: Any) -> str:
-        sql = re.sub(r"\browid\b", "seq", sql)
-        if params:
-            sql = sql.replace("%", "%%").replace("?", "%s")
-        return sql
-
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        cur = self.raw.cursor(row_factory=_pg_rows)
-        cur.execute(self._sql(sql, params), tuple(params) if params else None)
-        return cur
-
-    def executemany(self, sql: str, seq: Any) -> Any:
-        rows = [tuple(r) for r in seq]
-        cur = self.raw.cursor()
-        if rows:
-            cur.executemany(self._sql(sql, rows[0]), rows)
-        return cur
-
-
-def _pg_reason(e: BaseException) -> str:
-    """psycopg's message in one line: the server's primary message, without libpq's preamble."""
-    msg = str(e).strip()
-    # libpq: 'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused\n Is the server ...'
-    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-    first = lines[0] if lines else type(e).__name__
-    m = re.search(r'failed: (?!.*failed: )(.*)$', first)
-    if m and m.group(1):
-        first = m.group(1)
-    first = re.sub(r"^(connection is bad: |FATAL:\s+)", "", first)
-    return first.rstrip(".")
-
-
-def _pg_errors() -> tuple[type[BaseException], ...]:
-    try:
-        import psycopg
-    except ImportError:
-        return ()
-    return (psycopg.Error,)
 
 
 # ---- the store -------------------------------------------------------------------------------
@@ -802,75 +533,3 @@ class Store:
                 if g is not None:
                     c.execute("INSERT INTO routing (rep_id, n_tokens, distinct_pairs, summary_json) "
                               "VALUES (?, ?, ?, ?)", (new_id, *g))
-
-
-# ---- row helpers -----------------------------------------------------------------------------
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _insert(c: Any, table: str, row: dict[str, Any]) -> int:
-    """Insert one row; returns its rowid (SQLite) or its rep_id (PostgreSQL, repetitions only)."""
-    cols = ", ".join(row)
-    marks = ", ".join("?" for _ in row)
-    if isinstance(c, _PgConn):
-        ret = " RETURNING rep_id" if table == "repetitions" else ""
-        cur = c.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks}){ret}", tuple(row.values()))
-        return int(cur.fetchone()[0]) if ret else 0
-    cur = c.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", tuple(row.values()))
-    return int(cur.lastrowid)
-
-
-def _insert_run(c: Any, row: dict[str, Any]) -> None:
-    """Insert a run row; another writer's row with the same id raises _RunIdTaken (the transaction
-    is rolled back by the caller; PostgreSQL aborts it anyway)."""
-    try:
-        _insert(c, "runs", row)
-    except sqlite3.IntegrityError:
-        raise _RunIdTaken() from None
-    except _pg_errors() as e:
-        if getattr(e, "sqlstate", None) == "23505":  # unique_violation
-            raise _RunIdTaken() from None
-        raise
-
-
-def _created_time(created: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError:
-        return datetime.now(timezone.utc)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc)
-
-
-def _meta_from_row(row: dict[str, Any]) -> RunMeta:
-    d = json.loads(row["meta_json"])
-    d["device"] = _build(DeviceInfo, d.get("device") or {"kind": "", "serial": "", "name": ""})
-    d.update(run_id=row["run_id"], created=row["created"], status=row["status"], note=row["note"])
-    return _build(RunMeta, d)
-
-
-def _effective(meta: RunMeta, row: dict[str, Any]) -> RunMeta:
-    """Show a "running" run whose writer process is gone as "interrupted"."""
-    if meta.status == "running" and _writer_alive(row["writer_host"], row["writer_pid"], row["writer_started"]) is False:
-        meta.status = "interrupted"
-        gone = f"the writing process (pid {row['writer_pid']} on {row['writer_host']}) ended without finishing the run"
-        meta.note = f"{meta.note}; {gone}" if meta.note else gone
-    return meta
-
-
-def _rep_from_row(row: dict[str, Any], samples: list[MemorySample], routing: RoutingSummary | None) -> Repetition:
-    od = json.loads(row["outcome_json"])
-    od["samples"] = samples
-    outcome = _build(ProcessOutcome, od)
-    result = _build(RunResult, json.loads(row["result_json"])) if row["result_json"] is not None else None
-    return Repetition(
-        model=row["model"], workload=row["workload"], context=row["context"], index=row["idx"],
-        warmup=bool(row["warmup"]), result=result, outcome=outcome, cache_state=row["cache_state"],
-        cache_note=row["cache_note"], routing=routing, thermal_before=json.loads(row["thermal_before_json"]),
-        thermal_after=json.loads(row["thermal_after_json"]), artifacts=json.loads(row["artifacts_json"]),
-        conditions=json.loads(row.get("conditions_json") or "{}"),
-    )

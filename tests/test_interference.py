@@ -132,7 +132,7 @@ def test_store_keeps_conditions_and_migrates_a_version_1_file(tmp_path):
 
     from tests.support import factories as F
 
-    from devprof.store import _SCHEMA_V1
+    from devprof.store_schema import _SCHEMA_V1
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
