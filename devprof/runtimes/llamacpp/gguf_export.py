@@ -36,12 +36,9 @@ tests/test_llamacpp_runtime.py):
   not at all for the weights). The file uses gating 3 (``SOFTMAX_WEIGHT``) with
   ``exp_probs_b = router_bias``, so llama.cpp selects ``top_k(logits + router_bias)``, the
   reference's selection exactly, and weights the k chosen experts by ``softmax(logits)`` over
-  them instead of normalised sigmoids. Measured on mobilemoe-s-mini (6 layers), 256 real
-  tokens + 16 generated, F32, top-4 sets per token and layer equal to the reference's:
-  gating 3: 100% in layer 0 (selection is exact for the same hidden state), 76-89% in layers
-  1-4 (the weights change the hidden state a little), logits 0.11 relative off; sigmoid
-  gating (2, exact weights): 71% in layer 0, 73-82% in layers 1-4, logits 0.08 off. Which
-  experts a token touches is what drives file-backed memory, so the file uses gating 3.
+  them instead of normalised sigmoids. Gating 3 keeps more of the reference's
+  expert choices than exact sigmoid weights do (docs/measurements.md, "GGUF gating"), and which
+  experts a token touches is what drives file-backed memory.
   The tests check that with top_k = 1 (both weightings are then 1) llama.cpp's logits equal
   the reference engine's to float32 rounding (~3e-7 relative): attention, QK-norm, RoPE, the
   stacked and shared experts, router and bias are the same math.
