@@ -137,7 +137,7 @@ if prep == "read":  # warm through read(): the page cache gets large folios
         pass
 os.close(fd)
 from devprof.runtimes.reference.engine import Engine
-from devprof.pagecache import mapped_rss_bytes
+from devprof.files import mapped_rss_bytes
 def mapping_rss():
     return mapped_rss_bytes(w)
 e = Engine(folder)

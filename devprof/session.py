@@ -25,8 +25,8 @@ from devprof import interference
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
 from devprof.devices.base import Device, RunRequest
-from devprof.errors import (DeviceLost, DevprofError, ParseError, RuntimeFailed, UsageError, killed_by,
-                            signal_hint, signal_name, stop_signal)
+from devprof.errors import (DeviceLost, DevprofError, Interrupted, ParseError, RuntimeFailed, UsageError,
+                            killed_by, signal_hint, signal_name, stop_signal)
 from devprof.results import ProcessOutcome, Repetition, RunMeta
 from devprof.runtimes import base as rt
 from devprof.store import Store
@@ -176,12 +176,6 @@ class _Quiet:
         pass
 
 
-class Interrupted(DevprofError):
-    """Ctrl-C during a run: what was measured is kept."""
-
-    exit_code = 130
-
-
 @dataclass
 class _Staged:
     model: ModelSpec
@@ -326,8 +320,8 @@ class Session:
         try:
             b = bins.select(plan.runtime, platform, abi, name=plan.binary_name, cpu_flags=flags)
         except UsageError:
-            if kind == "ios" and not plan.binary_name:
-                return None  # the benchmark app already installed on the phone (DEVPROF_IOS_APP)
+            if self.device.runtime_preinstalled and not plan.binary_name:
+                return None
             raise
         b.verify()
         return b

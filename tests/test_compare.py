@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import factories as F
-from chromium import plot_divs, render_in_chromium
+from tests.support import factories as F
+from tests.support.chromium import plot_divs, render_in_chromium
 from devprof import routing as R
 from devprof import stats
 from devprof.analysis import compare as C
@@ -24,8 +24,7 @@ from devprof.analysis.join import WeightLayout, join, pair_times, weight_layout
 from devprof.catalog import get_model
 from devprof.errors import DevprofError, UsageError
 from devprof.report.html import CompareHTMLRenderer
-from devprof.results import MemorySample
-from devprof.store import RunRecord
+from devprof.results import MemorySample, RunRecord
 
 EVIL = "<script>alert(1)</script>"
 

@@ -1,4 +1,4 @@
-"""The iOS backend against fakes at the pymobiledevice3 boundary (tests/fake_pmd3.py): no iPhone,
+"""The iOS backend against fakes at the pymobiledevice3 boundary (tests/support/fake_pmd3.py): no iPhone,
 no pymobiledevice3 needed. When pymobiledevice3 IS importable, the fakes' signatures are compared
 with the real ones."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import fake_pmd3 as F
+from tests.support import fake_pmd3 as F
 from devprof import devices
 from devprof.devices import ios
 from devprof.devices.base import RunRequest

@@ -301,7 +301,7 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
-from devprof.pagecache import mapped_rss_bytes
+from devprof.files import mapped_rss_bytes
 def mapping_rss():
     return mapped_rss_bytes(w)
 fd = os.open(w, os.O_RDONLY)

@@ -32,7 +32,7 @@ from devprof.analysis.join import (
 from devprof.analysis.projection import ASSUMPTION, Projection, project
 from devprof.errors import DevprofError, UsageError
 from devprof.analysis.phases import rep_label, representative
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 FORMAT = "devprof.compare/1"
 MEMORY_METRICS: tuple[str, ...] = ("peak_rss_mb", "peak_rss_file_mb", "peak_rss_anon_mb", "distinct_experts")

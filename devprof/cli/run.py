@@ -273,7 +273,8 @@ def _run_parallel(targets, store, plans, quiet: bool):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from devprof.session import Interrupted, Session
+    from devprof.errors import Interrupted
+    from devprof.session import Session
 
     cancel = threading.Event()  # Ctrl-C / SIGTERM reach the main thread only: pass them on
 

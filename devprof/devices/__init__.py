@@ -12,7 +12,7 @@ import importlib
 
 from devprof.devices.base import Device
 from devprof.devices.local import LocalDevice
-from devprof.errors import UsageError
+from devprof.errors import NoDeviceMatch, UsageError  # noqa: F401 (NoDeviceMatch: raised by resolve)
 from devprof.results import DeviceInfo
 
 #: The phone backends by module name, and whether the module may be missing (its dependencies are an
@@ -24,15 +24,6 @@ BACKEND_MODULES: tuple[tuple[str, bool], ...] = (
 
 #: The backend modules, imported on first use (tests may replace the list).
 BACKENDS: list = []
-
-
-class NoDeviceMatch(UsageError):
-    """No device matches the spec (bad input, exit 2); ``reasons`` says what each backend saw."""
-
-    def __init__(self, spec: str, reasons: list[str]) -> None:
-        self.reasons = list(reasons)
-        super().__init__(f"no device matches {spec!r}" + (f" ({'; '.join(reasons)})" if reasons else "")
-                         + "; `devprof devices` lists what is attached")
 
 
 def discover(**opts) -> list[DeviceInfo]:
@@ -61,6 +52,12 @@ def resolve(spec: str, **opts) -> list[Device]:
     # no alias, serial or UDID of that name: bad input (exit 2); a known alias whose phone is not
     # attached, or an attached phone that cannot be used, is a DeviceError from the backend (exit 1)
     raise NoDeviceMatch(spec, reasons)
+
+
+def unreachable_endpoints() -> list[str]:
+    """What the phone backends could not reach during the last discover/resolve (e.g. an adb endpoint of
+    --adb-server that did not answer): one line each, for the CLI to warn about."""
+    return [line for backend in BACKENDS for line in getattr(backend, "down", [])]
 
 
 def _phone_backends() -> list:

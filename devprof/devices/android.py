@@ -23,7 +23,7 @@ from devprof.devices.android_output import (find_lmk_record, parse_df_available,
                                             parse_sampler_output, sampler_pid)
 from devprof.devices.base import Device, RunRequest, StageReport, wait_for_exit
 from devprof.errors import DeviceError, DeviceLost, killed_by
-from devprof.hashing import sha256_file
+from devprof.files import sha256_file
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
 REMOTE_ROOT = "/data/local/tmp/devprof"

@@ -47,6 +47,9 @@ class Device(ABC):
     """A place to run runtimes. Instances are cheap; ``close()`` releases connections."""
 
     kind: str = ""
+    #: the runtime may already be installed on the device (iOS: the benchmark app), so a missing
+    #: prebuilt binary is not an error
+    runtime_preinstalled: bool = False
 
     @abstractmethod
     def info(self) -> DeviceInfo:

@@ -135,6 +135,7 @@ class IosDevice(IosRun, Device):
     """An iPhone (or iPad) attached over usbmux, profiled through devprof's benchmark app."""
 
     kind = "ios"
+    runtime_preinstalled = True  # the benchmark app (DEVPROF_IOS_APP) carries the runtime
     #: how often the run loop asks DVT whether the process still runs (s)
     poll_s = 0.25
     #: after an exit seen by polling, how long to wait for the termination event's exit code (s)

@@ -36,12 +36,9 @@ tests/test_llamacpp_runtime.py):
   not at all for the weights). The file uses gating 3 (``SOFTMAX_WEIGHT``) with
   ``exp_probs_b = router_bias``, so llama.cpp selects ``top_k(logits + router_bias)``, the
   reference's selection exactly, and weights the k chosen experts by ``softmax(logits)`` over
-  them instead of normalised sigmoids. Measured on mobilemoe-s-mini (6 layers), 256 real
-  tokens + 16 generated, F32, top-4 sets per token and layer equal to the reference's:
-  gating 3: 100% in layer 0 (selection is exact for the same hidden state), 76-89% in layers
-  1-4 (the weights change the hidden state a little), logits 0.11 relative off; sigmoid
-  gating (2, exact weights): 71% in layer 0, 73-82% in layers 1-4, logits 0.08 off. Which
-  experts a token touches is what drives file-backed memory, so the file uses gating 3.
+  them instead of normalised sigmoids. Gating 3 keeps more of the reference's
+  expert choices than exact sigmoid weights do (docs/measurements.md, "GGUF gating"), and which
+  experts a token touches is what drives file-backed memory.
   The tests check that with top_k = 1 (both weightings are then 1) llama.cpp's logits equal
   the reference engine's to float32 rounding (~3e-7 relative): attention, QK-norm, RoPE, the
   stacked and shared experts, router and bias are the same math.
@@ -81,7 +78,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,6 +87,7 @@ import numpy as np
 
 from devprof.catalog import ModelSpec
 from devprof.errors import DevprofError
+from devprof.files import atomic_path, atomic_write
 import devprof.runtimes.llamacpp.gguf_plan as gguf_plan
 from devprof.runtimes.llamacpp.gguf_plan import (EXPORT_VERSION, GATING_SOFTMAX_WEIGHT, RMS_EPS, ROUTING_NOTE,
                                                  WEIGHT_TYPES, ExportPlan, TensorSpec, _ALIGN, _RELEASE_BYTES, _Source,
@@ -194,21 +191,10 @@ def build_gguf(spec: ModelSpec, seed: int = 0, weights: str = "f32", cache_dir: 
                 old.unlink(missing_ok=True)
         sidecar = final.parent / (final.name + ".json")
         sidecar.unlink(missing_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=final.name + ".tmp-", dir=final.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(final, prefix=final.name + ".tmp-", mode=0o644) as tmp:
             _write(tmp, spec, weights, bundle, config, gguf, workers)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-            # the sidecar last: a GGUF without one (an interrupted build) is never reused
-            rec = dict(want, size=final.stat().st_size)
-            tmp_side = final.parent / (final.name + f".json.tmp-{os.getpid()}")
-            tmp_side.write_text(json.dumps(rec, indent=1, sort_keys=True))
-            os.replace(tmp_side, sidecar)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # the sidecar last: a GGUF without one (an interrupted build) is never reused
+        atomic_write(sidecar, json.dumps(dict(want, size=final.stat().st_size), indent=1, sort_keys=True))
     return final
 
 

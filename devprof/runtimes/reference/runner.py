@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from devprof.errors import DevprofError, UsageError
+from devprof.errors import DevprofError, ExitCode, UsageError
 
 PROG = "refruntime"
 
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
-        return 130
+        return ExitCode.INTERRUPTED
     except MemoryError:
         sys.stderr.write(f"{PROG}: error: out of memory\n")
         return 1
@@ -263,28 +262,17 @@ def _check_context(spec: Any, n_prompt: int, max_new: int) -> None:
 def _write_trace(path: str, engine: Any, trace: Any, n_prompt: int) -> None:
     import numpy as np
 
+    from devprof.routing import write_trace
+
     spec = engine.spec
     offsets = np.zeros((spec.n_layers, spec.n_experts), dtype=np.int64)
     nbytes = np.zeros((spec.n_layers, spec.n_experts), dtype=np.int64)
     for b in engine.layout.get("expert_blocks", []):
         offsets[b["layer"], b["expert"]] = b["offset"]
         nbytes[b["layer"], b["expert"]] = b["nbytes"]
-    block = int(engine.layout.get("expert_block_bytes", 0))
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez_compressed(
-        tmp,
-        experts=trace,
-        n_prompt=np.int64(n_prompt),
-        n_decode=np.int64(trace.shape[1] - n_prompt),
-        n_experts=np.int64(spec.n_experts),
-        top_k=np.int64(spec.top_k),
-        layer_block_bytes=np.full(spec.n_layers, block, dtype=np.int64),
-        block_offsets=offsets,
-        block_nbytes=nbytes,
-        model=np.str_(spec.name),
-        bundle_id=np.str_(engine.config.get("bundle_id", "")),
-    )
-    os.replace(tmp, path)
+    write_trace(path, trace, n_prompt, n_experts=spec.n_experts, top_k=spec.top_k, block_offsets=offsets,
+                block_nbytes=nbytes, block_bytes=int(engine.layout.get("expert_block_bytes", 0)),
+                model=spec.name, bundle_id=engine.config.get("bundle_id", ""))
 
 
 if __name__ == "__main__":

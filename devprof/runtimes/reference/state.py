@@ -83,10 +83,9 @@ def tune_malloc() -> bool:
     """Keep freed activation memory in the heap (glibc ``mallopt``): no mmap/munmap, page
     faults and kernel zeroing for every large tensor of every layer.
 
-    Measured on MobileLLM-Pro-mini, 8192-token prefill: 453k minor faults and 1.06 s of system
-    time (8% of the prefill) without it, 5k and 0.08 s with it; peak RSS unchanged. RssAnon then
-    stays at its prefill high-water mark during decode, as a runtime with a statically planned
-    activation arena (ExecuTorch) does. Returns False where libc is not glibc (no change).
+    What it saves: docs/measurements.md, "Heap tuning". RssAnon then stays at its prefill high-water
+    mark during decode, as a runtime with a statically planned activation arena (ExecuTorch) does.
+    Returns False where libc is not glibc (no change).
     """
     try:
         import ctypes
@@ -110,9 +109,7 @@ def set_threads(n: int) -> None:
 def decode_threads() -> Iterator[None]:
     """torch on one thread while decoding: the GEMVs run in numpy's BLAS, whose own threads
     would otherwise compete with torch's OpenMP threads spinning between their (tiny)
-    element-wise ops. Measured (MobileMoE-S, 512-token context, 2 cores): 85 ms/token with
-    both pools at 2 threads and torch's GEMVs; 191 ms with numpy's GEMVs and torch at 2
-    threads; 51 ms with numpy's GEMVs and torch at 1 thread."""
+    element-wise ops (docs/measurements.md, "Decode threads")."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
