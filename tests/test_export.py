@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import factories as F
+from tests.support import factories as F
 from devprof import report
 from devprof.report import perfetto
 from devprof.report.csv import to_csv
@@ -23,7 +23,7 @@ from devprof.report.rows import columns
 from devprof import stats
 from devprof.errors import DevprofError, UsageError
 from devprof.report.jsonout import result_dict
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 EVIL = "<b>x</b> | y"
 

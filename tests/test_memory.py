@@ -175,7 +175,7 @@ def test_runner_status_line_carries_smaps_and_faults():
 def test_store_keeps_the_new_sample_fields_and_rep_columns(tmp_path):
     import sqlite3
 
-    import factories as F
+    from tests.support import factories as F
     from devprof.store import Store
 
     rep = F.make_rep(F.MOE, "real", 256, 0, new_tokens=8, memory_metric=memory.PEAK_RULE)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from chromium import plot_divs, render_in_chromium
+from tests.support.chromium import plot_divs, render_in_chromium
 from devprof import memory
 from devprof.cli import cli
 
@@ -29,7 +29,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def adb():
-    from adb_env import AdbServer
+    from tests.support.adb_env import AdbServer
 
     with AdbServer() as server:
         yield server
@@ -76,7 +76,7 @@ def _check_report(db: Path, tmp_path: Path, metric: str) -> None:
 def test_s25_stores_and_reports_swap_pss_faults_and_headroom(adb, monkeypatch, tmp_path):
     if not shutil.which("qemu-aarch64-static"):
         pytest.fail("qemu-aarch64-static is not installed: run scripts/test-setup", pytrace=False)
-    from adb_env import FakePhone
+    from tests.support.adb_env import FakePhone
 
     for k, v in adb.env.items():
         if k.startswith("ANDROID_ADB") or k.startswith("ADB_"):

@@ -119,7 +119,9 @@ def _diff_against_last(run_ref, n, threshold, as_json, db_path) -> None:
 
         out.print(against_last_table(record.meta, n, rows))
     if any(r["regression"] for r in rows):
-        raise SystemExit(1)
+        from devprof.errors import ExitCode
+
+        raise SystemExit(ExitCode.REGRESSION)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from devprof.cli.options import adb_server_option, devices_file_option, lab_option, out, report_down_endpoints
 from devprof.errors import DevprofError
+from devprof.runtimes import known_runtimes
 
 
 @click.command()
@@ -60,7 +61,7 @@ def bins() -> None:
 
 @bins.command(name="add")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--runtime", required=True, type=click.Choice(["reference", "executorch", "llamacpp"]))
+@click.option("--runtime", required=True, type=click.Choice(known_runtimes()))
 @click.option("--platform", required=True, type=click.Choice(["android", "ios", "host"]))
 @click.option("--abi", default="arm64-v8a", show_default=True, help="arm64-v8a, x86_64, ... or any.")
 @click.option("--name", default=None, help="Name to refer to it by [default: derived].")

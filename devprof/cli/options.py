@@ -63,9 +63,9 @@ adb_server_option = click.option(
 
 def report_down_endpoints() -> None:
     """One line per adb endpoint of --adb-server that did not answer; the others go on."""
-    from devprof.devices import android
+    from devprof.devices import unreachable_endpoints
 
-    for line in android.down:
+    for line in unreachable_endpoints():
         console.print(Text(f"warning: {line}: skipped", style="yellow"), highlight=False)
 
 
@@ -147,9 +147,9 @@ def _on_stop_signal(signum, _frame) -> None:
 
 
 def interrupted_exit() -> int:
-    from devprof.errors import stop_signal
+    from devprof.errors import interrupted_exit_code
 
-    return 128 + stop_signal[0] if stop_signal else 130
+    return interrupted_exit_code()
 
 
 def invoke(group: click.Group, argv: list[str] | None = None) -> None:

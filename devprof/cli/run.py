@@ -19,6 +19,7 @@ from devprof.cli.options import (
 )
 from devprof.cli.runs import write_report
 from devprof.errors import DevprofError, UsageError
+from devprof.runtimes.base import default_runtime, get_adapter
 
 
 @click.command()
@@ -81,7 +82,7 @@ def run(**options) -> None:
     o = SimpleNamespace(**options)
     make_plan = _plan_maker(o)
     # the options are checked before any device is touched; without --runtime the device kind picks it
-    plan = make_plan(o.runtime or ("reference" if o.weights in (None, "fp32") else "llamacpp"))
+    plan = make_plan(o.runtime or default_runtime(weights=o.weights))
     _check_before_devices(o)
     store = _store_for(o)
     targets = _targets(o)
@@ -104,7 +105,6 @@ def _plan_maker(o):
     """A function of the runtime name giving the checked Plan of these options (bad input: exit 2)."""
     from devprof import workloads
     from devprof.catalog import get_model
-    from devprof.runtimes.base import get_adapter
     from devprof.session import Plan
 
     models = [get_model(o.model)]
@@ -117,7 +117,7 @@ def _plan_maker(o):
         p = Plan(
             models=models, workloads=workloads.parse_workloads(o.workload), contexts=int_list(o.context, "--context"),
             new_tokens=o.new_tokens, reps=reps, warmup=o.warmup, sample_ms=o.sample_ms, runtime=rt, cache=o.cache,
-            weights=o.weights or ("q4_0" if rt == "llamacpp" else "fp32"),
+            weights=o.weights or get_adapter(rt).default_weights,
             seed=o.seed, threads=o.threads, timeout_s=o.timeout_s, cpu_mask=o.cpu_mask, cooldown_c=o.cooldown_c,
             cooldown_timeout_s=o.cooldown_timeout, binary_name=o.binary_name, model_files=model_files,
             ready=o.ready, ready_timeout_s=o.ready_timeout, adaptive=rule,
@@ -234,13 +234,6 @@ def _output(o, store, metas, elapsed: float) -> None:
         click.echo(f"report: {p}", err=True)
 
 
-def default_runtime(kind: str) -> str:
-    """The runtime `devprof run` uses on a device kind when no --runtime is given: devprof's native llama.cpp
-    runner on Android phones (the reference runtime's Android launcher needs a host Python, which only the test
-    daemon has; `--runtime reference` still reaches it), the reference runtime on this host and on iPhones."""
-    return "llamacpp" if kind == "android" else "reference"
-
-
 def _estimate(plans, store, targets):
     """The longest device's estimate (devices of --device all run side by side)."""
     from devprof.estimate import estimate
@@ -280,7 +273,8 @@ def _run_parallel(targets, store, plans, quiet: bool):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from devprof.session import Interrupted, Session
+    from devprof.errors import Interrupted
+    from devprof.session import Session
 
     cancel = threading.Event()  # Ctrl-C / SIGTERM reach the main thread only: pass them on
 

@@ -17,7 +17,8 @@ from devprof import interference, stats
 from devprof.analysis.phases import (  # noqa: F401 (re-exported for the renderers)
     phase_spans, phase_spans_from_durations, rep_label, representative,
 )
-from devprof.store import RunRecord
+from devprof.files import atomic_write
+from devprof.results import RunRecord
 
 
 class Renderer(ABC):
@@ -37,8 +38,6 @@ class Renderer(ABC):
 
     def write(self, record: RunRecord, path: Path | str) -> Path:
         """Render into ``path`` (written to a temporary file first, then renamed into place)."""
-        from devprof.report.writer import atomic_write  # the one atomic writer
-
         path = Path(path)
         atomic_write(path, self.render(record))
         return path

@@ -8,7 +8,7 @@ import io
 
 from devprof.report.base import Renderer
 from devprof.report.rows import check_exportable, columns, repetition_rows, summary_rows
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 
 def to_csv(record: RunRecord) -> str:

@@ -8,7 +8,7 @@ import json
 from devprof.report.base import Renderer, analyse
 from devprof.report.jsonout import finite_json, ratio_dict, result_dict, run_dict
 from devprof.report.rows import check_exportable, repetition_rows
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 FORMAT = "devprof.export/1"
 

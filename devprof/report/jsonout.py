@@ -27,7 +27,7 @@ from typing import Any
 
 from devprof import stats
 from devprof.report.base import Analysis, Renderer, analyse, rounded
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 FORMAT = "devprof.show/1"
 

@@ -7,7 +7,7 @@ from typing import Any
 from devprof import stats
 from devprof.report.base import Renderer, rep_label, when
 from devprof.report.rows import check_exportable, repetition_rows, summary_rows
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 
 def _md(text: Any) -> str:

@@ -29,7 +29,7 @@ from devprof.errors import DevprofError
 from devprof.report.base import Renderer, phase_spans, phase_spans_from_durations, rep_label, rounded
 from devprof.report.rows import check_exportable
 from devprof.results import Repetition
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 
 def _safe(s: str) -> str:

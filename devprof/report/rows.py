@@ -15,7 +15,7 @@ from typing import Any
 from devprof import stats
 from devprof.errors import UsageError
 from devprof.report.base import rounded
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 ID_COLUMNS = ["kind", "run_id", "model", "workload", "context", "index", "warmup", "status", "cache_state",
               "memory_metric", "n", "n_failed"]

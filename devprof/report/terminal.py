@@ -21,7 +21,7 @@ from rich.text import Text
 
 from devprof import stats
 from devprof.report.base import Analysis, Renderer, adaptive_lines, analyse, fmt, fmt_cv, reps_text, when
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 _SPEED = ("prefill_tok_s", "decode_tok_s", "ttft_ms")
 _MEMORY = ("peak_rss_mb", "peak_rss_file_mb", "peak_rss_anon_mb", "distinct_experts", "cache")

@@ -42,7 +42,7 @@ from devprof.report.html.page import MODEL_COLORS, PLOTLY_CONFIG, PLOTLY_TEMPLAT
 from devprof.report.html.plot import downsample  # noqa: F401 (re-exported)
 from devprof.report.html.tables import TableSections
 from devprof.report.jsonout import JSONRenderer
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 
 # ---- the renderer ------------------------------------------------------------------------------

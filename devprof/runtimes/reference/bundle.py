@@ -39,24 +39,10 @@ and no 64 KiB fault-around window (Linux's default ``fault_around_bytes``) is sh
 experts or between an expert and a dense tensor: an expert's pages become resident only when a
 token is routed to it.
 
-Residency granularity (Linux 6.18, ext4; ``benchmarks/refruntime_roofline.py --residency``
-touches 10 experts of MobileMoE-S-mini, 3.75 MiB, and reads the mapping's Rss):
-
-    page cache before the run            4 KiB align   64 KiB align   2 MiB align
-    cold (POSIX_FADV_DONTNEED)               1.00x          1.00x         1.00x
-    warm from an earlier run's faults        1.00x          1.00x         1.00x
-    warm from read() of the whole file       1.83x          1.83x         1.00x
-    cold, MADV_HUGEPAGE on the mapping       3.70x          4.57x         4.90x
-
-Pages that came in through the runtime's own faults are mapped one fault-around window
-(64 KiB) at a time, so 64 KiB alignment is exact. Pages cached by read()/write() sit in large
-folios, and the kernel maps a whole folio on a fault: a folio is naturally aligned and at most
-2 MiB, so only 2 MiB alignment keeps it inside one expert. That costs space (each expert
-padded to 2 MiB: +18% for MobileMoE-S's 3.375 MiB experts, 5.3x for the mini's 384 KiB ones),
-so the default stays 64 KiB, and the builder drops the new file's page cache
-(POSIX_FADV_DONTNEED) so the first run does not inherit write()'s large folios. Warm the cache
-by running the runtime, not by reading the file. Under MADV_HUGEPAGE (PMD-size folios) no
-alignment helps.
+Pages cached by read()/write() sit in large folios, which the kernel maps whole on a fault, so the
+builder drops the new file's page cache (POSIX_FADV_DONTNEED) and the cache is warmed by running the
+runtime, not by reading the file; why, and what each alignment costs: docs/measurements.md,
+"Residency granularity".
 
 Initialisation (fully determined by (spec, seed), independent of build order and machine):
 every tensor is uniform on [-a, a] with a = sqrt(3) * std, drawn from a PCG64 stream seeded by
@@ -71,11 +57,8 @@ O(r)), and keeps router logits ~ N(0, 1), so the top-k choice depends on the tok
 state (its embedding plus what attention and earlier experts added from its context).
 
 MoE layers also have ``router_bias`` [E]: +2.0 for a seeded quarter of the experts ("hot"
-experts), 0 for the rest, added to the logits for selection only. A random router without it
-spreads any few dozen distinct tokens over nearly all experts (the templated workload touched
-359 of 360 (layer, expert) pairs of MobileMoE-S-mini at 8192 tokens), unlike a trained router,
-whose load is uneven. With it, MobileMoE-S-mini at 8192 tokens: templated 184/360 pairs, real
-text 360/360 (the design's measurement on a similar setup: 207/480 vs 480/480).
+experts), 0 for the rest, added to the logits for selection only, so the router's load is uneven as a
+trained router's is (what it changes: docs/measurements.md, "Router bias").
 """
 
 from __future__ import annotations
@@ -100,6 +83,7 @@ import numpy as np
 from devprof import REPO_ROOT
 from devprof.catalog import MODELS, ModelSpec
 from devprof.errors import DevprofError, UsageError
+from devprof.files import drop_page_cache, sha256_file
 
 __all__ = [
     "FORMAT_VERSION",
@@ -124,7 +108,7 @@ TOKENIZER_SRC = REPO_ROOT / "workloads" / "tokenizer.json"
 #: Each layer's router_bias: a seeded quarter of its experts ("hot" experts) get +ROUTER_HOT_BIAS
 #: (router logits have std ~1), the others 0 -- the load imbalance of a trained router. It is
 #: used for selection only. With it, a templated prompt (a few dozen distinct tokens) routes to
-#: about half of the experts, varied text to all of them (measured: see the module docstring).
+#: about half of the experts, varied text to all of them (docs/measurements.md, "Router bias").
 ROUTER_HOT_BIAS = 2.0
 ROUTER_HOT_FRACTION = 0.25
 _CHUNK = 1 << 20  # elements per independently seeded init chunk (4 MiB of float32)
@@ -154,7 +138,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
 def _tokenizer_sha() -> str:
     if not TOKENIZER_SRC.is_file():
         raise DevprofError(f"tokenizer not found: {TOKENIZER_SRC}")
-    return hashlib.sha256(TOKENIZER_SRC.read_bytes()).hexdigest()
+    return sha256_file(TOKENIZER_SRC)
 
 
 def bundle_id(spec: ModelSpec, seed: int = 0, expert_align: int = EXPERT_ALIGN) -> str:
@@ -373,14 +357,6 @@ class _HashingWriter:
         return self.h.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_weights(path: Path, plan: dict[str, Any], seed: int) -> str:
     w = _HashingWriter(path)
     try:
@@ -391,22 +367,10 @@ def _write_weights(path: Path, plan: dict[str, Any], seed: int) -> str:
         w.pad_to(plan["file_size"])
     finally:
         digest = w.close()
+    # pages cached by write() sit in large folios, and Linux 6.18 maps a whole large folio on a
+    # fault: the next run's residency would be coarser than one expert (docs/measurements.md)
     drop_page_cache(path)
     return digest
-
-
-def drop_page_cache(path: Path) -> None:
-    """Drop a (clean) file's pages from the page cache (POSIX_FADV_DONTNEED).
-
-    Done after writing or hashing weights.bin: pages cached by write()/read() sit in large
-    folios, and Linux 6.18 maps a whole large folio on a fault, which would make the next run's
-    residency coarser than one expert (see "Residency granularity" above).
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def _is_complete(folder: Path, bid: str) -> bool:
@@ -488,7 +452,7 @@ def _build_into(tmp: Path, spec: ModelSpec, seed: int, bid: str, expert_align: i
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     for name in ("layout.json", "tokenizer.json", "config.json"):
         p = tmp / name
-        files[name] = {"sha256": _sha256_file(p), "size": p.stat().st_size}
+        files[name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     (tmp / "manifest.json").write_text(json.dumps({"bundle_id": bid, "files": files}, indent=1, sort_keys=True))
     for p in tmp.iterdir():
         os.chmod(p, 0o644)
@@ -531,8 +495,8 @@ def verify_manifest(folder: Path) -> list[str]:
     bad = []
     for name, info in man["files"].items():
         p = folder / name
-        if not p.is_file() or p.stat().st_size != info["size"] or _sha256_file(p) != info["sha256"]:
+        if not p.is_file() or p.stat().st_size != info["size"] or sha256_file(p, cached=False) != info["sha256"]:
             bad.append(name)
-    if (folder / "weights.bin").is_file():
+    if (folder / "weights.bin").is_file():  # read() cached it in large folios, as write() does
         drop_page_cache(folder / "weights.bin")
     return bad

@@ -8,7 +8,7 @@ only differences are the command line and the flags the reference runtime adds.
 on this host; any other value is a launcher (on a phone, a pushed shell script that runs this
 module with the device's Python) and becomes ``argv[0]``, followed by the flags.
 
-``inv.model_path`` is a bundle folder (``devprof.refruntime.bundle.build_bundle``);
+``inv.model_path`` is a bundle folder (:func:`devprof.runtimes.reference.bundle.build_bundle`);
 ``inv.tokenizer_path`` is optional (default: the bundle's tokenizer.json).
 
 ``extra`` keys read by :meth:`ReferenceAdapter.argv` (others are ignored):
@@ -29,7 +29,10 @@ As in ExecuTorch, ``generated_tokens`` in the stats line counts decode steps
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
+from typing import Any, Callable
 
 from devprof.errors import UsageError
 from devprof.results import RunResult
@@ -37,14 +40,17 @@ from devprof.runtimes.base import (
     Invocation,
     RuntimeAdapter,
     coerce_text,
+    extra_args,
+    flag,
     register,
     require_int,
     require_path,
 )
-from devprof.runtimes.executorch import parse_pytorch_observer
+from devprof.runtimes.executorch.observer import parse_pytorch_observer
 
 __all__ = ["ReferenceAdapter", "MODULE"]
 
+#: the entry point (devprof/refruntime/__main__.py runs :func:`devprof.runtimes.reference.runner.main`)
 MODULE = "devprof.refruntime"
 
 
@@ -77,10 +83,7 @@ class ReferenceAdapter(RuntimeAdapter):
         if isinstance(temperature, bool) or temperature != 0:
             raise UsageError(f"the reference runtime decodes greedily only (temperature 0), got {temperature!r}")
         args.append("--temperature=0")
-        warmup = ex.get("warmup", False)
-        if not isinstance(warmup, bool):
-            raise UsageError(f"warmup must be true or false, got {warmup!r}")
-        if warmup:
+        if flag(ex, "warmup", False):
             args.append("--warmup")
         if ex.get("routing_trace"):
             args.append(f"--routing_trace={require_path(ex['routing_trace'], 'routing_trace')}")
@@ -88,12 +91,51 @@ class ReferenceAdapter(RuntimeAdapter):
             args.append(f"--prefill_chunk={require_int(ex['prefill_chunk'], 'prefill_chunk', minimum=1)}")
         if ex.get("seed") is not None:
             args.append(f"--seed={require_int(ex['seed'], 'seed', minimum=0)}")
-        extra = ex.get("extra_args") or []
-        if isinstance(extra, str) or not all(isinstance(a, str) for a in extra):
-            raise UsageError("extra_args must be a list of strings (one argv element each)")
-        return args + list(extra)
+        return args + extra_args(ex)
 
     def parse(self, stdout: str, stderr: str = "") -> RunResult:
         """The PyTorchObserver line and the "RSS after ..." lines (stdout and stderr)."""
         text = coerce_text(stdout, "stdout") + "\n" + coerce_text(stderr, "stderr")
         return parse_pytorch_observer(text, runtime=self.name)
+
+    weight_formats = ("fp32",)
+
+    def check_weights(self, weights: str) -> None:
+        if weights != "fp32":
+            raise UsageError("the reference runtime runs fp32 weights only (torch's int8/int4 CPU kernels are "
+                             "far slower here); use --runtime llamacpp for q8_0/q4_0")
+
+    def model_files(self, spec: Any, seed: int, weights: str, stage: Callable[[str], None]) -> tuple[dict[str, Path], str]:
+        from devprof.runtimes.reference.bundle import build_bundle  # torch-free import
+
+        stage(f"building the {spec.display} bundle (seeded random weights, cached)")
+        bundle = build_bundle(spec, seed=seed)
+        files = {p.name: p for p in sorted(bundle.iterdir()) if p.is_file()}
+        return files, json.loads((bundle / "config.json").read_text()).get("bundle_id") or bundle.name
+
+    def staged_paths(self, paths: dict[str, str], remote_dir: str) -> tuple[str, str | None, str]:
+        if "model" in paths:  # a bundle the user gave as one file
+            return super().staged_paths(paths, remote_dir)
+        weights = paths["weights.bin"]
+        return remote_dir or str(Path(weights).parent), paths.get("tokenizer.json"), weights
+
+    prefill_order = "layers"
+
+    def weights_layout(self, model: str, seed: int = 0, *, from_file: bool = True) -> tuple[dict, str] | None:
+        from devprof.catalog import MODELS
+        from devprof.runtimes.reference.bundle import bundle_dir, tensor_plan
+
+        spec = MODELS.get(model)
+        if spec is None:
+            return None
+        if from_file:
+            try:
+                p = bundle_dir(spec, seed) / "layout.json"
+                if p.is_file():
+                    return json.loads(p.read_text()), f"the bundle's layout.json ({p})"
+            except (OSError, ValueError):
+                pass
+        return tensor_plan(spec), "devprof's bundle layout (computed)"
+
+    def host_command(self) -> str | None:
+        return f"python -m {MODULE}"

@@ -4,7 +4,7 @@
 It speaks the adb transport protocol over TCP, so the real adb client/server (and adbutils,
 which talks to the server) drive it exactly like a phone on Wi-Fi debugging:
 
-    python tests/adbd.py --port 0 --sandbox /tmp/phone --props props.json [--unauthorized] [--sysfs]
+    python tests/support/adbd.py --port 0 --sandbox /tmp/phone --props props.json [--unauthorized] [--sysfs]
                          [--features shell_v2,...]   (--features without shell_v2: a phone with the legacy shell only)
     adb connect 127.0.0.1:PORT
 
@@ -250,7 +250,7 @@ def _is_arm64_elf(path: str) -> bool:
 
 
 GETPROP_SCRIPT = """#!/bin/sh
-# getprop for the fake adbd (tests/adbd.py): reads the props file on every call.
+# getprop for the fake adbd (tests/support/adbd.py): reads the props file on every call.
 F='{props}'
 if [ $# -eq 0 ]; then exec cat "$F"; fi
 exec awk -v k="[$1]: [" -v d="${{2-}}" \\
@@ -260,7 +260,7 @@ exec awk -v k="[$1]: [" -v d="${{2-}}" \\
 
 
 LOGCAT_SCRIPT = """#!/bin/sh
-# logcat for the fake adbd (tests/adbd.py): `logcat -d [-b BUFFER] [-s TAG...]` prints
+# logcat for the fake adbd (tests/support/adbd.py): `logcat -d [-b BUFFER] [-s TAG...]` prints
 # SANDBOX/.adbd/logcat-BUFFER.txt (main by default; empty when missing): a test appends the lines a
 # phone's lmkd or ActivityManager would log. -s keeps lines whose tag is one of those given.
 D='{meta}'

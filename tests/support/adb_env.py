@@ -1,8 +1,8 @@
-"""Test helpers: a private adb server and fake phones (``tests/adbd.py``) attached to it.
+"""Test helpers: a private adb server and fake phones (``tests/support/adbd.py``) attached to it.
 
 Not a conftest: import these from fixtures::
 
-    from adb_env import AdbServer, FakePhone
+    from tests.support.adb_env import AdbServer, FakePhone
 
     @pytest.fixture(scope="session")
     def adb_server():
@@ -45,7 +45,7 @@ INSTALL_HINT = "adb is not installed (or not on PATH): install it with `apt-get 
 SDK_FOR_RELEASE = {"16": "36", "15": "35", "14": "34", "13": "33", "12": "31", "11": "30",
                    "10": "29", "9": "28", "8.1": "27", "8.0": "26"}
 
-# Map of device path prefixes -> sandbox sub-folders, as tests/adbd.py rewrites them.
+# Map of device path prefixes -> sandbox sub-folders, as tests/support/adbd.py rewrites them.
 DEVICE_DIRS = {
     "/data/local/tmp": "data/local/tmp",
     "/sdcard": "sdcard",
@@ -258,7 +258,7 @@ class AdbServer:
 
 
 class FakePhone:
-    """A ``tests/adbd.py`` daemon, optionally attached to an :class:`AdbServer`.
+    """A ``tests/support/adbd.py`` daemon, optionally attached to an :class:`AdbServer`.
 
     Keyword arguments override the default Galaxy S25 (SM-S931B) identity; ``props`` adds or
     overrides any system property. ``sandbox`` is the folder holding the phone's files
@@ -346,7 +346,7 @@ class FakePhone:
         props_txt.write_text("".join(f"[{k}]: [{v}]\n" for k, v in sorted(self.props_all().items())))
 
     def props_all(self) -> dict[str, str]:
-        """Every property the phone reports (defaults of tests/adbd.py included)."""
+        """Every property the phone reports (defaults of tests/support/adbd.py included)."""
         props = {}
         txt = self.sandbox / ".adbd" / "props.txt"
         for line in txt.read_text().splitlines() if txt.exists() else []:

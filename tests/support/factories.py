@@ -14,7 +14,7 @@ session runs them. Every repetition has:
 - thermal readings before/after, artifacts, a cache state.
 
     meta, reps = make_run()            # RunMeta + list[Repetition]
-    record = make_record()             # the same as a store.RunRecord
+    record = make_record()             # the same as a results.RunRecord
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def make_run(seed: int = 0, limit: int | None = None, fail: set[tuple] | None = 
 def make_record(seed: int = 0, limit: int | None = None, fail: set[tuple] | None = None, status: str = "complete",
                 run_id: str = "20260921-140507-beef", **meta_kw):
     """A RunRecord as Store.load_run returns it (no store involved)."""
-    from devprof.store import RunRecord
+    from devprof.results import RunRecord
 
     meta, reps = make_run(seed=seed, limit=limit, fail=fail, status=status, run_id=run_id, **meta_kw)
     return RunRecord(meta=meta, repetitions=reps)

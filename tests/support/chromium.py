@@ -1,6 +1,6 @@
 """Load an HTML file in headless Chromium and report what the page became and what went wrong.
 
-    from chromium import render_in_chromium, plot_divs
+    from tests.support.chromium import render_in_chromium, plot_divs
     dom, errors = render_in_chromium(path)
     assert errors == []
     assert all(n > 0 for n in plot_divs(dom).values())
