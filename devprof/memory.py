@@ -10,10 +10,10 @@ more than its resident set shows; the low-memory killer and Android's per-app li
 anonymous + swap. The reported peak on Android is therefore max(VmHWM, max over samples of
 VmRSS + VmSwap) (:data:`PEAK_RULE`), with both parts kept. PSS (proportional set size: shared
 pages divided among their users) is what ExecuTorch's Android benchmarks and ``dumpsys meminfo``
-report; it comes from smaps_rollup, which walks every page table of the process: measured here
-(``benchmarks/smaps_rollup_cost.py``) 22 ms a read for a 384 MiB process and 68 ms for 1.5 GiB,
-against 8 us for status, so it is read at most every :data:`SMAPS_MIN_S` and never sooner than
-:data:`SMAPS_BUDGET` times its own last cost after it (at most 1/SMAPS_BUDGET of a core).
+report; it comes from smaps_rollup, which walks every page table of the process and costs
+thousands of times a status read (docs/measurements.md, "smaps_rollup cadence"), so it is read at
+most every :data:`SMAPS_MIN_S` and never sooner than :data:`SMAPS_BUDGET` times its own last cost
+after it (at most 1/SMAPS_BUDGET of a core).
 """
 
 from __future__ import annotations
