@@ -191,6 +191,12 @@ def cli() -> None:
                    "[default: phones temp<45, this host none].")
 @click.option("--ready-timeout", type=click.FloatRange(0), default=60.0, show_default=True,
               help="Longest readiness wait before each repetition (s); then it goes on and records it.")
+@click.option("--energy/--no-energy", default=None,
+              help="Battery J/token for prefill and decode [default: on Android phones whose battery is readable].")
+@click.option("--energy-baseline", type=click.FloatRange(0.2, 60), default=2.0, show_default=True,
+              help="Idle window (s) measured right before each repetition and subtracted.")
+@click.option("--soak", "soak_min", type=click.FloatRange(0, 24 * 60), default=0.0, metavar="MINUTES",
+              help="After the plan, generate back to back this long: tok/s, hottest zone and big-core MHz over time.")
 @adb_server_option
 @lab_option
 @devices_file_option
@@ -199,7 +205,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
         warmup, sample_ms, runtime, weights, cache,
         threads, cpu_mask, timeout_s, seed, out_path, as_json, model_bundle, baseline_bundle, tokenizer,
         baseline_tokenizer, binary_name, runtime_args, cooldown_c, cooldown_timeout, ready, ready_timeout,
-        dry_run, adb_server, lab_file, devices_file, db_path) -> None:
+        dry_run, energy, energy_baseline, soak_min, adb_server, lab_file, devices_file, db_path) -> None:
     """Profile a MoE model against a dense baseline on a device; store and report the results."""
     from devprof import devices, workloads
     from devprof.catalog import get_model
@@ -239,7 +245,7 @@ def run(device, model, baseline, workload, context, new_tokens, reps, reps_min, 
             seed=seed, threads=threads, timeout_s=timeout_s, cpu_mask=cpu_mask, cooldown_c=cooldown_c,
             cooldown_timeout_s=cooldown_timeout, binary_name=binary_name, model_files=model_files,
             ready=ready, ready_timeout_s=ready_timeout, adaptive=rule,
-            runtime_args=list(runtime_args),
+            runtime_args=list(runtime_args), energy=energy, energy_baseline_s=energy_baseline, soak_min=soak_min,
         )
         get_adapter(rt)
         p.validate()

@@ -140,6 +140,8 @@ class Repetition:
     #: the state of the device around the repetition (devprof.interference): other processes' CPU share and
     #: steal during it, load before it, hottest zone and fastest core before/after, the readiness wait
     conditions: dict[str, Any] = field(default_factory=dict)
+    #: battery energy (devprof.energy.rep_energy): J/token per phase, or {"refused": why}; {} when off
+    energy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def peak_file_kb(self) -> int | None:

@@ -49,7 +49,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -137,6 +137,11 @@ MIGRATIONS: list[tuple[int, str]] = [
     (1, _SCHEMA_V1),  # 0 -> 1: the first schema
     # 1 -> 2: the device's state around each repetition (devprof.interference); '{}' for older rows
     (2, "ALTER TABLE repetitions ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '{}'"),
+    # 2 -> 3: battery energy per repetition (devprof.energy) and the --soak timeline (devprof.soak)
+    (3, "ALTER TABLE repetitions ADD COLUMN energy_json TEXT NOT NULL DEFAULT '{}';"
+        "CREATE TABLE soak_points (run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, "
+        "seq INTEGER NOT NULL, t_s REAL NOT NULL, model TEXT NOT NULL, point_json TEXT NOT NULL, "
+        "PRIMARY KEY (run_id, seq))"),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 assert [v for v, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -161,7 +166,7 @@ _REP_COLS = ("run_id", "model", "workload", "context", "idx", "warmup", "status"
              "cache_state", "cache_note", "memory_metric", "prefill_tok_s", "decode_tok_s", "ttft_ms",
              "peak_rss_kb", "peak_file_kb", "peak_anon_kb", "distinct_pairs", "start_wall_ms", "wall_ms",
              "n_samples", "result_json", "outcome_json", "note", "thermal_before_json",
-             "thermal_after_json", "artifacts_json", "created", "conditions_json")
+             "thermal_after_json", "artifacts_json", "created", "conditions_json", "energy_json")
 # RunMeta fields kept in their own columns, not in meta_json
 _META_COLUMN_FIELDS = ("run_id", "created", "status", "note")
 
@@ -180,6 +185,7 @@ class RunRecord:
 
     meta: RunMeta
     repetitions: list[Repetition]
+    soak: list[dict[str, Any]] = field(default_factory=list)  # --soak points (devprof.soak), in time order
 
     def measured(self, model: str | None = None, workload: str | None = None,
                  context: int | None = None) -> list[Repetition]:
@@ -623,7 +629,7 @@ class Store:
             result_json=_json(r.to_dict()) if r is not None else None, outcome_json=_outcome_json(o),
             note=o.note, thermal_before_json=_json(rep.thermal_before),
             thermal_after_json=_json(rep.thermal_after), artifacts_json=_json(rep.artifacts), created=_now(),
-            conditions_json=_json(rep.conditions or {}),
+            conditions_json=_json(rep.conditions or {}), energy_json=_json(rep.energy or {}),
         )
         with self._write() as c:
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
@@ -741,8 +747,10 @@ class Store:
             routing = {rep_id: _build(RoutingSummary, json.loads(js)) for rep_id, js in c.execute(
                 "SELECT g.rep_id, g.summary_json FROM routing g JOIN repetitions r ON r.rep_id = g.rep_id "
                 "WHERE r.run_id = ?", (run_id,))}
+            soak = [json.loads(js) for (js,) in c.execute(
+                "SELECT point_json FROM soak_points WHERE run_id = ? ORDER BY seq", (run_id,))]
         reps = [_rep_from_row(r, by_rep.get(r["rep_id"], []), routing.get(r["rep_id"])) for r in reps_rows]
-        return RunRecord(meta=meta, repetitions=reps)
+        return RunRecord(meta=meta, repetitions=reps, soak=soak)
 
     def list_runs(self, limit: int | None = None) -> list[RunMeta]:
         """Runs, newest first (a dead writer's "running" run shows as "interrupted")."""
@@ -779,6 +787,12 @@ class Store:
             if len(out) >= limit:
                 break
         return out
+
+    def add_soak_point(self, run_id: str, seq: int, point: dict[str, Any]) -> None:
+        """Store one --soak point (devprof.soak) the moment it is measured."""
+        with self._write() as c:
+            c.execute("INSERT INTO soak_points (run_id, seq, t_s, model, point_json) VALUES (?, ?, ?, ?, ?)",
+                      (run_id, seq, float(point["t_s"]), str(point.get("model", "")), _json(point)))
 
     def rep_ids(self, run_id: str) -> list[int]:
         with self._read() as c:
@@ -853,6 +867,9 @@ class Store:
                 if g is not None:
                     c.execute("INSERT INTO routing (rep_id, n_tokens, distinct_pairs, summary_json) "
                               "VALUES (?, ?, ?, ?)", (new_id, *g))
+            c.executemany("INSERT INTO soak_points (run_id, seq, t_s, model, point_json) VALUES (?, ?, ?, ?, ?)",
+                          [tuple(p) for p in src.execute("SELECT run_id, seq, t_s, model, point_json FROM soak_points "
+                                                         "WHERE run_id = ? ORDER BY seq", (run["run_id"],))])
 
 
 # ---- row helpers -----------------------------------------------------------------------------
@@ -924,4 +941,5 @@ def _rep_from_row(row: dict[str, Any], samples: list[MemorySample], routing: Rou
         cache_note=row["cache_note"], routing=routing, thermal_before=json.loads(row["thermal_before_json"]),
         thermal_after=json.loads(row["thermal_after_json"]), artifacts=json.loads(row["artifacts_json"]),
         conditions=json.loads(row.get("conditions_json") or "{}"),
+        energy=json.loads(row.get("energy_json") or "{}"),
     )
