@@ -36,11 +36,15 @@ def refusal(status: str, plugged: list[str], serial: str) -> str | None:
     if status in REFUSE_STATUS or (status in REFUSE_WHEN_PLUGGED and plugged):
         power = f" on {'/'.join(plugged)} power" if plugged else ""
         what = f"the battery is {status.lower()}{power}, so its current says nothing about the load"
-        if is_wireless(serial):
-            return f"energy refused: {what}; unplug the charger and run again"
-        return (f"energy refused: {what}; unplug the USB cable and use wireless debugging "
-                "(phone: Developer options > Wireless debugging > Pair device; host: `adb pair IP:PAIRPORT` "
-                "with the code, then `adb connect IP:PORT`; run `devprof run --device IP:PORT`)")
+        if not is_wireless(serial):
+            return (f"energy refused: {what}; unplug the USB cable and use wireless debugging "
+                    "(phone: Developer options > Wireless debugging > Pair device with pairing code; host: "
+                    "`adb pair IP:PAIRPORT` with the code, then `adb connect IP:PORT`; then "
+                    "`devprof run --device IP:PORT`)")
+        if "USB" in plugged:
+            return (f"energy refused: {what}; unplug the USB cable: devprof already reaches {serial} over "
+                    "wireless debugging")
+        return f"energy refused: {what}; unplug the charger and run again"
     return None
 
 
@@ -216,9 +220,10 @@ class Meter:
         if want is False:
             return None, {"state": "off"}
         if dev.kind != "android":
+            if not want:
+                return None, {"state": "off"}
             setting = {"state": "unavailable", "why": "energy is measured on Android phones only (their fuel gauge)"}
-            if want:
-                say(f"energy: {setting['why']}")
+            say(f"energy: {setting['why']}")
             return None, setting
         from devprof.devices import power
 

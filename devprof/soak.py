@@ -1,12 +1,12 @@
 """``--soak MINUTES``: sustained load. After the plan's repetitions, the subject model generates back
 to back (smallest context, first workload, warm page cache, no readiness wait, no cool-down, no
 energy baseline) until the time is up; every generation is one point: decode and prefill tok/s, the
-hottest thermal zone and the big-core frequency (the fastest core's scaling_cur_freq, which is a big
-core's while one is busy) read right after it, stored the moment it is measured.
+hottest thermal zone and the big-core frequency (the highest scaling_cur_freq among the cores with the
+highest cpuinfo_max_freq: the prime/big cluster) read right after it, stored the moment it is measured.
 
 ``verdict`` says when throttling started and by how much: decode tok/s of the last minute against
-the first minute (medians); the onset is the first point after which the rolling median of three
-stays below 90 % of the first minute's.
+the first minute (medians); the onset is the first point below 90 % of the first minute's after
+which the rolling median of three stays below it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def run(session, run_id: str, run_dir, staged) -> list[dict[str, Any]]:
     session.plan = dataclasses.replace(plan, cooldown_c=None, cache="warm")
     session.ready_conds, session.meter = [], None
     points: list[dict[str, Any]] = []
+    big = big_cores(session.device)
     t0 = time.monotonic()
     total_s = plan.soak_min * 60.0
     try:
@@ -36,7 +37,7 @@ def run(session, run_id: str, run_dir, staged) -> list[dict[str, Any]]:
                 raise KeyboardInterrupt
             rep = session._one(run_dir, staged, workload, context, len(points), False, ppaths,
                                label=f"soak{len(points)}")
-            point = point_of(rep, time.monotonic() - t0)
+            point = point_of(rep, time.monotonic() - t0, big)
             session.store.add_soak_point(run_id, len(points), point)
             points.append(point)
             session.obs.stage(f"soak {point['t_s']:.0f}/{total_s:.0f} s: "
@@ -47,12 +48,40 @@ def run(session, run_id: str, run_dir, staged) -> list[dict[str, Any]]:
     return points
 
 
-def point_of(rep, t_s: float) -> dict[str, Any]:
+MAX_FREQ_SCRIPT = ('for f in {root}/sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; do '
+                   '[ -r "$f" ] || continue; c=${{f%/cpufreq/*}}; echo "${{c##*/}} $(cat "$f")"; done')
+
+
+def big_cores(dev) -> set[str]:
+    """The cores (cpuN) with the highest cpuinfo_max_freq; empty when unknown (then every core counts)."""
+    import shlex
+    from pathlib import Path
+
+    tops: dict[str, int] = {}
+    if dev.kind == "android":
+        root = "" if dev.sysroot == "/" else shlex.quote(dev.sysroot.rstrip("/"))
+        _, out = dev.sh(MAX_FREQ_SCRIPT.format(root=root), timeout=20)
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                tops[parts[0]] = int(parts[1])
+    elif dev.kind == "local":
+        for f in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/cpuinfo_max_freq"):
+            try:
+                tops[f.parent.parent.name] = int(f.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    top = max(tops.values(), default=None)
+    return {c for c, f in tops.items() if f == top}
+
+
+def point_of(rep, t_s: float, big: set[str] | None = None) -> dict[str, Any]:
     """One soak point from a finished generation."""
     r = rep.result
     zones = rep.thermal_after or {}
     hot = max(zones, key=zones.get) if zones else None
     freqs = (r.extra.get("cpu_freq_mhz_after") if r is not None else None) or {}
+    freqs = {c: f for c, f in freqs.items() if c in big} if big and big & set(freqs) else freqs
     return {"t_s": round(t_s, 3), "model": rep.model, "workload": rep.workload, "context": rep.context,
             "status": rep.outcome.status, "decode_tok_s": r.decode_tok_s if r else None,
             "prefill_tok_s": r.prefill_tok_s if r else None, "hottest_c": zones.get(hot) if hot else None,
@@ -82,8 +111,7 @@ def verdict(points: list[dict[str, Any]]) -> dict[str, Any]:
     change = (l_ / f - 1.0) * 100.0
     onset = None
     for i in range(len(pts)):
-        rolling = _median([p["decode_tok_s"] for p in pts[i:i + 3]])
-        if rolling < THROTTLE_SHARE * f and all(
+        if pts[i]["decode_tok_s"] < THROTTLE_SHARE * f and all(
                 _median([p["decode_tok_s"] for p in pts[j:j + 3]]) < THROTTLE_SHARE * f for j in range(i, len(pts))):
             onset = pts[i]["t_s"]
             break

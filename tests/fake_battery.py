@@ -101,6 +101,8 @@ class Gauge(threading.Thread):
         _write(bat / "status", f"{c['status']}\n")
         _write(bat / "capacity", f"{int(c['capacity'])}\n")
         _write(self.sandbox / "sys/class/power_supply/usb/online", "1\n" if c["plugged"] else "0\n")
+        if self._mtime is not None:
+            _write(self.sandbox / ".adbd/battery.applied", f"{self._mtime}\n")
         if float(c["heat_c_per_s"]) > 0:
             self.warm(busy, float(c["heat_c_per_s"]) * float(c["update_ms"]) / 1000.0)
 
@@ -139,5 +141,14 @@ def configure(sandbox: Path, **changes) -> dict:
     cur = {**DEFAULTS, **(json.loads(conf.read_text()) if conf.exists() else {})}
     cur.update(changes)
     _write(conf, json.dumps(cur, indent=1))
-    time.sleep(0.1)  # a few gauge ticks: the files follow
+    want = str(conf.stat().st_mtime_ns)
+    applied = sandbox / ".adbd/battery.applied"
+    end = time.monotonic() + 10
+    while time.monotonic() < end:  # until the gauge wrote its files from it (a loaded host delays its ticks)
+        try:
+            if applied.read_text().strip() == want:
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
     return cur

@@ -42,6 +42,7 @@ from devprof.report.base import (  # noqa: F401 (phase_spans* and representative
     Analysis, Renderer, analyse, fmt, fmt_cv, memory_metric_note, phase_spans, phase_spans_from_durations,
     adaptive_lines, rep_label, representative, reps_text, threads_used, when,
 )
+from devprof.report import soak_figures
 from devprof.report.jsonout import JSONRenderer
 from devprof.store import RunRecord
 
@@ -196,6 +197,7 @@ class _Page:
                 ("compare", "Templated vs real prompts", self.compare()),
                 ("routing", "Routing", self.routing()),
                 ("thermal", "Thermal", self.thermal()),
+                *soak_figures.sections(self),  # energy and --soak, where the run has them
                 ("repetitions", "Repetitions", self.repetitions()),
                 ("sources", "Prompt sources", self.sources()),
             ]
