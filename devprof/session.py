@@ -472,9 +472,9 @@ class Session:
             cache_state, cache_note = getattr(dev, "cache_state", lambda p: ("unknown", "not measurable"))(s.weights_path)
         thermal_before = dev.thermal()
         freqs_before = dev.cpu_freqs()
-        cpu_before = dev.cpu_snapshot()
-        meter = getattr(self, "meter", None)
+        meter = getattr(self, "meter", None)  # the battery's idle baseline, then sampling through the run
         power = meter.start(self.cancel) if meter is not None and not warm else None
+        cpu_before = dev.cpu_snapshot()
         outcome = dev.run(RunRequest(argv=argv, sample_ms=plan.sample_ms,
                                      timeout_s=plan.timeout_s, cpu_mask=plan.cpu_mask, cancel=self.cancel))
         gone = outcome.status == "lost"  # a device that stopped answering is not asked again

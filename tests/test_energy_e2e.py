@@ -75,7 +75,9 @@ def test_j_per_token_matches_the_fake_batterys_true_energy(adb, env, tmp_path):
     assert phases["decode"]["ci"][0] <= phases["decode"]["j_per_token"] <= phases["decode"]["ci"][1]
     assert shown["soak"] is None
     text = invoke("show", "latest", "--db", str(db)).output
-    assert "Energy (battery current_now × voltage_now (sysfs)" in text and "decode:" in text
+    assert "Energy (battery current_now × voltage_now (sysfs), reading changes" in text and "decode:" in text
+    exported = json.loads(invoke("export", "latest", "--format", "json", "--db", str(db)).output)
+    assert exported["energy"]["rows"] == en["rows"] and exported["repetitions"][0]["energy"]["phases"]
     html = tmp_path / "r.html"
     assert invoke("report", "latest", "--db", str(db), "--out", str(html)).exit_code == 0
     page = html.read_text()

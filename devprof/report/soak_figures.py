@@ -15,6 +15,7 @@ from typing import Any
 from devprof import energy as energy_mod
 from devprof import soak as soak_mod
 from devprof import stats
+from devprof.devices.power import SAMPLE_S
 
 h = html.escape
 SLOW_MARK = "‡"
@@ -47,8 +48,12 @@ def energy_lines(record) -> list[str]:
 def source_text(s: dict[str, Any]) -> str:
     src = {"sysfs": "battery current_now × voltage_now (sysfs)", "dumpsys": "dumpsys battery current × voltage"}
     text = src.get(s.get("source") or "", s.get("source") or "unknown source")
-    if s.get("update_ms"):
-        text += f", reading changes every ~{s['update_ms']:.0f} ms"
+    every = s.get("update_ms")
+    sample_ms = SAMPLE_S * 1000.0
+    if every and every <= 1.5 * sample_ms:
+        text += f", reading changes at every {sample_ms:.0f} ms sample (the gauge may be faster)"
+    elif every:
+        text += f", reading changes every ~{every:.0f} ms"
     return text
 
 
