@@ -222,3 +222,17 @@ def test_soak_verdict_finds_the_onset_and_the_drop():
     assert not v["throttled"] and v["onset_s"] is None
     assert v["sentence"] == ("no throttling: decode 10.00 tok/s at the end, +0% against the first 8 s (10.00); "
                              "this device exposes no thermal zones")
+
+
+def test_the_estimate_counts_the_soak_and_the_idle_baselines():
+    from devprof.catalog import get_model
+    from devprof.estimate import estimate
+    from devprof.session import Plan
+
+    plan = Plan(models=[get_model("mobilemoe-s-mini")], workloads=["real"], contexts=[128], reps=3, warmup=0)
+    base = estimate(plan, device_kind="android").seconds
+    assert estimate(Plan(**{**plan.__dict__, "soak_min": 2.0}), device_kind="android").seconds == \
+        pytest.approx(base + 120.0)
+    off = estimate(Plan(**{**plan.__dict__, "energy": False}), device_kind="android").seconds
+    assert base - off == pytest.approx(3 * 2.0)  # 3 repetitions x the 2 s idle window
+    assert estimate(plan, device_kind="local").seconds < base
