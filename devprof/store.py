@@ -17,7 +17,7 @@ around migrations, and run ids made unique by the primary key: a generated id an
 first is drawn again. psycopg's errors become StoreError (exit 1) at this boundary; a bad URL is a
 UsageError (exit 2).
 
-Schema (version 2)::
+Schema (version 3)::
 
     schema_version(version)
     runs(run_id PK, created, status, note, finished, device_kind, device_serial, device_name,
@@ -27,9 +27,11 @@ Schema (version 2)::
                 peak_rss_kb, peak_file_kb, peak_anon_kb, distinct_pairs, start_wall_ms, wall_ms,
                 n_samples, result_json, outcome_json, note, thermal_before_json,
                 thermal_after_json, artifacts_json, created,
-                conditions_json)  -- version 2: interference and readiness around the repetition
+                conditions_json,  -- version 2: interference and readiness around the repetition
+                energy_json)  -- version 3: battery J/token per phase (devprof.energy)
     samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb) -- in sampling order
     routing(rep_id PK/FK, n_tokens, distinct_pairs, summary_json)
+    soak_points(run_id FK, seq, t_s, model, point_json) -- version 3: --soak, PK (run_id, seq)
 
 ``runs.meta_json`` holds the RunMeta fields that have no column of their own (device, models,
 workloads, settings, ...). The metric columns of ``repetitions`` are for queries (peak_rss_kb is the
