@@ -30,8 +30,8 @@ from pathlib import Path
 
 from devprof import workloads as wl
 from devprof.catalog import get_model
-from devprof.gguf_export import build_gguf
-from devprof.refruntime.bundle import build_bundle
+from devprof.runtimes.llamacpp.gguf_export import build_gguf
+from devprof.runtimes.reference.bundle import build_bundle
 from devprof.runtimes.executorch import parse_pytorch_observer
 from devprof.runtimes.llamacpp import parse_llama_perf
 

@@ -37,9 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devprof.catalog import get_model  # noqa: E402
-from devprof.refruntime.bundle import build_bundle, default_cache_dir  # noqa: E402
+from devprof.runtimes.reference.bundle import build_bundle, default_cache_dir  # noqa: E402
 from devprof.bench import machine_ceilings  # noqa: E402
-from devprof.refruntime.engine import Engine, decode_threads, set_threads, tune_malloc  # noqa: E402
+from devprof.runtimes.reference.engine import Engine, decode_threads, set_threads, tune_malloc  # noqa: E402
 
 
 def real_ids(context: int) -> np.ndarray:
@@ -136,8 +136,8 @@ if prep == "read":  # warm through read(): the page cache gets large folios
     while os.read(fd, 1 << 24):
         pass
 os.close(fd)
-from devprof.refruntime.engine import Engine
-from devprof.pagecache import mapped_rss_bytes
+from devprof.runtimes.reference.engine import Engine
+from devprof.files import mapped_rss_bytes
 def mapping_rss():
     return mapped_rss_bytes(w)
 e = Engine(folder)

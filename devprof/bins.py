@@ -26,10 +26,9 @@ from pathlib import Path
 
 from devprof import REPO_ROOT
 from devprof.errors import DevprofError, UsageError
-from devprof.hashing import sha256_file
+from devprof.files import atomic_write, sha256_file
 
 PLATFORMS = ("android", "ios", "host")
-RUNTIMES = ("reference", "executorch", "llamacpp")
 TEMPLATE_KEYS = ("binary", "model", "tokenizer", "prompt_file", "prompt_ids_file", "max_new_tokens",
                  "threads", "routing_trace")
 
@@ -68,7 +67,7 @@ class Binary:
         f = self.file(manifest)
         if not f.is_file():
             raise DevprofError(f"binary {self.name!r} is missing: {f} (re-register it with `devprof bins add`)")
-        got = sha256(f)
+        got = sha256_file(f)
         if got != self.sha256:
             raise DevprofError(f"binary {self.name!r} changed since it was registered ({f}: sha256 {got[:12]} "
                                f"!= {self.sha256[:12]}); re-register it with `devprof bins add`")
@@ -83,10 +82,6 @@ class Binary:
             parts = tok.split("\0")
             out.append("".join(str(values.get(p, "")) if i % 2 else p for i, p in enumerate(parts)))
         return out
-
-
-def sha256(path: Path) -> str:
-    return sha256_file(path)
 
 
 def load(manifest: Path | None = None) -> list[Binary]:
@@ -159,8 +154,10 @@ def add(path: Path, runtime: str, platform: str, abi: str, name: str | None = No
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"no such file: {path}")
-    if runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    from devprof.runtimes import known_runtimes
+
+    if runtime not in known_runtimes():
+        raise UsageError(f"unknown runtime {runtime!r}; known: {', '.join(known_runtimes())}")
     if platform not in PLATFORMS:
         raise UsageError(f"unknown platform {platform!r}; known: {', '.join(PLATFORMS)}")
     for tok in _placeholders(command):
@@ -172,7 +169,7 @@ def add(path: Path, runtime: str, platform: str, abi: str, name: str | None = No
     except ValueError:
         stored = str(path.resolve())
     entry = Binary(name=name or f"{runtime}-{platform}-{abi}-{path.name}", runtime=runtime, platform=platform,
-                   abi=abi, path=stored, sha256=sha256(path), command=command, notes=notes)
+                   abi=abi, path=stored, sha256=sha256_file(path), command=command, notes=notes)
     entries = [b for b in load(manifest) if b.name != entry.name] + [entry]
     save(entries, manifest)
     return entry
@@ -187,10 +184,8 @@ def save(entries: list[Binary], manifest: Path | None = None) -> None:
             if v != "" or k in ("name", "runtime", "platform", "abi", "path", "sha256"):
                 lines.append(f"{k} = {_toml_str(v)}")
         lines.append("")
-    from devprof.export import _atomic_write  # the one atomic writer: no half-written or stray file
-
     try:
-        _atomic_write(manifest, "\n".join(lines))
+        atomic_write(manifest, "\n".join(lines))
     except OSError as e:
         raise DevprofError(f"cannot write the binaries manifest {manifest}: {e.strerror}") from None
 

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from devprof.results import ProcessOutcome
-    from devprof.store import RunRecord
+    from devprof.results import ProcessOutcome, RunRecord
 
 USER_HZ = 100
 #: other processes' share of all CPUs' time during a repetition above which it counts as disturbed

@@ -7,6 +7,7 @@ field name says otherwise.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -152,3 +153,54 @@ class Repetition:
     def peak_anon_kb(self) -> int | None:
         vals = [s.anon_kb for s in self.outcome.samples if s.anon_kb is not None]
         return max(vals) if vals else None
+
+
+@dataclass
+class RunRecord:
+    """A run as the report sees it: its meta and every repetition (warm-ups and failures too)."""
+
+    meta: RunMeta
+    repetitions: list[Repetition]
+    soak: list[dict[str, Any]] = field(default_factory=list)  # --soak points (devprof.soak), in time order
+
+    def measured(self, model: str | None = None, workload: str | None = None,
+                 context: int | None = None) -> list[Repetition]:
+        """Measured repetitions (not warm-up, status ok), optionally of one model/workload/context."""
+        return [r for r in self.repetitions
+                if not r.warmup and r.outcome.status == "ok"
+                and (model is None or r.model == model)
+                and (workload is None or r.workload == workload)
+                and (context is None or r.context == context)]
+
+    def models(self) -> list[str]:
+        return _ordered(self.meta.models, (r.model for r in self.repetitions))
+
+    def workloads(self) -> list[str]:
+        return _ordered(self.meta.workloads, (r.workload for r in self.repetitions))
+
+    def contexts(self) -> list[int]:
+        return _ordered(self.meta.contexts, (r.context for r in self.repetitions))
+
+    @property
+    def planned_reps(self) -> int:
+        """Measured repetitions the run set out to do."""
+        m = self.meta
+        return len(m.models) * len(m.workloads) * len(m.contexts) * m.reps
+
+    @property
+    def failed_reps(self) -> list[Repetition]:
+        """Non-warm-up repetitions that did not finish ok."""
+        return [r for r in self.repetitions if not r.warmup and r.outcome.status != "ok"]
+
+    @property
+    def missing_reps(self) -> int:
+        """Planned measured repetitions without an ok result (never run, or failed)."""
+        return max(0, self.planned_reps - len(self.measured()))
+
+
+def _ordered(first: Iterable, then: Iterable) -> list:
+    out: list = []
+    for v in list(first) + list(then):
+        if v not in out:
+            out.append(v)
+    return out

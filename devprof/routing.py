@@ -1,6 +1,7 @@
-"""Routing traces -> numbers: distinct (layer, expert) pairs, coverage, load, expert bytes.
+"""Routing traces: the format (written by :func:`write_trace`, read by :func:`load_trace`) and its
+numbers: distinct (layer, expert) pairs, coverage, load, expert bytes.
 
-A routing trace (written by ``python -m devprof.refruntime --routing_trace PATH.npz``) holds
+A routing trace (``python -m devprof.refruntime --routing_trace PATH.npz`` writes one) holds
 
     experts            uint8 [n_layers, n_tokens, top_k]: the experts each processed token went
                        to in each layer (prompt tokens first, then decode steps)
@@ -8,6 +9,7 @@ A routing trace (written by ``python -m devprof.refruntime --routing_trace PATH.
     n_experts, top_k   routed experts per layer, experts per token
     layer_block_bytes  int64 [n_layers]: bytes of one expert's block (gate, up, down) per layer
     block_offsets, block_nbytes   int64 [n_layers, n_experts]: where each block is in weights.bin
+    n_decode, model, bundle_id    decode steps (tokens - n_prompt); the model and its bundle id
 
 :func:`summarize` turns one into the :class:`~devprof.results.RoutingSummary` the store keeps;
 :func:`cumulative_expert_bytes` gives, after each token, the bytes of the distinct expert blocks
@@ -25,9 +27,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from devprof.errors import UsageError
+from devprof.files import atomic_path
 from devprof.results import RoutingSummary
 
-__all__ = ["load_trace", "summarize", "coverage", "first_touch", "cumulative_expert_bytes", "log_points"]
+__all__ = ["load_trace", "write_trace", "summarize", "coverage", "first_touch", "cumulative_expert_bytes", "log_points"]
 
 
 def load_trace(src: Any, n_experts: int | None = None) -> dict[str, Any]:
@@ -67,6 +70,27 @@ def load_trace(src: Any, n_experts: int | None = None) -> dict[str, Any]:
     d.setdefault("n_prompt", ex.shape[1])
     d["n_prompt"] = int(d["n_prompt"])
     return d
+
+
+def write_trace(path: str | os.PathLike, experts: np.ndarray, n_prompt: int, n_experts: int, top_k: int,
+                block_offsets: np.ndarray, block_nbytes: np.ndarray, block_bytes: int,
+                model: str = "", bundle_id: str = "") -> None:
+    """Write a trace (the format above) as .npz, atomically: a reader never sees half a file."""
+    n_layers = experts.shape[0]
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(
+            tmp,
+            experts=experts,
+            n_prompt=np.int64(n_prompt),
+            n_decode=np.int64(experts.shape[1] - n_prompt),
+            n_experts=np.int64(n_experts),
+            top_k=np.int64(top_k),
+            layer_block_bytes=np.full(n_layers, block_bytes, dtype=np.int64),
+            block_offsets=block_offsets,
+            block_nbytes=block_nbytes,
+            model=np.str_(model),
+            bundle_id=np.str_(bundle_id),
+        )
 
 
 def log_points(n: int, points: int = 64) -> np.ndarray:

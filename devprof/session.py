@@ -25,8 +25,8 @@ from devprof import interference
 from devprof import workloads as wl
 from devprof.catalog import ModelSpec, check_context
 from devprof.devices.base import Device, RunRequest
-from devprof.errors import (DeviceLost, DevprofError, ParseError, RuntimeFailed, UsageError, killed_by,
-                            signal_hint, signal_name, stop_signal)
+from devprof.errors import (DeviceLost, DevprofError, Interrupted, ParseError, RuntimeFailed, UsageError,
+                            killed_by, signal_hint, signal_name, stop_signal)
 from devprof.results import ProcessOutcome, Repetition, RunMeta
 from devprof.runtimes import base as rt
 from devprof.store import Store
@@ -43,8 +43,8 @@ class Plan:
     reps: int = 3
     warmup: int = 1
     sample_ms: int = 10
-    runtime: str = "reference"
-    weights: str = "fp32"  # fp32 | q8_0 | q4_0 (llamacpp: devprof's GGUF export of the same seeded weights)
+    runtime: str = rt.DEFAULT_RUNTIME
+    weights: str = "fp32"  # fp32 | q8_0 | q4_0: the format of devprof's seeded weights the runtime is given
     cache: str = "cold"  # cold: evict the weights file before every repetition; warm: leave it
     seed: int = 0
     threads: int = -1
@@ -59,7 +59,7 @@ class Plan:
     #: --reps auto: the stopping rule (devprof.adaptive.Rule); None: exactly ``reps`` repetitions
     adaptive: object | None = None
     binary_name: str | None = None  # a registered binary by name (else chosen by runtime/platform/ABI)
-    #: model name -> (model file, tokenizer file or None): user bundles (.pte, .gguf) for prebuilt runtimes
+    #: model name -> (model file, tokenizer file or None): the user's prebuilt model files
     model_files: dict[str, tuple[Path, Path | None]] = field(default_factory=dict)
     runtime_args: list[str] = field(default_factory=list)  # appended to every runtime command line
     energy: bool | None = None  # battery J/token (devprof.energy): None = where the battery is readable
@@ -70,9 +70,8 @@ class Plan:
     def validate(self) -> None:
         if self.weights not in ("fp32", "q8_0", "q4_0"):
             raise UsageError(f"unknown --weights {self.weights!r}; known: fp32, q8_0, q4_0")
-        if self.runtime == "reference" and self.weights != "fp32":
-            raise UsageError("the reference runtime runs fp32 weights only (torch's int8/int4 CPU kernels are "
-                             "far slower here); use --runtime llamacpp for q8_0/q4_0")
+        adapter = rt.get_adapter(self.runtime)
+        adapter.check_weights(self.weights)
         for m in self.models:
             for c in self.contexts:
                 check_context(m, c)
@@ -81,14 +80,12 @@ class Plan:
             if not mask or any(ch not in "0123456789abcdef" for ch in mask) or int(mask, 16) == 0:
                 raise UsageError(f"--cpu-mask must be a non-zero hex CPU mask like f0, got {self.cpu_mask!r}")
         missing = [m.name for m in self.models if m.name not in self.model_files]
-        if self.runtime not in ("reference", "llamacpp") and missing:  # checked before a run is stored
+        if not adapter.weight_formats and missing:  # checked before a run is stored
             raise UsageError(f"--runtime {self.runtime} runs a prebuilt model file: give {missing[0]}'s with "
                              + ("--model-bundle" if missing[0] == self.models[0].name else "--baseline-bundle")
                              + (" (and the baseline's with --baseline-bundle)" if len(missing) > 1 else ""))
 
 
-#: bytes per KV-cache element: llama.cpp keeps K/V in f16, the reference runtime in fp32
-_KV_BYTES = {"llamacpp": 2}
 #: warn when the estimate uses more than this share of the phone's MemAvailable
 MEM_WARN_SHARE = 0.75
 
@@ -105,7 +102,7 @@ def memory_need(plan: Plan) -> dict[str, int]:
             weights = Path(plan.model_files[spec.name][0]).stat().st_size
         else:
             weights = spec.weight_bytes(dtype)
-        need[spec.name] = weights + spec.kv_cache_bytes(ctx, _KV_BYTES.get(plan.runtime, 4))
+        need[spec.name] = weights + spec.kv_cache_bytes(ctx, rt.get_adapter(plan.runtime).kv_bytes)
     return need
 
 
@@ -153,6 +150,16 @@ def host_default_threads(cpu_mask: str | None = None, window_s: float = 0.5) -> 
     return n, f"{idle:.1f} of {ncpu} core(s) idle before the run, {len(allowed)} usable"
 
 
+def threads_warning(threads: int, ncpu: int | None, where: str) -> str | None:
+    """One warning line when ``threads`` is more than the ``ncpu`` CPUs the device reports, else None:
+    built without OpenMP, the native runner's ggml threads spin at a barrier after every op, so
+    threads beyond the free cores collapse its speed (4 threads on 2 cores: 0.96 tok/s)."""
+    if threads > 0 and ncpu and threads > ncpu:
+        return (f"warning: --threads {threads} is more than the {ncpu} CPUs of {where}: the native runner's threads "
+                f"spin at a barrier after every op, so more threads than free cores collapses its speed")
+    return None
+
+
 class Observer(Protocol):
     """Progress callbacks (the CLI draws them with rich; tests may ignore them)."""
 
@@ -172,12 +179,6 @@ class _Quiet:
         pass
 
 
-class Interrupted(DevprofError):
-    """Ctrl-C during a run: what was measured is kept."""
-
-    exit_code = 130
-
-
 @dataclass
 class _Staged:
     model: ModelSpec
@@ -186,7 +187,13 @@ class _Staged:
     weights_path: str  # on the device, for page-cache control
     binary: str
     command: str = ""  # the registered binary's command template, if any
-    native: bool = False  # devprof's own llama.cpp runner (--evict, its own VmHWM and timestamps)
+    #: the arguments with which the binary drops its weights from the page cache itself (a runner that
+    #: also reports its own VmHWM and residency); empty: the device evicts them
+    evict_args: list[str] = field(default_factory=list)
+
+    @property
+    def native(self) -> bool:
+        return bool(self.evict_args)
 
 
 class Session:
@@ -229,9 +236,14 @@ class Session:
                       **({"reps": "auto"} if plan.adaptive is not None else {}),
                       "prompt_sources": wl.source_report()},
         )
-        if plan.threads == -1 and plan.runtime == "llamacpp" and self.device.kind == "local":
+        if plan.threads == -1 and self.adapter.picks_host_threads and self.device.kind == "local":
             self.threads, why = host_default_threads(plan.cpu_mask)
             meta.settings["threads_default"] = f"{self.threads} ({why})"
+        if self.adapter.picks_host_threads and plan.threads > 0:
+            ncpu = (self.device.cpu_snapshot() or {}).get("ncpu")
+            if warn := threads_warning(plan.threads, ncpu, info.serial or self.device.kind):
+                click.echo(warn, err=True)
+                meta.settings["threads_warning"] = warn
         run_id = self.store.create_run(meta)
         self.meta = meta
         run_dir = self.artifacts_root / run_id
@@ -245,7 +257,7 @@ class Session:
             binary = self._binary()
             staged = [self._stage_model(m, binary) for m in plan.models]
             setup = {"bytes_pushed": self.pushed_bytes,
-                     "binary": binary.name if binary else "python -m devprof.refruntime"}
+                     "binary": binary.name if binary else self.adapter.host_command()}
             if binary is not None:
                 setup["binary_info"] = {k: getattr(binary, k) for k in
                                         ("name", "sha256", "abi", "variant", "cpu_features", "source") if getattr(binary, k)}
@@ -305,22 +317,22 @@ class Session:
 
     # ------------------------------------------------------------------------------------
     def _binary(self):
-        """The runtime binary for this device: none for the reference runtime on this host,
+        """The runtime binary for this device: none for a runtime that runs on this host by itself,
         else the registered one for (runtime, platform, ABI), checked against its hash."""
         from devprof import bins
 
         plan, kind = self.plan, self.device.kind
-        if kind == "local" and plan.runtime == "reference" and not plan.binary_name:
+        if kind == "local" and self.adapter.host_command() and not plan.binary_name:
             return None
         info = self.device.info()
         platform = "host" if kind == "local" else kind
         abi = str(info.extra.get("abi") or info.extra.get("machine") or "")
-        flags = self.device.cpu_features() if plan.runtime == "llamacpp" else None
+        flags = self.device.cpu_features() if self.adapter.needs_cpu_features else None
         try:
             b = bins.select(plan.runtime, platform, abi, name=plan.binary_name, cpu_flags=flags)
         except UsageError:
-            if kind == "ios" and not plan.binary_name:
-                return None  # the benchmark app already installed on the phone (DEVPROF_IOS_APP)
+            if self.device.runtime_preinstalled and not plan.binary_name:
+                return None
             raise
         b.verify()
         return b
@@ -337,23 +349,8 @@ class Session:
                 "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files.values()).encode()
             ).hexdigest()[:16]
             group = f"{spec.name}-{digest}"
-        elif plan.runtime == "llamacpp":
-            from devprof.runtimes.llamacpp.gguf_export import build_gguf
-
-            self.obs.stage(f"writing the {spec.display} GGUF ({plan.weights}) from the seeded weights (cached)")
-            gguf = build_gguf(spec, seed=plan.seed, weights={"fp32": "f32"}.get(plan.weights, plan.weights))
-            files = {"model": gguf}
-            group = gguf.stem
-        elif plan.runtime == "reference":
-            from devprof.refruntime.bundle import build_bundle  # torch-free import
-
-            self.obs.stage(f"building the {spec.display} bundle (seeded random weights, cached)")
-            bundle = build_bundle(spec, seed=plan.seed)
-            files = {p.name: p for p in sorted(bundle.iterdir()) if p.is_file()}
-            group = json.loads((bundle / "config.json").read_text()).get("bundle_id") or bundle.name
         else:
-            raise UsageError(f"--runtime {plan.runtime} runs a prebuilt model file: give {spec.name}'s with "
-                             "--model-bundle (and the baseline's with --baseline-bundle)")
+            files, group = self.adapter.model_files(spec, plan.seed, plan.weights, self.obs.stage)
         if binary is not None:
             files["__binary__"] = binary.file()
         self.obs.stage(f"staging {spec.display} on {self.device.kind}")
@@ -362,16 +359,10 @@ class Session:
         self.obs.stage(f"{spec.display}: pushed {rep.bytes_pushed / 2**20:.1f} MiB in {rep.seconds:.1f} s "
                        f"({rep.files_pushed} pushed, {rep.files_skipped} unchanged)"
                        if self.device.kind != "local" else f"{spec.display}: bundle ready")
-        if "model" in rep.paths:
-            model_path = weights = rep.paths["model"]
-            tok = rep.paths.get("tokenizer")
-        else:
-            weights = rep.paths["weights.bin"]
-            model_path = rep.remote_dir or str(Path(weights).parent)
-            tok = rep.paths.get("tokenizer.json")
+        model_path, tok, weights = self.adapter.staged_paths(rep.paths, rep.remote_dir)
         return _Staged(model=spec, model_path=model_path, tokenizer_path=tok, weights_path=weights,
                        binary=rep.paths.get("__binary__", ""), command=binary.command if binary else "",
-                       native=bool(binary is not None and binary.name.startswith("devprof-llamarunner-")))
+                       evict_args=self.adapter.native_evict(binary))
 
     def _stage_prompt(self, run_dir: Path, workload: str, context: int) -> tuple[wl.Prompt, dict[str, str]]:
         prompt = wl.build_prompt(workload, context, seed=self.plan.seed)
@@ -463,13 +454,12 @@ class Session:
             ready = readiness.wait(dev, self.ready_conds, plan.ready_timeout_s, cancel=self.cancel,
                                    progress=self.obs.stage)
         if plan.cache == "cold" and s.native:
-            # the runner drops its model file itself (posix_fadvise DONTNEED: no root needed)
-            argv.append("--evict")
-            cache_state, cache_note = "cold", "fadvise (the runner's --evict, no root needed)"
+            argv += s.evict_args
+            cache_state, cache_note = "cold", f"fadvise (the runner's {' '.join(s.evict_args)}, no root needed)"
         elif plan.cache == "cold":
             cache_state, cache_note = dev.drop_page_cache(s.weights_path)
         else:
-            cache_state, cache_note = getattr(dev, "cache_state", lambda p: ("unknown", "not measurable"))(s.weights_path)
+            cache_state, cache_note = dev.cache_state(s.weights_path)
         thermal_before = dev.thermal()
         freqs_before = dev.cpu_freqs()
         meter = getattr(self, "meter", None)  # the battery's idle baseline, then sampling through the run

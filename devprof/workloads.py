@@ -47,6 +47,7 @@ from typing import Any
 
 from devprof import REPO_ROOT
 from devprof.errors import DevprofError, UsageError
+from devprof.files import sha256_file
 
 WORKLOADS: tuple[str, ...] = ("templated", "real", "real:code", "real:math", "real:prose")
 CATEGORIES: tuple[str, ...] = ("code", "math", "prose")
@@ -519,10 +520,6 @@ def build_prompt(workload: str, context: int, tokenizer=None, *, seed: int = 0) 
 # Reporting
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def source_report() -> list[dict[str, Any]]:
     """Every source with its licence and where its text is on this machine (for the report).
 
@@ -533,7 +530,7 @@ def source_report() -> list[dict[str, Any]]:
         path = src.resolve()
         exists = path is not None and path.is_file()
         lic = src.licence_path()
-        digest = _sha256(path) if exists else ""
+        digest = sha256_file(path) if exists else ""
         out.append(
             {
                 "id": src.id,

@@ -31,10 +31,10 @@ def _isolated_devprof_env(tmp_path_factory):
             os.environ[k] = v
 
 
-# ---- a private PostgreSQL server (tests/pg_server.py), started on first use, stopped at the end ----
+# ---- a private PostgreSQL server (tests/support/pg_server.py), started on first use, stopped at end ----
 @pytest.fixture(scope="session")
 def pg_server():
-    from pg_server import PgServer
+    from tests.support.pg_server import PgServer
 
     server = PgServer().start()
     yield server

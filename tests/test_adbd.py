@@ -1,4 +1,4 @@
-"""The fake adbd (tests/adbd.py) driven by the real adb binary and by adbutils."""
+"""The fake adbd (tests/support/adbd.py) driven by the real adb binary and by adbutils."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from adb_env import INSTALL_HINT, AdbServer, FakePhone
+from tests.support.adb_env import INSTALL_HINT, AdbServer, FakePhone
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import factories as F
+from tests.support import factories as F
 from devprof import cli as cli_mod
-from devprof.cli_analysis import compare, diff, export
+from devprof.cli.analyse import compare, diff, export
 from devprof.store import Store
 from test_diff import rerun, slowed_record
 
 
 @pytest.fixture(scope="module")
 def app() -> click.Group:
-    """devprof's group with the three commands, as cli.py registers them."""
+    """devprof's group with the three commands, as devprof.cli registers them."""
     for cmd in (compare, diff, export):
         if cmd.name not in cli_mod.cli.commands:
             cli_mod.cli.add_command(cmd)
@@ -51,7 +51,7 @@ def db(tmp_path_factory):
     dense_meta, dense_reps = F.make_run(models=(F.DENSE,), reps=2, warmup=0, contexts=(512,), new_tokens=8,
                                         run_id="20260921-170000-dddd", created="2026-09-21T17:00:00+00:00",
                                         status="complete")
-    from devprof.store import RunRecord
+    from devprof.results import RunRecord
 
     dense = RunRecord(meta=dense_meta, repetitions=dense_reps)
     empty = F.make_record(limit=0, run_id="20260921-180000-eeee", created="2026-09-21T18:00:00+00:00",

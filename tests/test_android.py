@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from devprof.cli import cli
-from adb_env import AdbServer, FakePhone
+from tests.support.adb_env import AdbServer, FakePhone
 
 # Every repetition starts a fresh runtime process (torch import included): keep their number small.
 # the reference runtime, explicitly: on a phone the default is the native runner (tests/test_android_native.py)

@@ -13,14 +13,13 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from devprof.cli import cli
-from adb_env import AdbServer, FakePhone
+from tests.support.adb_env import AdbServer, FakePhone
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,10 +49,9 @@ def invoke(*args):
 
 
 def test_daemon_runs_arm64_elf_under_qemu_and_leaves_file_tools_alone(tmp_path):
-    """tests/adbd.py's command rewriting: an aarch64 ELF in command position (or behind a
+    """tests/support/adbd.py's command rewriting: an aarch64 ELF in command position (or behind a
     launcher) gets qemu-aarch64-static in front; as a file tool's argument it does not."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from adbd import PathMap
+    from tests.support.adbd import PathMap
 
     need_qemu()
     sandbox = tmp_path / "sb"

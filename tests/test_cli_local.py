@@ -185,7 +185,7 @@ def test_runtime_arg_reaches_llamacpp(tmp_path):
     """--runtime-arg=--no-repack: llama.cpp keeps no CPU repack copy of the Q4_0 weights, so the
     process's anonymous memory drops by about the GGUF's size; the argument is stored with the run."""
     from devprof.catalog import get_model
-    from devprof.gguf_export import build_gguf
+    from devprof.runtimes.llamacpp.gguf_export import build_gguf
 
     db = tmp_path / "s.db"
     anon = {}

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import factories as F
-from adb_env import AdbServer
+from tests.support import factories as F
+from tests.support.adb_env import AdbServer
 from devprof.cli import cli
 from devprof.store import Store
 

@@ -11,21 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import factories as F
-from chromium import plot_divs, render_in_chromium
+from tests.support import factories as F
+from tests.support.chromium import plot_divs, render_in_chromium
 from devprof import routing as R
 from devprof import stats
 from devprof.analysis import compare as C
 from devprof.analysis import coverage as cov
 from devprof.analysis import projection as P
 from devprof.analysis.artifacts import Trace, load_rep_trace, prompt_segments
-from devprof.analysis.console import compare_renderables, to_text
-from devprof.analysis.join import WeightLayout, join, pair_times, reference_layout
+from devprof.report.terminal_compare import compare_renderables, to_text
+from devprof.analysis.join import WeightLayout, join, pair_times, weight_layout
 from devprof.catalog import get_model
 from devprof.errors import DevprofError, UsageError
 from devprof.report.html import CompareHTMLRenderer
-from devprof.results import MemorySample
-from devprof.store import RunRecord
+from devprof.results import MemorySample, RunRecord
 
 EVIL = "<script>alert(1)</script>"
 
@@ -303,7 +302,7 @@ def test_join_on_stored_runs(report, record):
     assert {j.workload for j in mc.joins} == {"templated", "real"}
     for j in mc.joins:
         assert j.source == "trace" and j.alignment == "layers" and j.cache_state == "cold"
-        lay = reference_layout(F.MOE)
+        lay = weight_layout(F.MOE)
         assert j.dense_mib == pytest.approx(lay.dense_bytes / 2**20)
         assert j.all_experts_mib == pytest.approx(lay.block_bytes.sum() / 2**20)
         assert 0 < j.experts_mib <= j.all_experts_mib and j.observed_mib > 0

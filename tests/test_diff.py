@@ -8,12 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import factories as F
+from tests.support import factories as F
 from devprof import stats
-from devprof.analysis.console import diff_renderables, to_text
+from devprof.report.terminal_compare import diff_renderables, to_text
 from devprof.analysis.diff import DiffRow, diff_runs, to_dict
 from devprof.errors import UsageError
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 
 def slowed_record(monkeypatch, factor: float = 0.8, extra_anon_kb: int = 0, seed: int = 0, **kw) -> RunRecord:

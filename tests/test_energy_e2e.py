@@ -1,5 +1,5 @@
 """Energy per token and --soak end to end: the real adb server, the suite's phone daemon with its fake
-battery (tests/fake_battery.py: busy_ua while a native program runs, idle_ua otherwise, at voltage_uv,
+battery (tests/support/fake_battery.py: busy_ua while a native program runs, idle_ua otherwise, at voltage_uv,
 so the true J/token of a phase is (busy - idle) x V x phase seconds / tokens), devprof's native arm64
 runner under qemu, and devprof's CLI, store and reports."""
 
@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from devprof.cli import cli
-from adb_env import AdbServer, FakePhone
+from tests.support.adb_env import AdbServer, FakePhone
 
 RUN = ["run", "--device", "s25", "--context", "128", "--new-tokens", "8", "--reps", "2", "--warmup", "0",
        "--threads", "1", "--workload", "real", "--baseline", "none", "--sample-ms", "20"]

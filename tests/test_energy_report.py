@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import factories as F
-from chromium import plot_divs, render_in_chromium
+from tests.support import factories as F
+from tests.support.chromium import plot_divs, render_in_chromium
 
 from devprof.report import HTMLRenderer, TerminalRenderer
 from devprof.store import RunRecord

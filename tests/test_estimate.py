@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import factories as F
+from tests.support import factories as F
 from devprof.catalog import get_model
 from devprof.cli import cli
 from devprof.estimate import ANNOUNCE_ABOVE_S, PER_REP_OVERHEAD_S, catalog_seconds, duration, estimate

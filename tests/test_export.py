@@ -1,6 +1,6 @@
 """`devprof export`: every format read back -- CSV, JSON, Markdown, and Perfetto trace-event JSON validated
 against the trace-event format (the `perfetto` package's trace processor downloads a binary at run time,
-which cannot work offline here, so the structure is checked by ``export.validate_trace``)."""
+which cannot work offline here, so the structure is checked by ``report.perfetto.validate_trace``)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import factories as F
-from devprof import export as ex
+from tests.support import factories as F
+from devprof import report
+from devprof.report import perfetto
+from devprof.report.csv import to_csv
+from devprof.report.jsonexport import to_json
+from devprof.report.markdown import to_markdown
+from devprof.report.rows import columns
 from devprof import stats
 from devprof.errors import DevprofError, UsageError
 from devprof.report.jsonout import result_dict
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 EVIL = "<b>x</b> | y"
 
@@ -29,11 +34,11 @@ def record() -> RunRecord:
 
 
 def test_csv_reads_back(record):
-    rows = list(csv.DictReader(io.StringIO(ex.to_csv(record))))
+    rows = list(csv.DictReader(io.StringIO(to_csv(record))))
     reps = [r for r in rows if r["kind"] == "repetition"]
     summ = [r for r in rows if r["kind"] == "summary"]
     assert len(reps) == len(record.repetitions) == 16 and len(summ) == 4
-    assert list(rows[0]) == ex.columns()
+    assert list(rows[0]) == columns()
     for row, rep in zip(reps, record.repetitions):
         assert (row["model"], row["workload"], int(row["context"]), int(row["index"])) == \
             (rep.model, rep.workload, rep.context, rep.index)
@@ -53,7 +58,7 @@ def test_csv_reads_back(record):
 
 
 def test_json_reads_back(record):
-    doc = json.loads(ex.to_json(record))
+    doc = json.loads(to_json(record))
     assert doc["format"] == "devprof.export/1" and list(doc) == ["format", "run", "repetitions", "summary", "ratios",
                                                                      "energy", "soak"]
     assert doc["run"]["run_id"] == record.meta.run_id and doc["run"]["measured_reps"] == 12
@@ -68,7 +73,7 @@ def test_json_reads_back(record):
 def test_markdown_reads_back_and_escapes(record):
     reps = [replace(r, workload="real" + EVIL) if r.workload == "real" else r for r in record.repetitions]
     meta = replace(record.meta, workloads=["templated", "real" + EVIL])
-    md = ex.to_markdown(RunRecord(meta=meta, repetitions=reps))
+    md = to_markdown(RunRecord(meta=meta, repetitions=reps))
     lines = md.splitlines()
     tables = [i for i, ln in enumerate(lines) if ln.startswith("| model |")]
     assert len(tables) == 2
@@ -92,9 +97,9 @@ def test_empty_run_is_an_error():
     empty = F.make_record(limit=0, status="interrupted")
     for fmt in ("csv", "json", "md"):
         with pytest.raises(UsageError, match="has no repetitions"):
-            ex.render(empty, fmt)
+            report.export_renderer(fmt).render(empty)
     with pytest.raises(UsageError, match="has no repetitions"):
-        ex.perfetto_traces(empty)
+        perfetto.perfetto_traces(empty)
 
 
 # ---- perfetto -------------------------------------------------------------------------------------
@@ -103,12 +108,12 @@ def _events(doc, ph=None, name=None):
 
 
 def test_perfetto_trace_per_repetition(record, tmp_path):
-    paths = ex.write_perfetto(record, tmp_path / "traces")
+    paths = report.export(record, "perfetto", tmp_path / "traces")
     assert len(paths) == len(record.repetitions)
     assert len({p.name for p in paths}) == len(paths)
     for path, rep in zip(paths, record.repetitions):
         doc = json.loads(path.read_text())
-        assert ex.validate_trace(doc) == []
+        assert perfetto.validate_trace(doc) == []
         assert doc["displayTimeUnit"] == "ms" and doc["otherData"]["run_id"] == record.meta.run_id
         names = {e["name"]: e for e in _events(doc, "M")}
         assert rep.workload in names["process_name"]["args"]["name"] and "thread_name" in names
@@ -137,8 +142,8 @@ def test_perfetto_from_a_routing_trace_counts_exactly(tmp_path):
 
     rec = with_traces(F.make_record(contexts=(512,), new_tokens=8, reps=1, warmup=0), tmp_path)
     rep = rec.measured(F.MOE, "real")[0]
-    doc = ex.perfetto_trace(rec, rep)
-    assert ex.validate_trace(doc) == []
+    doc = perfetto.perfetto_trace(rec, rep)
+    assert perfetto.validate_trace(doc) == []
     pairs = [e["args"]["pairs"] for e in _events(doc, "C", "experts.distinct")]
     mib = [e["args"]["MiB"] for e in _events(doc, "C", "experts.touched")]
     assert pairs[-1] == rep.routing.distinct_pairs and len(mib) == len(pairs)
@@ -153,7 +158,7 @@ def test_validate_trace_catches_malformed_traces():
         {"ph": "X", "name": "inner", "pid": 1, "tid": 1, "ts": 2, "dur": 3},
         {"ph": "C", "name": "mem.rss", "pid": 1, "ts": 1, "args": {"MiB": 1.5}},
     ]}
-    assert ex.validate_trace(ok) == []
+    assert perfetto.validate_trace(ok) == []
     cases = {
         "traceEvents list": [],
         "unknown phase": {"traceEvents": [{"ph": "Q", "name": "x", "pid": 1, "ts": 0}]},
@@ -170,7 +175,7 @@ def test_validate_trace_catches_malformed_traces():
                            "otherData": {"bad": math.nan}},
     }
     for expected, doc in cases.items():
-        problems = ex.validate_trace(doc)
+        problems = perfetto.validate_trace(doc)
         assert any(expected in p for p in problems), (expected, problems)
 
 
@@ -178,18 +183,34 @@ def test_write_errors_are_one_line(record, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     with pytest.raises(DevprofError, match="cannot write to") as e:
-        ex.write(record, "csv", blocker / "out.csv")
+        report.export(record, "csv", blocker / "out.csv")
     assert "\n" not in e.value.message
     with pytest.raises(DevprofError, match="it is a file"):
-        ex.write_perfetto(record, blocker)
+        report.export(record, "perfetto", blocker)
     with pytest.raises(DevprofError, match="it is a folder"):
-        ex.write(record, "json", tmp_path)
-    assert ex.write(record, "md", tmp_path / "sub" / "run.md")[0].read_text().startswith("# devprof run")
+        report.export(record, "json", tmp_path)
+    assert report.export(record, "md", tmp_path / "sub" / "run.md")[0].read_text().startswith("# devprof run")
 
 
 def test_numbers_stay_finite():
     rec = F.make_record(contexts=(256,), new_tokens=4, reps=2, warmup=0)
     rec.repetitions[0].result.decode_tok_s = float("nan")
-    doc = json.loads(ex.to_json(rec))
+    doc = json.loads(to_json(rec))
     assert doc["repetitions"][0]["decode_tok_s"] is None
     assert np.isfinite([r["peak_rss_mb"] for r in doc["repetitions"]]).all()
+
+
+def test_every_renderer_is_found_by_its_name_and_export_formats_are_renderers():
+    for name in report.RENDERERS:
+        assert report.get_renderer(name).name == name
+    for fmt, name in report.EXPORT_FORMATS.items():
+        assert report.export_renderer(fmt).name == name
+    with pytest.raises(UsageError, match="unknown export format"):
+        report.export_renderer("xml")
+
+
+def test_perfetto_render_is_one_valid_trace_of_every_repetition(record):
+    doc = json.loads(perfetto.PerfettoRenderer().render(record))
+    assert perfetto.validate_trace(doc) == []
+    assert {e["pid"] for e in doc["traceEvents"]} == set(range(1, len(record.repetitions) + 1))
+    assert len(doc["otherData"]["repetitions"]) == len(record.repetitions)

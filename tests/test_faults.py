@@ -5,7 +5,7 @@ Each asserts what a user sees and keeps: one error line on stderr (never a trace
 code, the run's stored status, and that every repetition that finished is still in the store.
 
 Faults are real: the runtime process is SIGKILLed / SIGSEGVs / hangs on this host, devprof gets
-SIGTERM and SIGINT, the phone is the suite's adb daemon (tests/adbd.py) behind the real adb server,
+SIGTERM and SIGINT, the phone is the suite's adb daemon (tests/support/adbd.py) behind the real adb server,
 unplugged (SIGKILL), frozen (SIGSTOP), nearly full (a real small tmpfs as its /data/local/tmp,
 which needs root, as CI has), without the shell protocol v2, and the report goes onto a full disk.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from adb_env import AdbServer, FakePhone
+from tests.support.adb_env import AdbServer, FakePhone
 
 # Small, fast runs: one model, one workload, a 128-token prompt, 4 new tokens.
 TINY = ["--runtime", "reference", "--context", "128", "--new-tokens", "4", "--warmup", "0", "--baseline", "none",
@@ -444,7 +444,7 @@ def test_peak_folds_in_every_vmhwm():
 
 
 # ------------------------------------------------------------------------------------------
-# a phone: the real adb server and the suite's daemon (tests/adbd.py)
+# a phone: the real adb server and the suite's daemon (tests/support/adbd.py)
 
 @pytest.fixture(scope="module")
 def adb():

@@ -7,8 +7,8 @@ import json
 
 from click.testing import CliRunner
 
-import factories as F
-from chromium import plot_divs, render_in_chromium
+from tests.support import factories as F
+from tests.support.chromium import plot_divs, render_in_chromium
 from devprof.analysis.history import Point, against_last, device_matches, mark_changes
 from devprof.cli import cli
 from devprof.store import Store

@@ -108,7 +108,7 @@ def test_a_cpu_hog_on_this_host_shows_as_interference():
 
 
 def test_android_reads_the_phones_proc_stat_and_the_runtimes_cpu(tmp_path, monkeypatch):
-    from adb_env import AdbServer, FakePhone
+    from tests.support.adb_env import AdbServer, FakePhone
 
     from devprof.devices import android
 
@@ -130,9 +130,9 @@ def test_android_reads_the_phones_proc_stat_and_the_runtimes_cpu(tmp_path, monke
 def test_store_keeps_conditions_and_migrates_a_version_1_file(tmp_path):
     from dataclasses import replace
 
-    import factories as F
+    from tests.support import factories as F
 
-    from devprof.store import _SCHEMA_V1, SCHEMA_VERSION
+    from devprof.store_schema import _SCHEMA_V1, SCHEMA_VERSION
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
@@ -156,7 +156,7 @@ def test_store_keeps_conditions_and_migrates_a_version_1_file(tmp_path):
 def _with_interference(record, busy_indices, other=38.0):
     from dataclasses import replace
 
-    from devprof.store import RunRecord
+    from devprof.results import RunRecord
 
     reps = []
     k = 0
@@ -171,7 +171,7 @@ def _with_interference(record, busy_indices, other=38.0):
 
 
 def test_verdict_names_the_busy_host_in_one_line():
-    import factories as F
+    from tests.support import factories as F
 
     rec = _with_interference(F.make_record(device=F.make_device("local")), busy_indices={0, 2, 3, 5, 7, 8, 10})
     v = I.verdict(rec)
@@ -187,8 +187,8 @@ def test_verdict_names_the_busy_host_in_one_line():
 def test_verdict_flags_a_wide_spread():
     from dataclasses import replace
 
-    import factories as F
-    from devprof.store import RunRecord
+    from tests.support import factories as F
+    from devprof.results import RunRecord
 
     rec = F.make_record()
     reps = []
@@ -218,7 +218,7 @@ def test_show_report_and_diff_say_so(tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    import factories as F
+    from tests.support import factories as F
     from devprof.cli import cli
 
     db = tmp_path / "s.db"

@@ -1,4 +1,4 @@
-"""The iOS backend against fakes at the pymobiledevice3 boundary (tests/fake_pmd3.py): no iPhone,
+"""The iOS backend against fakes at the pymobiledevice3 boundary (tests/support/fake_pmd3.py): no iPhone,
 no pymobiledevice3 needed. When pymobiledevice3 IS importable, the fakes' signatures are compared
 with the real ones."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import fake_pmd3 as F
+from tests.support import fake_pmd3 as F
 from devprof import devices
 from devprof.devices import ios
 from devprof.devices.base import RunRequest
@@ -92,8 +92,9 @@ def test_discover_lists_attached_iphones(world):
 
 def test_discover_without_usbmuxd_is_empty_with_a_reason(world):
     world.usbmuxd_running = False
-    assert ios.discover() == []
-    assert "usbmuxd is not running" in ios.last_errors[0]
+    reasons = []
+    assert ios.discover(reasons=reasons) == []
+    assert "usbmuxd is not running" in reasons[0]
 
 
 def test_resolve_alias_udid_and_all(world, opened):
@@ -122,8 +123,9 @@ def test_resolve_user_alias_file(world, opened, tmp_path, monkeypatch):
 
 def test_unknown_spec_lists_what_is_attached(world, opened, monkeypatch):
     _pro(world)
-    assert ios.resolve("pixel12") == []
-    assert "iPhone 16 Pro (iPhone17,1, 00008140-001A2C3E0A88801C)" in ios.last_errors[0]
+    reasons = []
+    assert ios.resolve("pixel12", reasons=reasons) == []
+    assert "iPhone 16 Pro (iPhone17,1, 00008140-001A2C3E0A88801C)" in reasons[0]
     monkeypatch.setattr(devices, "BACKENDS", [ios])
     with pytest.raises(UsageError) as e:  # no device of that name: bad input (exit 2)
         devices.resolve("pixel12")

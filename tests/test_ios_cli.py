@@ -12,7 +12,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from devprof.cli import cli
-from fake_pmd3 import install_fake_iphone
+from tests.support.fake_pmd3 import install_fake_iphone
 
 
 def test_run_iphone16pro_end_to_end_labels_physfootprint(monkeypatch, tmp_path):

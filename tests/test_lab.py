@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from adb_env import AdbServer, FakePhone, free_port
+from tests.support.adb_env import AdbServer, FakePhone, free_port
 
 TINY = ["--runtime", "reference", "--context", "64", "--new-tokens", "4", "--reps", "2", "--warmup", "0",
         "--workload", "real", "--baseline", "none", "--sample-ms", "20", "--ready", "none"]

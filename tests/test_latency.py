@@ -8,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import factories as F
+from tests.support import factories as F
 from devprof import stats
 from devprof.report import HtmlRenderer, JsonRenderer, TerminalRenderer
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 
 def _with_steps(record: RunRecord) -> RunRecord:

@@ -61,7 +61,7 @@ def tiny(kind: str, **kw):
 
 @functools.lru_cache(maxsize=None)
 def gguf_file(kind: str, weights: str) -> Path:
-    from devprof.gguf_export import build_gguf
+    from devprof.runtimes.llamacpp.gguf_export import build_gguf
 
     return build_gguf(tiny(kind), seed=0, weights=weights)
 
@@ -93,8 +93,8 @@ def runner_lines(stderr: str) -> dict:
 
 def reference_logits(spec, ids) -> np.ndarray:
     """Logits of every prompt position from the reference engine (one decode step per token)."""
-    from devprof.refruntime.bundle import build_bundle
-    from devprof.refruntime.engine import Engine
+    from devprof.runtimes.reference.bundle import build_bundle
+    from devprof.runtimes.reference.engine import Engine
 
     eng = Engine(build_bundle(spec, 0))
     cache = eng.new_cache(len(ids))
@@ -142,7 +142,7 @@ def _expected_bytes(spec, weights: str) -> int:
 @pytest.mark.parametrize("kind", ["moe", "dense"])
 def test_export_loads_with_expected_shapes_types_and_metadata(kind, tmp_path):
     need_llamacpp()
-    from devprof.gguf_export import ROUTING_NOTE, read_metadata
+    from devprof.runtimes.llamacpp.gguf_export import ROUTING_NOTE, read_metadata
 
     spec = tiny(kind)
     d, E, fe = spec.hidden, spec.n_experts, spec.expert_ffn
@@ -200,8 +200,8 @@ def test_export_loads_with_expected_shapes_types_and_metadata(kind, tmp_path):
 
 def test_export_is_cached_streamed_from_the_bundle_and_atomic():
     need_llamacpp()
-    from devprof.gguf_export import build_gguf, gguf_path
-    from devprof.refruntime.bundle import bundle_dir
+    from devprof.runtimes.llamacpp.gguf_export import build_gguf, gguf_path
+    from devprof.runtimes.reference.bundle import bundle_dir
 
     spec = tiny("moe")
     p = gguf_file("moe", "q4_0")
@@ -213,8 +213,8 @@ def test_export_is_cached_streamed_from_the_bundle_and_atomic():
 
 def test_engine_constants_match():
     need_llamacpp()
-    from devprof.gguf_export import RMS_EPS
-    from devprof.refruntime.engine import EPS
+    from devprof.runtimes.llamacpp.gguf_export import RMS_EPS
+    from devprof.runtimes.reference.engine import EPS
 
     assert RMS_EPS == EPS
 
@@ -243,7 +243,7 @@ def test_f32_moe_matches_reference_exactly_at_top1_and_up_to_gate_weights_at_top
     expert per token both weights are 1: then every other part (attention, QK-norm, RoPE, the
     stacked experts, the shared expert, the router and its bias) must agree to float32 rounding."""
     need_llamacpp()
-    from devprof.gguf_export import build_gguf
+    from devprof.runtimes.llamacpp.gguf_export import build_gguf
 
     ids = prompt(40)
     top1 = tiny("moe", top_k=1, name="llamacpp-test-moe-top1")
@@ -262,8 +262,8 @@ def test_f32_moe_matches_reference_exactly_at_top1_and_up_to_gate_weights_at_top
 def test_layer0_expert_selection_is_the_reference_selection(tmp_path):
     """Selection is exact: layer 0's router sees the same hidden state in both runtimes."""
     need_llamacpp()
-    from devprof.refruntime.bundle import build_bundle
-    from devprof.refruntime.engine import Engine
+    from devprof.runtimes.reference.bundle import build_bundle
+    from devprof.runtimes.reference.engine import Engine
 
     spec = tiny("moe")
     ids = list(prompt(40))

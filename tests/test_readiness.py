@@ -47,7 +47,7 @@ def test_local_gate_sees_cpu_and_load():
 
 @pytest.fixture(scope="module")
 def phone():
-    from adb_env import AdbServer, FakePhone
+    from tests.support.adb_env import AdbServer, FakePhone
 
     with AdbServer() as adb:
         mp = pytest.MonkeyPatch()

@@ -21,7 +21,7 @@ import torch
 
 from devprof import REPO_ROOT
 from devprof.catalog import get_model
-from devprof.refruntime.bundle import (
+from devprof.runtimes.reference.bundle import (
     EXPERT_ALIGN,
     TENSOR_ALIGN,
     build_bundle,
@@ -31,7 +31,7 @@ from devprof.refruntime.bundle import (
     tensor_plan,
     verify_manifest,
 )
-from devprof.refruntime.engine import EPS, Engine
+from devprof.runtimes.reference.engine import EPS, Engine
 from devprof.routing import summarize
 from devprof.runtimes.base import Invocation, get_adapter
 
@@ -301,14 +301,14 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
-from devprof.pagecache import mapped_rss_bytes
+from devprof.files import mapped_rss_bytes
 def mapping_rss():
     return mapped_rss_bytes(w)
 fd = os.open(w, os.O_RDONLY)
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # cold page cache
 os.close(fd)
 import numpy as np, torch
-from devprof.refruntime.engine import Engine
+from devprof.runtimes.reference.engine import Engine
 f0 = status("RssFile")
 eng = Engine(folder)
 f1, m1 = status("RssFile"), mapping_rss()

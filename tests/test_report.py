@@ -11,12 +11,13 @@ from html.parser import HTMLParser
 import pytest
 from plotly.offline import get_plotlyjs
 
-import factories as F
-from chromium import plot_divs, render_in_chromium
+from tests.support import factories as F
+from tests.support.chromium import plot_divs, render_in_chromium
 from devprof import stats
 from devprof.report import HTMLRenderer, JSONRenderer, TerminalRenderer, get_renderer
 from devprof.report.html import downsample, phase_spans, phase_spans_from_durations
-from devprof.store import RunRecord, Store
+from devprof.results import RunRecord
+from devprof.store import Store
 
 EVIL = "<script>alert(1)</script>"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-import factories as F
-from chromium import FLAGS, find_chromium, inject_recorder
+from tests.support import factories as F
+from tests.support.chromium import FLAGS, find_chromium, inject_recorder
 from devprof.report import HtmlRenderer
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 _MEASURE = """<script>window.addEventListener('load', function () { setTimeout(function () {
   function box(e) { var r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from devprof import stats
-from devprof.results import DeviceInfo, MemorySample, ProcessOutcome, Repetition, RoutingSummary, RunMeta, RunResult
-from devprof.store import RunRecord
+from devprof.results import (
+    DeviceInfo, MemorySample, ProcessOutcome, Repetition, RoutingSummary, RunMeta, RunRecord, RunResult,
+)
 
 MOE, DENSE = "mobilemoe-s-mini", "mobilellm-pro-mini"
 

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-import factories as F
+from tests.support import factories as F
 from devprof.errors import StoreError, UsageError
 from devprof.results import DeviceInfo, MemorySample
 from devprof.store import SCHEMA_VERSION, Store
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -139,8 +138,8 @@ def test_explicit_run_id_kept_and_duplicates_refused(store):
 # ---- crashes and Ctrl-C -------------------------------------------------------------------------
 _CRASH = """
 import os, signal, sys
-sys.path[:0] = [{tests!r}, {repo!r}]
-import factories as F
+sys.path[:0] = [{repo!r}]
+from tests.support import factories as F
 from devprof.store import Store
 s = Store({db!r})
 meta, reps = F.make_run(reps=1, warmup=0, contexts=(256,), new_tokens=8)
@@ -154,7 +153,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # no finish_run, no close: like a power cu
 
 def test_killed_writer_keeps_finished_reps_and_shows_interrupted(tmp_path):
     db = tmp_path / "devprof.db"
-    proc = subprocess.run([sys.executable, "-c", _CRASH.format(tests=str(TESTS), repo=str(REPO), db=str(db))],
+    proc = subprocess.run([sys.executable, "-c", _CRASH.format(repo=str(REPO), db=str(db))],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9, proc.stderr
     run_id = proc.stdout.strip()

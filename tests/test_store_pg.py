@@ -1,4 +1,4 @@
-"""The shared PostgreSQL store of a lab, against a real server (tests/pg_server.py): writers in two
+"""The shared PostgreSQL store of a lab, against a real server (tests/support/pg_server.py): writers in two
 processes, schema migration on both engines, `devprof db push`, the CLI's one-line errors, and a
 `devprof run` end to end."""
 
@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import factories as F
+from tests.support import factories as F
 from devprof.store import SCHEMA_VERSION, Store
-from pg_server import free_port
+from tests.support.pg_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
 
 
 def devprof(*args: str, env: dict | None = None, timeout: float = 300) -> tuple[int, str, str]:
@@ -40,8 +39,8 @@ def _small_meta(**kw):
 # ---- two writer processes ------------------------------------------------------------------------
 _WRITER = """
 import os, random, secrets, sys, time
-sys.path[:0] = [{tests!r}, {repo!r}]
-import factories as F
+sys.path[:0] = [{repo!r}]
+from tests.support import factories as F
 from devprof.store import Store
 # run ids drawn from 16 suffixes within one second: the two writers must collide, and retry
 secrets.token_hex = lambda n: "%04x" % random.randrange(16)
@@ -62,7 +61,7 @@ s.close()
 
 def test_two_writer_processes_lose_nothing_and_never_collide(pg_url, tmp_path):
     go = tmp_path / "go"
-    code = _WRITER.format(tests=str(TESTS), repo=str(REPO), url=pg_url, go=str(go))
+    code = _WRITER.format(repo=str(REPO), url=pg_url, go=str(go))
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     time.sleep(0.5)

@@ -7,7 +7,7 @@
 - :mod:`~devprof.analysis.artifacts`, :mod:`~devprof.analysis.coverage`, :mod:`~devprof.analysis.join`,
   :mod:`~devprof.analysis.projection`: the pieces.
 
-Everything here only reads a :class:`~devprof.store.RunRecord` (and the run's artifact folder);
+Everything here only reads a :class:`~devprof.results.RunRecord` (and the run's artifact folder);
 statistics come from :mod:`devprof.stats`.
 """
 

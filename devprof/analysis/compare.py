@@ -27,12 +27,12 @@ from devprof import stats
 from devprof.analysis import coverage as cov
 from devprof.analysis.artifacts import load_rep_trace, prompt_segments
 from devprof.analysis.join import (
-    ALIGNMENT_WORDS, Join, default_alignment, file_growth, join, reference_layout, reference_weight_bytes,
+    ALIGNMENT_WORDS, Join, default_alignment, file_growth, join, weight_bytes, weight_layout,
 )
 from devprof.analysis.projection import ASSUMPTION, Projection, project
 from devprof.errors import DevprofError, UsageError
-from devprof.report.base import rep_label, representative
-from devprof.store import RunRecord
+from devprof.analysis.phases import rep_label, representative
+from devprof.results import RunRecord
 
 FORMAT = "devprof.compare/1"
 MEMORY_METRICS: tuple[str, ...] = ("peak_rss_mb", "peak_rss_file_mb", "peak_rss_anon_mb", "distinct_experts")
@@ -258,15 +258,12 @@ def compare(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: in
     seed_run = int(meta.settings.get("seed") or 0) if isinstance(meta.settings, dict) else 0
     models: list[ModelCompare] = []
     warnings: list[str] = []
-    calibration = _dense_overhead(record, moes) if meta.runtime == "reference" else {}
+    calibration = _dense_overhead(record, moes)
     for model in moes:
         display = stats.model_info(model)[0]
-        if meta.runtime == "reference":
-            if model not in layout_cache:
-                layout_cache[model] = reference_layout(model, seed_run)
-            layout = layout_cache[model]
-        else:
-            layout = None
+        if model not in layout_cache:
+            layout_cache[model] = weight_layout(model, seed_run, meta.runtime)
+        layout = layout_cache[model]
         if not record.measured(model):
             messages.append(f"no measured repetitions of {display} in this run (all failed or not run): nothing to "
                             "compare for it")
@@ -305,9 +302,9 @@ def compare(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: in
                     if j is not None:
                         j.calibration_mib = calibration.get((w, ctx))
                         mc.joins.append(j)
-            if any_routing and not mc.joins and meta.runtime != "reference":
-                mc.notes.append(f"the join of routing and memory needs the weights' layout: known for the reference "
-                                f"runtime's bundles, not for runtime {meta.runtime}")
+            if any_routing and not mc.joins and layout is None:
+                mc.notes.append(f"the join of routing and memory needs the weights' layout: known for devprof's "
+                                f"bundles, not for runtime {meta.runtime}")
             models.append(mc)
         if any_routing and traces_missing:
             messages.append(f"some routing traces of {display} are not in the run folder ({meta.artifacts_dir or '?'}): "
@@ -323,7 +320,7 @@ def _dense_overhead(record: RunRecord, moes: list[str]) -> dict[tuple[str, int],
     dense = [m for m in record.models() if m not in moes and stats.model_info(m)[1] == "dense"]
     if not dense:
         return out
-    total = reference_weight_bytes(dense[0])
+    total = weight_bytes(dense[0], record.meta.runtime)
     if not total:
         return out
     for w in record.workloads():

@@ -25,8 +25,8 @@ from typing import Any
 
 from devprof import stats
 from devprof.analysis.compare import cv_warning
-from devprof.errors import UsageError
-from devprof.store import RunRecord
+from devprof.errors import ExitCode, UsageError
+from devprof.results import RunRecord
 
 FORMAT = "devprof.diff/1"
 CV_LIMIT = 0.05
@@ -129,7 +129,7 @@ class DiffReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.regressions else 0
+        return ExitCode.REGRESSION if self.regressions else ExitCode.OK
 
 
 def _describe(m) -> str:

@@ -30,14 +30,14 @@ routing, well above 1 means something else inflates it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from devprof.analysis.artifacts import Trace
-from devprof.report.base import phase_spans, phase_spans_from_durations
+from devprof.analysis.phases import phase_spans, phase_spans_from_durations
 from devprof.results import Repetition, RoutingSummary
+from devprof.runtimes import base as rt
 
 MIB = 1024.0 * 1024.0
 
@@ -53,26 +53,17 @@ class WeightLayout:
     head_bytes: int = 0  # embedding table / LM head and the final norm (read whole at the first logits)
 
 
-def reference_layout(model: str, seed: int = 0) -> WeightLayout | None:
-    """The reference runtime's layout of a catalog model (the bundle's layout.json, or the same plan
-    computed without touching a file); None for models the catalog does not know or dense ones."""
+def weight_layout(model: str, seed: int = 0, runtime: str = rt.DEFAULT_RUNTIME) -> WeightLayout | None:
+    """The runtime's layout of a catalog MoE model's weights (its own record of the file, or the same plan
+    computed without touching a file); None for models the catalog does not know, dense ones, or a
+    runtime that does not say."""
     from devprof.catalog import MODELS
-    from devprof.refruntime.bundle import bundle_dir, tensor_plan
 
     spec = MODELS.get(model)
-    if spec is None or not spec.is_moe:
+    adapter = rt.find_adapter(runtime)
+    if spec is None or not spec.is_moe or adapter is None or (found := adapter.weights_layout(model, seed)) is None:
         return None
-    layout = None
-    src = "devprof's bundle layout (computed)"
-    try:
-        p = bundle_dir(spec, seed) / "layout.json"
-        if p.is_file():
-            layout = json.loads(p.read_text())
-            src = f"the bundle's layout.json ({p})"
-    except (OSError, ValueError):
-        layout = None
-    if layout is None:
-        layout = tensor_plan(spec)
+    layout, src = found
     per_layer = [0] * spec.n_layers
     head = 0
     for name, t in layout["tensors"].items():
@@ -167,15 +158,12 @@ def file_growth(rep: Repetition) -> tuple[float, float] | None:
     return base, max(inside) / 1024.0 - base
 
 
-def reference_weight_bytes(model: str) -> int | None:
-    """All weight bytes of a catalog model's reference bundle (computed, no file read)."""
-    from devprof.catalog import MODELS
-    from devprof.refruntime.bundle import tensor_plan
-
-    spec = MODELS.get(model)
-    if spec is None:
-        return None
-    return sum(int(t["nbytes"]) for t in tensor_plan(spec)["tensors"].values())
+def weight_bytes(model: str, runtime: str = rt.DEFAULT_RUNTIME) -> int | None:
+    """All weight bytes of a catalog model in the runtime's weights file (computed, no file read); None
+    when the runtime does not say."""
+    adapter = rt.find_adapter(runtime)
+    found = adapter.weights_layout(model, from_file=False) if adapter is not None else None
+    return sum(int(t["nbytes"]) for t in found[0]["tensors"].values()) if found else None
 
 
 ALIGNMENT_WORDS = {
@@ -259,7 +247,8 @@ def _downsample_idx(n: int, points: int = 400) -> np.ndarray:
 
 
 def default_alignment(runtime: str) -> str:
-    return "layers" if runtime == "reference" else "tokens"
+    adapter = rt.find_adapter(runtime)
+    return adapter.prefill_order if adapter is not None else "tokens"
 
 
 def join(rep: Repetition, trace: Trace | None, layout: WeightLayout | None, rep_label: str,

@@ -1,15 +1,29 @@
 """Device discovery and resolution: turn ``--device SPEC`` into device objects.
 
-``local`` is this host (the embedded default, needs no phone). Phone backends register
-themselves in ``BACKENDS``; each offers ``discover()`` (what is attached) and ``resolve(spec)``.
+``local`` is this host (the embedded default, needs no phone). The phone backends are the modules
+named in :data:`BACKEND_MODULES`; each offers ``discover(reasons=None, **opts)`` (what is attached)
+and ``resolve(spec, reasons=None, **opts)`` (the devices ``spec`` names, [] when none of its kind),
+appending to ``reasons`` one line per thing that kept it from finding a device.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from devprof.devices.base import Device
 from devprof.devices.local import LocalDevice
-from devprof.errors import UsageError
+from devprof.errors import NoDeviceMatch, UsageError  # noqa: F401 (NoDeviceMatch: raised by resolve)
 from devprof.results import DeviceInfo
+
+#: The phone backends by module name, and whether the module may be missing (its dependencies are an
+#: optional extra). Adding a device kind is adding its module here.
+BACKEND_MODULES: tuple[tuple[str, bool], ...] = (
+    ("devprof.devices.android", False),
+    ("devprof.devices.ios", True),
+)
+
+#: The backend modules, imported on first use (tests may replace the list).
+BACKENDS: list = []
 
 
 def discover(**opts) -> list[DeviceInfo]:
@@ -30,31 +44,28 @@ def resolve(spec: str, **opts) -> list[Device]:
     if not backends:
         raise UsageError(
             f"unknown device {spec!r}: only 'local' is available (phone backends are not installed)")
-    errors = []
+    reasons: list[str] = []
     for backend in backends:
-        devices = backend.resolve(spec, **opts)
+        devices = backend.resolve(spec, reasons=reasons, **opts)
         if devices:
             return devices
-        errors.extend(getattr(backend, "last_errors", []))
     # no alias, serial or UDID of that name: bad input (exit 2); a known alias whose phone is not
     # attached, or an attached phone that cannot be used, is a DeviceError from the backend (exit 1)
-    raise UsageError(f"no device matches {spec!r}" + (f" ({'; '.join(errors)})" if errors else "")
-                      + "; `devprof devices` lists what is attached")
+    raise NoDeviceMatch(spec, reasons)
+
+
+def unreachable_endpoints() -> list[str]:
+    """What the phone backends could not reach during the last discover/resolve (e.g. an adb endpoint of
+    --adb-server that did not answer): one line each, for the CLI to warn about."""
+    return [line for backend in BACKENDS for line in getattr(backend, "down", [])]
 
 
 def _phone_backends() -> list:
     if not BACKENDS:
-        from devprof.devices import android
-
-        BACKENDS.append(android)
-        try:
-            from devprof.devices import ios
-        except ImportError:  # the iOS backend module itself is optional
-            pass
-        else:
-            BACKENDS.append(ios)
+        for name, optional in BACKEND_MODULES:
+            try:
+                BACKENDS.append(importlib.import_module(name))
+            except ImportError:
+                if not optional:
+                    raise
     return list(BACKENDS)
-
-
-#: Phone backends (modules with discover(**opts) and resolve(spec, **opts) and last_errors).
-BACKENDS: list = []

@@ -10,7 +10,6 @@ into a file, so sampling costs no adb round trip; stdout, stderr and samples are
 
 from __future__ import annotations
 
-import re
 import shlex
 import stat as stat_mod
 import struct
@@ -19,44 +18,18 @@ import time
 from pathlib import Path
 
 from devprof.devices import aliases as al
-from devprof.devices.base import Device, RunRequest, StageReport
-from devprof.errors import DeviceError, DeviceLost, UsageError, killed_by
-from devprof.hashing import sha256_file
+from devprof.devices.adb import IO_TIMEOUT, Probe, adb_client, adb_errors, error_line
+from devprof.devices.android_output import (find_lmk_record, parse_df_available, parse_meminfo_available,
+                                            parse_sampler_output, sampler_pid)
+from devprof.devices.base import Device, RunRequest, StageReport, wait_for_exit
+from devprof.errors import DeviceError, DeviceLost, killed_by
+from devprof.files import sha256_file
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
 REMOTE_ROOT = "/data/local/tmp/devprof"
 SAMPLER = Path(__file__).with_name("sampler.sh")
-#: Longest silence (s) of the phone on one adb socket before it counts as gone. A phone whose
-#: adbd froze or whose USB hung answers nothing at all; every adb call devprof makes is bounded
-#: by this (socket inactivity, so a long transfer that keeps moving is never cut), and a run is
-#: declared lost within its --timeout plus a few of these, whatever the --timeout.
-IO_TIMEOUT = 15.0
-#: How often a running repetition checks that the phone still answers (one in-process sync STAT
-#: on adbd: no process is started on the phone, so the measurement is not disturbed).
-PROBE_INTERVAL = 5.0
-
-
-def _client(adb_server: str | None):
-    import adbutils
-
-    if adb_server:
-        host, _, port = adb_server.rpartition(":")
-        if not host or not port.isdigit():
-            raise UsageError(f"--adb-server must be HOST:PORT, got {adb_server!r}")
-        return adbutils.AdbClient(host=host, port=int(port), socket_timeout=IO_TIMEOUT)
-    return adbutils.AdbClient(socket_timeout=IO_TIMEOUT)
-
-
-def _adb_errors():
-    import adbutils
-
-    return (adbutils.AdbError, ConnectionError, OSError, TimeoutError, EOFError)
-
-
 # ------------------------------------------------------------------------------------------
 # discovery and resolution (the backend's module-level interface, see devices/__init__.py)
-
-last_errors: list[str] = []
 
 
 def endpoints(adb_server: str | None) -> list[str | None]:
@@ -66,7 +39,7 @@ def endpoints(adb_server: str | None) -> list[str | None]:
         return [None]
     eps = [e.strip() for e in str(adb_server).split(",") if e.strip()]
     for e in eps:
-        _client(e)  # a malformed entry is bad input (exit 2) before anything is contacted
+        adb_client(e)  # a malformed entry is bad input (exit 2) before anything is contacted
     return list(dict.fromkeys(eps)) or [None]
 
 
@@ -75,14 +48,15 @@ def endpoints(adb_server: str | None) -> list[str | None]:
 down: list[str] = []
 
 
-def _list(adb_server: str | None):
-    """(client, [AdbDeviceInfo]) or (None, []) when no adb server answers."""
-    client = _client(adb_server)
+def _list(adb_server: str | None, reasons: list[str] | None = None):
+    """(client, [AdbDeviceInfo]) or (None, []) when no adb server answers (said in ``reasons``)."""
+    client = adb_client(adb_server)
     try:
         return client, client.list()
-    except _adb_errors() as e:
-        msg = f"adb server at {client.host}:{client.port} not reachable ({_why(e)})"
-        last_errors[:] = [msg]
+    except adb_errors() as e:
+        msg = f"adb server at {client.host}:{client.port} not reachable ({error_line(e)})"
+        if reasons is not None:
+            reasons.append(msg)
         down.append(msg)
         return None, []
 
@@ -91,11 +65,12 @@ def _endpoint_name(client) -> str:
     return f"{client.host}:{client.port}"
 
 
-def discover(adb_server: str | None = None, devices_file: Path | None = None, **_) -> list[DeviceInfo]:
+def discover(adb_server: str | None = None, devices_file: Path | None = None, reasons: list[str] | None = None,
+             **_) -> list[DeviceInfo]:
     down.clear()
     out = []
     for ep in endpoints(adb_server):
-        client, listed = _list(ep)
+        client, listed = _list(ep, reasons)
         for d in listed:
             if d.state == "device":
                 try:
@@ -108,39 +83,40 @@ def discover(adb_server: str | None = None, devices_file: Path | None = None, **
     return out
 
 
-def resolve(spec: str, adb_server: str | None = None, devices_file: Path | None = None, **_) -> list["AndroidDevice"]:
+def resolve(spec: str, adb_server: str | None = None, devices_file: Path | None = None,
+            reasons: list[str] | None = None, **_) -> list["AndroidDevice"]:
     """Devices matching ``spec`` on every endpoint of ``adb_server``: ``all`` gathers the phones of
     every endpoint that answers (those that do not are listed in ``down``); a serial or alias is
-    looked for on each endpoint in turn."""
+    looked for on each endpoint in turn. Why nothing matched goes to ``reasons``."""
     down.clear()
     eps = endpoints(adb_server)
     if len(eps) == 1:
-        return _resolve_one(spec, eps[0], devices_file)
+        return _resolve_one(spec, eps[0], devices_file, reasons)
     found: list[AndroidDevice] = []
     errors: list[str] = []
     for ep in eps:
         try:
-            devs = _resolve_one(spec, ep, devices_file)
+            devs = _resolve_one(spec, ep, devices_file, errors)
         except DeviceError as e:
             if spec.lower() == "all":
                 raise
             errors.append(e.message)
             continue
-        errors.extend(last_errors)
         if devs and spec.lower() != "all":
             return devs
         found.extend(devs)
-    last_errors[:] = errors
+    if reasons is not None:
+        reasons.extend(errors)
     if not found and errors and any(not e.startswith("adb server at") for e in errors):
         raise DeviceError("; ".join(e for e in errors if not e.startswith("adb server at")))
     return found
 
 
-def _resolve_one(spec: str, adb_server: str | None, devices_file: Path | None) -> list["AndroidDevice"]:
+def _resolve_one(spec: str, adb_server: str | None, devices_file: Path | None,
+                 reasons: list[str] | None = None) -> list["AndroidDevice"]:
     """Devices matching ``spec`` on one adb server: all | serial | alias. Raises DeviceError when the
     spec clearly meant an Android phone that cannot be used; returns [] when nothing Android matches."""
-    last_errors.clear()
-    client, listed = _list(adb_server)
+    client, listed = _list(adb_server, reasons)
     if client is None:
         return []
     table = al.load(devices_file)
@@ -197,7 +173,7 @@ def _raise_for_unusable(listed, spec: str) -> None:
 def _getprop(client, serial: str, prop: str) -> str:
     try:
         return client.device(serial).shell(["getprop", prop], timeout=20).strip()
-    except _adb_errors() as e:
+    except adb_errors() as e:
         raise DeviceError(f"cannot read {prop} from {serial}: {e}") from None
 
 
@@ -223,8 +199,8 @@ class AndroidDevice(Device):
             cmd = " ".join(shlex.quote(c) for c in cmd)
         try:
             r = self.dev.shell2(cmd, timeout=timeout, v2=self.shell_v2())
-        except _adb_errors() as e:
-            raise DeviceLost(f"lost contact with {self.serial}: {_why(e)}") from None
+        except adb_errors() as e:
+            raise DeviceLost(f"lost contact with {self.serial}: {error_line(e)}") from None
         return r.returncode, r.output
 
     def shell_v2(self) -> bool:
@@ -234,8 +210,8 @@ class AndroidDevice(Device):
         if self._shell_v2 is None:
             try:
                 features = self.dev.get_features()
-            except _adb_errors() as e:
-                raise DeviceLost(f"lost contact with {self.serial}: {_why(e)}") from None
+            except adb_errors() as e:
+                raise DeviceLost(f"lost contact with {self.serial}: {error_line(e)}") from None
             self._shell_v2 = "shell_v2" in {f.strip() for f in features.split(",")}
         return self._shell_v2
 
@@ -399,9 +375,9 @@ class AndroidDevice(Device):
         except OSError as e:
             if isinstance(e, FileNotFoundError) and not src.exists():
                 raise DeviceError(f"file to push does not exist: {src}") from None
-            raise DeviceLost(f"{what} failed: {_why(sent_error or e)}") from None
-        except _adb_errors() as e:
-            raise DeviceLost(f"{what} failed: {_why(sent_error or e)}") from None
+            raise DeviceLost(f"{what} failed: {error_line(sent_error or e)}") from None
+        except adb_errors() as e:
+            raise DeviceLost(f"{what} failed: {error_line(sent_error or e)}") from None
 
     def scratch_path(self, name: str) -> str:
         return f"{self._scratch}/{name}"
@@ -419,7 +395,7 @@ class AndroidDevice(Device):
             if self.dev.sync.stat(device_path).size == 0 and self.sh(["test", "-e", device_path])[0] != 0:
                 return False
             self.dev.sync.pull(device_path, local_path)
-        except _adb_errors():
+        except adb_errors():
             return False
         return True
 
@@ -507,27 +483,18 @@ class AndroidDevice(Device):
             except BaseException as e:  # noqa: BLE001 - reported as the outcome
                 result["error"] = e
 
-        silent = _Probe(self.dev, sampler)
+        silent = Probe(self.dev, sampler)
         start_wall = time.time() * 1000.0
         t0 = time.monotonic()
         th = threading.Thread(target=_go, daemon=True)
         th.start()
         silent.start()
-        status, note = "ok", ""
+        def finished(poll_s: float) -> bool:
+            th.join(poll_s)
+            return not th.is_alive()
+
         try:
-            while th.is_alive():
-                th.join(0.1)
-                if req.cancel is not None and req.cancel.is_set():
-                    status, note = "interrupted", "stopped by the user"
-                    break
-                if time.monotonic() - t0 > req.timeout_s:
-                    status, note = "timeout", f"killed after the {req.timeout_s:g} s timeout"
-                    break
-                if silent.gone():
-                    status = "lost"
-                    break
-        except KeyboardInterrupt:
-            status, note = "interrupted", "stopped by the user (Ctrl-C)"
+            status, note = wait_for_exit(finished, req, t0, 0.1, gone=silent.gone)
         finally:
             silent.stop()
         wall_ms = (time.monotonic() - t0) * 1000.0
@@ -545,7 +512,7 @@ class AndroidDevice(Device):
                             f"within {IO_TIMEOUT:g} s)")
             th.join(5)
         if "error" in result and status == "ok":
-            return lost(f"lost contact with {self.serial} during the run: {_why(result['error'])}")
+            return lost(f"lost contact with {self.serial} during the run: {error_line(result['error'])}")
         try:
             stdout, stderr, mem = self._read(base + ".stdout"), self._read(base + ".stderr"), self._read(base + ".mem")
             self.sh(["rm", "-f", base + ".stdout", base + ".stderr", base + ".mem", base + ".pid"], timeout=IO_TIMEOUT)
@@ -560,7 +527,7 @@ class AndroidDevice(Device):
             exit_code = -sig
             status, note = "failed", killed_by(sig)
             if sig == 9:
-                evidence = self._lmk_evidence(_sampler_pid(mem), samples)
+                evidence = self._lmk_evidence(sampler_pid(mem), samples)
                 if evidence:
                     status, note = "oom", f"{note} by the low-memory killer ({evidence})"
         elif status == "ok" and rc not in (0, None):
@@ -606,166 +573,9 @@ class AndroidDevice(Device):
         pass
 
 
-class _Probe(threading.Thread):
-    """Checks every PROBE_INTERVAL that the phone still answers (a sync STAT, served inside adbd);
-    two silences of IO_TIMEOUT in a row make it gone: a frozen adbd or a hung USB link is found
-    within PROBE_INTERVAL + 2 * IO_TIMEOUT (35 s), whatever the run's --timeout."""
-
-    def __init__(self, dev, path: str) -> None:
-        super().__init__(daemon=True, name="adb-probe")
-        self.dev, self.path = dev, path
-        self._stop_evt = threading.Event()
-        self._gone = threading.Event()
-        self.why = ""
-
-    def run(self) -> None:
-        misses = 0
-        while not self._stop_evt.wait(0 if misses else PROBE_INTERVAL):  # a silence is checked again at once
-            try:
-                self.dev.sync.stat(self.path)
-                misses = 0
-            except _adb_errors() as e:
-                misses += 1
-                self.why = (f"no answer within {IO_TIMEOUT:g} s to 2 checks in a row: adbd frozen or USB hung?"
-                            if isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower() else _why(e))
-                if misses >= 2:
-                    self._gone.set()
-                    return
-
-    def gone(self) -> bool:
-        return self._gone.is_set()
-
-    def stop(self) -> None:
-        self._stop_evt.set()
-
-
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-_DF_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)$", re.I)
-
-
-def _df_bytes(tok: str, unit: int) -> int | None:
-    m = _DF_SIZE.match(tok)
-    if not m:
-        return None
-    mult = {"": unit, "K": 1024, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
-    return int(float(m.group(1)) * mult)
-
-
-def parse_meminfo_available(text: str) -> int | None:
-    """MemAvailable from /proc/meminfo text, in bytes; None when the line is missing or unreadable."""
-    for line in (text or "").splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == "MemAvailable:" and parts[1].isdigit():
-            return int(parts[1]) * 1024
-    return None
-
-
-def parse_df_available(text: str) -> int | None:
-    """Free bytes from ``df -k DIR`` output: toybox/GNU/busybox (Filesystem 1K-blocks Used
-    Available Use% Mounted on; a long device name may wrap onto its own line) and the old
-    toolbox df (Filesystem Size Used Free Blksize, sizes like 1.9G). None when unparseable."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if len(lines) < 2:
-        return None
-    head = lines[0].lower().split()
-    if not head or head[0] != "filesystem":
-        return None
-    toolbox = "free" in head and not any(h.startswith("avail") for h in head)
-    col = head.index("free") if toolbox else next((i for i, h in enumerate(head) if h.startswith("avail")), 3)
-    # the last data row (a wrapped device name puts the numbers on the next line): the sizes
-    # are the tokens after the file system name, so count columns from the name
-    tokens = " ".join(lines[1:]).split()
-    name_at = 0
-    for i, t in enumerate(tokens):  # the name is the last token before the first size
-        if _df_bytes(t, 1024) is not None:
-            name_at = i - 1
-            break
-    idx = name_at + col
-    if name_at < 0 or idx >= len(tokens):
-        return None
-    return _df_bytes(tokens[idx], 1024)
-
-
-def find_lmk_record(text: str, pid: int) -> str:
-    """The first log line in which the low-memory killer (lmkd, the kernel's lowmemorykiller,
-    the events log's killinfo/lmk_kill/am_kill) names ``pid``; "" when there is none."""
-    want = re.compile(rf"(?<![\d.]){pid}(?!\d)")
-    for line in text.splitlines():
-        low = line.lower()
-        if not any(k in low for k in ("killinfo", "lmk_kill", "lowmemorykiller", "lmkd", "am_kill", "low memory")):
-            continue
-        if want.search(line):
-            return " ".join(line.split())
-    return ""
-
-
-def _sampler_pid(mem: str) -> int | None:
-    """The runtime's pid from sampler.sh's "start UPTIME WALL PID" line."""
-    for line in mem.splitlines():
-        parts = line.split()
-        if parts[:1] == ["start"] and len(parts) >= 4 and parts[3].isdigit():
-            return int(parts[3])
-    return None
-
-
-def _why(e: BaseException) -> str:
-    import socket
-
-    import adbutils
-
-    text = str(e)
-    if isinstance(e, (EOFError, ConnectionError)) or text.strip().lower() in ("closed", "connection closed"):
-        return "the adb connection closed (device unplugged or adbd gone?)"
-    if "offline" in text or "not found" in text:  # what the adb server says once it noticed
-        return f"adb says {text} (device unplugged or adbd gone?)"
-    if isinstance(e, (adbutils.AdbTimeout, socket.timeout, TimeoutError)):
-        return f"it stopped answering (nothing for {IO_TIMEOUT:g} s: adbd frozen or USB hung?)"
-    return str(e) or type(e).__name__
-
-
 def _remote_name(name: str, p: Path) -> str:
     return p.name if name == "__binary__" else name
-
-
-def parse_sampler_output(text: str) -> tuple[list[MemorySample], float | None, int | None]:
-    """Parse sampler.sh's OUT.mem: (samples, device wall clock at start in ms, exit code)."""
-    samples: list[MemorySample] = []
-    up0 = None
-    wall0 = None
-    rc = None
-    for line in text.splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "start" and len(parts) >= 2:
-            up0 = _float(parts[1])
-            if len(parts) >= 3 and parts[2].isdigit() and len(parts[2]) > 12:
-                wall0 = int(parts[2]) / 1e6
-            continue
-        if parts[0] == "end":
-            if len(parts) >= 3 and parts[2].lstrip("-").isdigit():
-                rc = int(parts[2])
-            continue
-        t = _float(parts[0])
-        if t is None or up0 is None:
-            continue
-        vals = {}
-        for item in parts[1:]:
-            k, _, v = item.partition(":")
-            if v.isdigit():
-                vals[k] = int(v)
-        if "VmRSS" not in vals:
-            continue
-        samples.append(MemorySample(t_ms=round((t - up0) * 1000.0, 1), rss_kb=vals["VmRSS"], anon_kb=vals.get("RssAnon"),
-                                    file_kb=vals.get("RssFile"), hwm_kb=vals.get("VmHWM")))
-    return samples, wall0, rc
-
-
-def _float(s: str) -> float | None:
-    try:
-        return float(s)
-    except ValueError:
-        return None

@@ -8,9 +8,11 @@ about models or workloads: the session decides what to run.
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from devprof.results import DeviceInfo, ProcessOutcome
 
@@ -45,6 +47,9 @@ class Device(ABC):
     """A place to run runtimes. Instances are cheap; ``close()`` releases connections."""
 
     kind: str = ""
+    #: the runtime may already be installed on the device (iOS: the benchmark app), so a missing
+    #: prebuilt binary is not an error
+    runtime_preinstalled: bool = False
 
     @abstractmethod
     def info(self) -> DeviceInfo:
@@ -75,6 +80,11 @@ class Device(ABC):
         cold | warm | unknown, describing the file's cache state before the next run."""
         return "unknown", "not supported on this device"
 
+    def cache_state(self, device_path: str) -> tuple[str, str]:
+        """The page-cache state of a file that is left as it is (a warm run): (state, how), state
+        cold | warm | unknown."""
+        return "unknown", "not measurable"
+
     def cpu_features(self) -> set[str] | None:
         """The CPU's /proc/cpuinfo features (arm64 "Features", x86 "flags"); None when unknown."""
         return None
@@ -104,3 +114,22 @@ class Device(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def wait_for_exit(finished: Callable[[float], bool], req: RunRequest, t0: float, poll_s: float,
+                  gone: Callable[[], bool] | None = None) -> tuple[str, str]:
+    """Wait for a running process: ``finished(poll_s)`` blocks up to ``poll_s`` and says whether it ended.
+    Returns (status, note): ("ok", "") when it did, "interrupted" when ``req.cancel`` is set or Ctrl-C
+    lands, "timeout" after ``req.timeout_s`` from ``t0`` (monotonic), "lost" when ``gone()`` says the
+    device stopped answering. The caller stops the process for any status but "ok"."""
+    try:
+        while not finished(poll_s):
+            if req.cancel is not None and req.cancel.is_set():
+                return "interrupted", "stopped by the user"
+            if time.monotonic() - t0 > req.timeout_s:
+                return "timeout", f"killed after the {req.timeout_s:g} s timeout"
+            if gone is not None and gone():
+                return "lost", ""
+    except KeyboardInterrupt:
+        return "interrupted", "stopped by the user (Ctrl-C)"
+    return "ok", ""

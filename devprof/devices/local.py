@@ -30,9 +30,9 @@ from pathlib import Path
 
 import psutil
 
-from devprof import pagecache
-from devprof.devices.base import Device, RunRequest, StageReport
+from devprof.devices.base import Device, RunRequest, StageReport, wait_for_exit
 from devprof.errors import DeviceError, killed_by
+from devprof.files import evict as evict_file, state as file_cache_state
 from devprof.results import DeviceInfo, MemorySample, ProcessOutcome
 
 _STATUS_RX = re.compile(rb"^(VmRSS|RssAnon|RssFile|VmHWM):\s+(\d+)", re.M)
@@ -166,10 +166,10 @@ class LocalDevice(Device):
             pass
 
     def drop_page_cache(self, device_path: str) -> tuple[str, str]:
-        return pagecache.evict(device_path)
+        return evict_file(device_path)
 
     def cache_state(self, device_path: str) -> tuple[str, str]:
-        return pagecache.state(device_path)
+        return file_cache_state(device_path)
 
     # -- state -----------------------------------------------------------------------------
     def cpu_features(self) -> set[str] | None:
@@ -235,18 +235,7 @@ class LocalDevice(Device):
                 done.set()
 
             threading.Thread(target=_reap, daemon=True).start()
-            status, note = "ok", ""
-            deadline = t0 + req.timeout_s
-            try:
-                while not done.wait(0.05):
-                    if req.cancel is not None and req.cancel.is_set():
-                        status, note = "interrupted", "stopped by the user"
-                        break
-                    if time.monotonic() > deadline:
-                        status, note = "timeout", f"killed after the {req.timeout_s:g} s timeout"
-                        break
-            except KeyboardInterrupt:
-                status, note = "interrupted", "stopped by the user (Ctrl-C)"
+            status, note = wait_for_exit(done.wait, req, t0, 0.05)
             if status != "ok":
                 _kill_group(proc.pid, done)
             done.wait(10)

@@ -5,12 +5,12 @@ run report, devprof/report/html.py): the file works offline."""
 
 from __future__ import annotations
 
-
 import plotly.io as pio
 
 from devprof import stats
 from devprof.analysis.history import History, against_last
-from devprof.report.html import _CONFIG, _TEMPLATE, h, page
+from devprof.report.base import Renderer
+from devprof.report.html.page import PLOTLY_CONFIG, PLOTLY_TEMPLATE, h, page
 
 
 def render(hist: History, last_n: int | None = None) -> str:
@@ -30,11 +30,11 @@ def render(hist: History, last_n: int | None = None) -> str:
             data.append({"type": "scatter", "mode": "markers", "name": "change point", "x": [p.created for p in ch],
                          "y": [p.median for p in ch], "hoverinfo": "skip",
                          "marker": {"size": 18, "color": "rgba(0,0,0,0)", "line": {"color": "#d62728", "width": 3}}})
-        layout = {"template": _TEMPLATE, "height": 420, "title": {"text": h(f"{dev}: {wl}, context {ctx}")},
+        layout = {"template": PLOTLY_TEMPLATE, "height": 420, "title": {"text": h(f"{dev}: {wl}, context {ctx}")},
                   "xaxis": {"title": {"text": "run created (UTC)"}},
                   "yaxis": {"title": {"text": h(f"{info.label} ({info.unit})")}}}
         div = pio.to_html({"data": data, "layout": layout}, include_plotlyjs=False, full_html=False,
-                          div_id=f"fig-{k}", config=_CONFIG, default_width="100%", validate=False)
+                          div_id=f"fig-{k}", config=PLOTLY_CONFIG, default_width="100%", validate=False)
         cmp = against_last(pts, last_n or hist.window)
         cap = f"{len(pts)} run(s), {len(ch)} change point(s)"
         if cmp and cmp["change_pct"] is not None:
@@ -52,3 +52,16 @@ order-statistic interval of the median; their range for 5 or fewer).</p></header
 </main>"""
     return page(f"devprof history · {hist.device} · {hist.model} · {hist.metric}", len(figs), body,
                 "devprof-history", doc)
+
+
+class HistoryHTMLRenderer(Renderer):
+    """`devprof history --html`; ``last_n``: the runs the latest one is held against."""
+
+    name = "history-html"
+    output_file_extension = "html"
+
+    def __init__(self, last_n: int | None = None) -> None:
+        self.last_n = last_n
+
+    def render(self, hist: History) -> str:
+        return render(hist, self.last_n)

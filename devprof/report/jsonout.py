@@ -32,7 +32,7 @@ from typing import Any
 from devprof import stats
 from devprof.report.base import Analysis, Renderer, analyse, rounded
 from devprof.report.soak_figures import json_sections
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 FORMAT = "devprof.show/1"
 
@@ -74,6 +74,7 @@ def run_dict(a: Analysis) -> dict[str, Any]:
 class JSONRenderer(Renderer):
     """The summary and ratios of a run as JSON (no samples: those stay in the store)."""
 
+    name = "json"
     output_file_extension = "json"
 
     def __init__(self, indent: int | None = 2) -> None:

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from devprof import stats
 from devprof.report.base import Analysis, Renderer, adaptive_lines, analyse, fmt, fmt_cv, reps_text, when
-from devprof.store import RunRecord
+from devprof.results import RunRecord
 
 _SPEED = ("prefill_tok_s", "decode_tok_s", "ttft_ms")
 _MEMORY = ("peak_rss_mb", "peak_rss_file_mb", "peak_rss_anon_mb", "distinct_experts", "cache")
@@ -42,6 +42,7 @@ def _cell(m: stats.Metric | None, decimals: int, stacked: bool = False) -> Text:
 class TerminalRenderer(Renderer):
     """Rich tables for a terminal. ``print(record)`` writes to ``console``; ``render`` returns text."""
 
+    name = "terminal"
     output_file_extension = "txt"
 
     def __init__(self, console: Console | None = None, width: int | None = None, color: bool = False,

@@ -1,22 +1,27 @@
 """The runtime adapter interface, the invocation record, and the registry of adapters.
 
-An adapter knows two things about one runtime binary: the command line that runs it for
-(model, prompt, settings) and how to read what it printed into a :class:`RunResult`. It never
-talks to a device: the device backend quotes and runs :meth:`RuntimeAdapter.argv` and hands
-the captured stdout/stderr back to :meth:`RuntimeAdapter.parse`.
+An adapter knows one runtime: the command line that runs it for (model, prompt, settings), how
+to read what it printed into a :class:`RunResult`, and the hooks the session asks instead of
+naming runtimes: which weight formats it runs, the files a run stages (:meth:`model_files`),
+where the staged weights are (:meth:`staged_paths`), whether it runs on this host without a
+registered binary (:meth:`host_command`) and whether its binary drops the weights from the page
+cache itself (:meth:`native_evict`). It never talks to a device: the device backend quotes and
+runs :meth:`RuntimeAdapter.argv` and hands the captured stdout/stderr back to
+:meth:`RuntimeAdapter.parse`.
 
-Adapters register themselves with :func:`register`; :func:`get_adapter` looks them up by name
-and imports the built-in modules (``executorch``, ``llamacpp`` and, once it exists,
-``reference``) on first use.
+A runtime is a folder ``devprof/runtimes/<name>/`` whose ``__init__`` imports its adapter, which
+registers itself with :func:`register`; :func:`get_adapter` imports every runtime folder on
+first use and looks adapters up by name.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
+import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from devprof.errors import ParseError, UsageError
@@ -28,6 +33,8 @@ __all__ = [
     "register",
     "get_adapter",
     "known_runtimes",
+    "default_runtime",
+    "find_adapter",
 ]
 
 
@@ -67,9 +74,56 @@ class RuntimeAdapter(ABC):
     def parse(self, stdout: str, stderr: str = "") -> RunResult:
         """Read one process's output. Raises :class:`devprof.errors.ParseError` (one line)."""
 
+    # ---- hooks the session asks (defaults: a runtime that runs the user's prebuilt model file)
+
+    #: weight formats this runtime runs from devprof's own seeded weights; empty: a prebuilt file only
+    weight_formats: tuple[str, ...] = ()
+    #: the weight format when none is given
+    default_weights: str = "fp32"
+    #: bytes per KV-cache element (for the memory estimate before a run)
+    kv_bytes: int = 4
+    #: True: on a host without idle cores to spare the session picks the thread count itself
+    picks_host_threads: bool = False
+    #: True: choosing the registered binary needs the device's CPU features
+    needs_cpu_features: bool = False
+
+    def check_weights(self, weights: str) -> None:
+        """UsageError when this runtime cannot run devprof's weights at ``weights``."""
+        if self.weight_formats and weights not in self.weight_formats:
+            raise UsageError(f"the {self.name} runtime runs {', '.join(self.weight_formats)} weights only, "
+                             f"got {weights}")
+
+    def model_files(self, spec: Any, seed: int, weights: str, stage: Callable[[str], None]) -> tuple[dict[str, Path], str]:
+        """The files one run of catalog model ``spec`` needs on the device, built from devprof's seeded
+        weights, and the staging group they share (files that do not change keep their group)."""
+        raise UsageError(f"--runtime {self.name} runs a prebuilt model file: give {spec.name}'s with "
+                         "--model-bundle (and the baseline's with --baseline-bundle)")
+
+    def staged_paths(self, paths: dict[str, str], remote_dir: str) -> tuple[str, str | None, str]:
+        """(model path, tokenizer path or None, weights file) on the device from the staged files."""
+        return paths["model"], paths.get("tokenizer"), paths["model"]
+
+    def host_command(self) -> str | None:
+        """How this runtime runs on this host without a registered binary, or None if it cannot."""
+        return None
+
+    #: the order the prefill reads the weights in: "layers" (the whole prompt one layer at a time) or "tokens"
+    prefill_order: str = "tokens"
+
+    def weights_layout(self, model: str, seed: int = 0, *, from_file: bool = True) -> tuple[dict, str] | None:
+        """Where the tensors of catalog model ``model`` sit in the weights file this runtime reads
+        (``{"tensors": {name: {"nbytes", ...}}, "expert_blocks": [{layer, expert, offset, nbytes}]}``)
+        and where that comes from (``from_file``: the file's own record if it exists, else computed);
+        None when unknown."""
+        return None
+
+    def native_evict(self, binary: Any) -> list[str]:
+        """Arguments that make ``binary`` drop its weights from the page cache itself before loading
+        them (and report its own peak RSS and residency); [] when the device must evict them."""
+        return []
+
 
 _REGISTRY: dict[str, type[RuntimeAdapter]] = {}
-_BUILTIN_MODULES = ("executorch", "llamacpp", "reference")
 _builtins_loaded = False
 
 A = TypeVar("A", bound=type[RuntimeAdapter])
@@ -97,12 +151,9 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    for mod in _BUILTIN_MODULES:
-        qualified = f"{__package__}.{mod}"
-        # A module that does not exist yet (reference.py) is skipped; one that exists but fails
-        # to import is a bug and its error propagates.
-        if importlib.util.find_spec(qualified) is not None:
-            importlib.import_module(qualified)
+    for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if mod.ispkg:  # every runtime folder; one that fails to import is a bug and its error propagates
+            importlib.import_module(f"{__package__}.{mod.name}")
     _builtins_loaded = True
 
 
@@ -110,6 +161,30 @@ def known_runtimes() -> list[str]:
     """Sorted names of every registered adapter."""
     _load_builtins()
     return sorted(_REGISTRY)
+
+
+#: the runtime `devprof run` uses when none is given, and per device kind where another one is better:
+#: devprof's native llama.cpp runner on Android phones (the reference runtime's Android launcher needs a
+#: host Python, which only the test daemon has; `--runtime reference` still reaches it)
+DEFAULT_RUNTIME = "reference"
+DEFAULT_BY_KIND = {"android": "llamacpp"}
+
+
+def default_runtime(kind: str | None = None, weights: str | None = None) -> str:
+    """The runtime for a device kind when no --runtime is given; without a kind, the default runtime if it
+    runs ``weights`` (None: its default), else the first runtime that does."""
+    if kind is not None:
+        return DEFAULT_BY_KIND.get(kind, DEFAULT_RUNTIME)
+    if weights is None or weights in get_adapter(DEFAULT_RUNTIME).weight_formats:
+        return DEFAULT_RUNTIME
+    return next((n for n in known_runtimes() if weights in get_adapter(n).weight_formats), DEFAULT_RUNTIME)
+
+
+def find_adapter(name: str) -> RuntimeAdapter | None:
+    """The adapter for ``name``, or None for a runtime this devprof does not know (an old run's)."""
+    _load_builtins()
+    cls = _REGISTRY.get(name.strip().lower() if isinstance(name, str) else "")
+    return cls() if cls is not None else None
 
 
 def get_adapter(name: str) -> RuntimeAdapter:
@@ -197,6 +272,30 @@ def require_int(value: Any, key: str, *, minimum: int | None = None) -> int:
     return value
 
 
+def flag(ex: dict, key: str, default: bool) -> bool:
+    """A boolean ``extra`` setting (UsageError for anything but true/false)."""
+    v = ex.get(key, default)
+    if not isinstance(v, bool):
+        raise UsageError(f"{key} must be true or false, got {v!r}")
+    return v
+
+
+def extra_args(ex: dict) -> list[str]:
+    """``extra["extra_args"]``: the arguments appended verbatim, one argv element each."""
+    extra = ex.get("extra_args") or []
+    if isinstance(extra, str) or not all(isinstance(a, str) for a in extra):
+        raise UsageError("extra_args must be a list of strings (one argv element each)")
+    return list(extra)
+
+
+def temperature(ex: dict) -> float | int:
+    """``extra["temperature"]`` (default 0): a finite number >= 0."""
+    t = ex.get("temperature", 0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t >= 0):
+        raise UsageError(f"temperature must be a number >= 0, got {t!r}")
+    return t
+
+
 def require_path(value: Any, key: str) -> str:
     """A non-empty path string without NUL or newline (they cannot survive a device shell)."""
     if not isinstance(value, str) or not value.strip():
@@ -204,6 +303,21 @@ def require_path(value: Any, key: str) -> str:
     if any(c in value for c in "\x00\n\r"):
         raise UsageError(f"{key} contains a NUL or newline character: {value!r}")
     return value
+
+
+def token_rate(n: int | None, span: float | None, per_second: float, label: str, zero_span: str,
+               warnings: list[str]) -> float | None:
+    """Tokens per second over a span in units of ``1 / per_second`` s; None (with a warning) for 0 tokens or
+    a span of 0 (``zero_span`` says why), None without one when either is unknown."""
+    if n is None or span is None:
+        return None
+    if n == 0:
+        warnings.append(f"{label}: 0 tokens, rate not computed")
+        return None
+    if span == 0:
+        warnings.append(zero_span)
+        return None
+    return n / span * per_second
 
 
 def safe_parse(fn: Callable[[], RunResult], runtime: str) -> RunResult:

@@ -1,8 +1,8 @@
 """iPhones over pymobiledevice3 (the optional ``devprof[ios]`` extra, imported lazily).
 
 The backend's module-level interface (see devices/__init__.py): :func:`discover` lists what
-usbmuxd sees, :func:`resolve` turns ``--device SPEC`` into :class:`IosDevice` objects, and
-:data:`last_errors` says why nothing matched. SPEC is an alias matched on the ProductType
+usbmuxd sees, :func:`resolve` turns ``--device SPEC`` into :class:`IosDevice` objects; both append why nothing
+matched to the ``reasons`` list they are given. SPEC is an alias matched on the ProductType
 (``iphone16pro`` = iPhone17,1; built in or from the user's alias file shared with Android), a
 UDID (with or without its dash), or ``all``.
 
@@ -20,16 +20,14 @@ from pathlib import Path
 from devprof.devices import aliases as al
 from devprof.devices.ios import pmd3 as _pmd3
 from devprof.devices.ios.app import DEFAULT_BUNDLE_ID, IpaInfo, read_ipa
-from devprof.devices.ios.device import MEMORY_METRIC, IosDevice, IosMemorySample, run_blocking
+from devprof.devices.ios.device import IosDevice, run_blocking
+from devprof.devices.ios.run import MEMORY_METRIC, IosMemorySample, same_udid
 from devprof.devices.ios.pmd3 import INSTALL_HINT, Pmd3, Pmd3Missing
 from devprof.errors import DeviceError, DevprofError
 from devprof.results import DeviceInfo
 
-__all__ = ["discover", "resolve", "last_errors", "IosDevice", "IosMemorySample", "Pmd3", "Pmd3Missing",
+__all__ = ["discover", "resolve", "IosDevice", "IosMemorySample", "Pmd3", "Pmd3Missing",
            "INSTALL_HINT", "DEFAULT_BUNDLE_ID", "MEMORY_METRIC", "IpaInfo", "read_ipa"]
-
-#: Why the last discover()/resolve() found nothing usable (one line each).
-last_errors: list[str] = []
 
 _UDID_RE = re.compile(r"^([0-9a-f]{8}-?[0-9a-f]{16}|[0-9a-f]{40})$", re.IGNORECASE)
 
@@ -49,10 +47,6 @@ class _Probe:
     pmd3_name: str = ""
     paired: bool = False
     error: str = ""
-
-
-def _same_udid(a: str, b: str) -> bool:
-    return bool(a) and bool(b) and a.replace("-", "").upper() == b.replace("-", "").upper()
 
 
 async def _probe_all(P: Pmd3) -> list[_Probe]:
@@ -125,10 +119,9 @@ def _probes(P: Pmd3) -> list[_Probe]:
         raise DeviceError(f"cannot list iOS devices over usbmux: {_pmd3.one_line(e)}") from None
 
 
-def discover(devices_file: Path | None = None, **_) -> list[DeviceInfo]:
-    """Every iPhone usbmuxd sees (never fails: problems go to :data:`last_errors`)."""
-    global last_errors
-    last_errors = []
+def discover(devices_file: Path | None = None, reasons: list[str] | None = None, **_) -> list[DeviceInfo]:
+    """Every iPhone usbmuxd sees (never fails: problems go to ``reasons``)."""
+    reasons = [] if reasons is None else reasons
     try:
         P = _pmd3.get()
     except Pmd3Missing:
@@ -136,7 +129,7 @@ def discover(devices_file: Path | None = None, **_) -> list[DeviceInfo]:
     try:
         probes = _probes(P)
     except DeviceError as e:
-        last_errors = [e.message]
+        reasons.append(e.message)
         return []
     table = _table(devices_file)
     found = []
@@ -161,16 +154,16 @@ def _looks_ios(key: str, alias) -> bool:
 
 
 def resolve(spec: str, devices_file: Path | None = None, ios_app: str | Path | None = None,
-            ios_tunnel: str | None = None, preflight: bool = True, **_) -> list[IosDevice]:
+            ios_tunnel: str | None = None, preflight: bool = True, reasons: list[str] | None = None,
+            **_) -> list[IosDevice]:
     """iPhones matching ``spec`` (alias | UDID | all), prerequisites checked.
 
     Raises a one-line DeviceError when the spec clearly meant an iPhone that cannot be used
     (pymobiledevice3 missing, usbmuxd down, not trusted, Developer Mode off, no developer disk
-    image, no iOS 17+ tunnel, an iOS alias with no such phone attached); returns [] with
-    :data:`last_errors` set when nothing iOS matches, so other backends get their turn.
+    image, no iOS 17+ tunnel, an iOS alias with no such phone attached); returns [] with why in
+    ``reasons`` when nothing iOS matches, so other backends get their turn.
     """
-    global last_errors
-    last_errors = []
+    reasons = [] if reasons is None else reasons
     raw = (spec or "").strip()
     key = raw.lower()
     table = al.load(devices_file)
@@ -184,24 +177,24 @@ def resolve(spec: str, devices_file: Path | None = None, ios_app: str | Path | N
         if meant_ios:
             raise
         if key == "all":
-            last_errors = [e.message]
+            reasons.append(e.message)
         return []
     try:
         probes = _probes(P)
     except DeviceError as e:
         if meant_ios:
             raise
-        last_errors = [e.message]
+        reasons.append(e.message)
         return []
     attached = "; ".join(_describe(p, table) for p in probes) or "none"
     if key == "all":
         matched = [p for p in probes if not p.error]
     elif alias is not None:
         matched = [p for p in probes if alias.matches("ios", p.udid, p.product_type)
-                   or (alias.serial is not None and (_same_udid(alias.serial, p.udid)
-                                                     or _same_udid(alias.serial, p.mux_serial)))]
+                   or (alias.serial is not None and (same_udid(alias.serial, p.udid)
+                                                     or same_udid(alias.serial, p.mux_serial)))]
     else:
-        matched = [p for p in probes if _same_udid(raw, p.udid) or _same_udid(raw, p.mux_serial)]
+        matched = [p for p in probes if same_udid(raw, p.udid) or same_udid(raw, p.mux_serial)]
     if not matched:
         if alias is not None and alias.platform == "ios":
             want = alias.model or alias.serial or alias.name
@@ -209,8 +202,8 @@ def resolve(spec: str, devices_file: Path | None = None, ios_app: str | Path | N
                               f"attached over usbmux: {attached}")
         if meant_ios and _UDID_RE.match(key):
             raise DeviceError(f"no iPhone with UDID {raw} is attached; attached over usbmux: {attached}")
-        last_errors = [f"iOS devices attached: {attached}"] if probes else (
-            ["no iOS device attached (usbmux lists none)"] if meant_ios else [])
+        reasons.extend([f"iOS devices attached: {attached}"] if probes else (
+            ["no iOS device attached (usbmux lists none)"] if meant_ios else []))
         return []
     if alias is not None and alias.model and len(matched) > 1:
         listing = ", ".join(_describe(p, table) for p in matched)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from devprof.errors import DeviceError, UsageError
-from devprof.hashing import sha256_file  # noqa: F401 - used here and by device.py as A.sha256_file
+from devprof.files import sha256_file  # noqa: F401 - used here and by device.py as A.sha256_file
 
 #: The bundle id of devprof's benchmark app when nothing else is configured.
 DEFAULT_BUNDLE_ID = "org.devprof.bench"

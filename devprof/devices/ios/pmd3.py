@@ -2,7 +2,7 @@
 
 pymobiledevice3 is an optional extra (``pip install 'devprof[ios]'``), imported only when an
 iPhone is asked for. Every entry point the backend uses comes through :class:`Pmd3`, so the tests
-swap in fakes with the same signatures (tests/fake_pmd3.py) and no iPhone or pymobiledevice3 is
+swap in fakes with the same signatures (tests/support/fake_pmd3.py) and no iPhone or pymobiledevice3 is
 needed to exercise the backend.
 
 Checked against pymobiledevice3 11.45.0 (everything is asyncio there; services are async context
