@@ -12,7 +12,8 @@ noisy and absolute times drift:
 - MoE ÷ dense decode speed-up against the ratio of active weight bytes (what it should be if
   decode is bound by reading weights);
 - llama.cpp (devprof's own runner on the pinned llama.cpp, host build; devprof's GGUF export of the same seeded weights): reference ÷
-  llama.cpp decode at F32, and MoE ÷ dense decode and prefill at Q4_0;
+  llama.cpp decode at F32, MoE ÷ dense decode and prefill at Q4_0, and (devprof.bench_native)
+  the runner against llama.cpp's own llama-bench and against the GEMV ceiling, Q4_0 and F32;
 - the sampler: decode speed with 10 ms /proc sampling vs none, in interleaved pairs; the sampled
   peak vs the kernel's VmHWM vs `/usr/bin/time -v`'s maximum resident set size.
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from devprof import stats
+from devprof.bench_native import LLAMA_BENCH_TARGET, NativeSection, ratio_keys
 from devprof.catalog import ModelSpec, get_model
 from devprof.devices.base import RunRequest
 from devprof.devices.local import LocalDevice
@@ -51,6 +53,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "moe_decode_speedup_over_bytes_ratio": (">=", 0.9),
     "llamacpp_decode_ratio_moe": (">=", 1.0),
     "llamacpp_decode_ratio_dense": (">=", 1.0),
+    **{k: LLAMA_BENCH_TARGET for k in ratio_keys()},
     "sampler_overhead": ("<=", 0.01),
     "sampler_cpu_share_of_runtime_cores": ("<=", 0.01),
     "samples_peak_over_vmhwm": (">=", 0.95),
@@ -68,6 +71,8 @@ class BenchConfig:
     threads: int = 0  # 0: all cores
     seed: int = 0
     llamacpp: bool = True
+    build_llama_bench: bool = False
+    runner: str | None = None  # devprof's llama.cpp runner binary [default: the committed host build]
 
     @property
     def pair(self) -> tuple[ModelSpec, ModelSpec]:
@@ -149,12 +154,10 @@ class Runner:
                          extra={"prompt_ids_file": str(self.ids_file), "warmup": True})
         return get_adapter("reference").argv(inv)
 
-    def llamacpp_argv(self, spec: ModelSpec, weights: str) -> list[str]:
+    def llamacpp_argv(self, path: Path) -> list[str]:
         from devprof.runtimes.llamacpp import host_runner
-        from devprof.runtimes.llamacpp.gguf_export import build_gguf
 
-        path = build_gguf(spec, seed=self.cfg.seed, weights=weights)
-        return [host_runner(), "-m", str(path), "--prompt-ids", str(self.ids_file),
+        return [self.cfg.runner or host_runner(), "-m", str(path), "--prompt-ids", str(self.ids_file),
                 "-n", str(self.cfg.new_tokens), "-t", str(self.cfg.n_threads), "--warmup"]
 
     def run(self, argv: list[str], parser: str, sample_ms: int = 10, prefix: list[str] | None = None) -> Sample:
@@ -173,6 +176,11 @@ def _prompt_ids(context: int, seed: int) -> list[int]:
     return build_prompt("real", context, seed=seed).token_ids
 
 
+def _best(vals: list[float | None]) -> float | None:
+    v = [x for x in vals if x is not None]
+    return max(v) if v else None
+
+
 def _med(vals: list[float | None]) -> float | None:
     v = [x for x in vals if x is not None]
     return statistics.median(v) if v else None
@@ -186,6 +194,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
     for spec in (moe, dense):
         if cfg.context > spec.max_context:
             raise UsageError(f"--context {cfg.context} is larger than {spec.display} allows")
+    from devprof.session import threads_warning
+
+    if warn := threads_warning(cfg.n_threads, os.cpu_count(), "this host"):
+        log(warn)
+        res.notes.append(warn)
     work = Path(tempfile.mkdtemp(prefix="devprof-bench-"))
     try:
         runner = Runner(cfg, work)
@@ -196,6 +209,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
         log("building bundles (seeded random weights, cached)")
         configs["ref-moe"] = (runner.reference_argv(moe), "reference")
         configs["ref-dense"] = (runner.reference_argv(dense), "reference")
+        native = None
         if cfg.llamacpp:
             try:
                 import gguf  # noqa: F401
@@ -203,16 +217,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
                 raise DevprofError("devprof bench writes GGUF files for devprof's llama.cpp runner: install "
                                    "`pip install -e '.[llamacpp]'` (or pass --no-llamacpp)") from None
             log("writing GGUF files (F32 and Q4_0) from the same weights")
-            for spec, tag in ((moe, "moe"), (dense, "dense")):
-                configs[f"f32-{tag}"] = (runner.llamacpp_argv(spec, "f32"), "llamacpp")
-                configs[f"q4-{tag}"] = (runner.llamacpp_argv(spec, "q4_0"), "llamacpp")
+            native = NativeSection(cfg, runner, {"moe": moe, "dense": dense}, log)
+            configs.update(native.configs())
+            log(f"GEMV read rate on matrices the size of the GGUFs ({cfg.n_threads} threads)")
+            native.measure_ceilings()
 
         # Every process times a generation that follows an untimed one (--warmup), so the page
         # cache is warm for what is timed even in the first repetition.
         samples: dict[str, list[Sample]] = {k: [] for k in configs}
         for rep in range(1, cfg.reps + 1):
             for key, (argv, parser) in configs.items():
-                s = runner.run(argv, parser)
+                s = Sample(*native.run_llama_bench(argv[0])) if native and parser == "llama-bench" else runner.run(argv, parser)
                 samples[key].append(s)
                 log(f"rep {rep}/{cfg.reps} {key}: prefill {s.result.prefill_tok_s or 0:.1f} tok/s, "
                     f"decode {s.result.decode_tok_s or 0:.2f} tok/s")
@@ -226,6 +241,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
         log("measuring the ceilings again (the better of the two counts)")
         bw1, rate1 = machine_ceilings(cfg.n_threads)
         bw, rate = max(bw0, bw1), max(rate0, rate1)
+        if native:
+            native.measure_ceilings()
         fig.update(gemv_read_gb_s=round(bw / 1e9, 2), gemm_gflop_s=round(rate / 1e9, 1), threads=cfg.n_threads,
                    context=cfg.context, new_tokens=cfg.new_tokens, models=[moe.name, dense.name])
         kv_tokens = cfg.context + cfg.new_tokens // 2
@@ -240,14 +257,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
         fig["moe_decode_speedup"] = _r(_div(dec("ref-moe"), dec("ref-dense")), 3)
         fig["active_bytes_ratio"] = _r(dense.weight_bytes_read_per_token("fp32") / moe.weight_bytes_read_per_token("fp32"), 3)
         fig["moe_decode_speedup_over_bytes_ratio"] = _r(_div(fig["moe_decode_speedup"], fig["active_bytes_ratio"]), 3)
-        if cfg.llamacpp:
+        if native:
             for tag in ("moe", "dense"):
                 fig[f"llamacpp_f32_decode_tok_s_{tag}"] = _r(dec(f"f32-{tag}"))
-                fig[f"llamacpp_q4_0_decode_tok_s_{tag}"] = _r(dec(f"q4-{tag}"))
-                fig[f"llamacpp_q4_0_prefill_tok_s_{tag}"] = _r(pre(f"q4-{tag}"))
+                fig[f"llamacpp_q4_0_decode_tok_s_{tag}"] = _r(dec(f"q4_0-{tag}"))
+                fig[f"llamacpp_q4_0_prefill_tok_s_{tag}"] = _r(pre(f"q4_0-{tag}"))
                 fig[f"llamacpp_decode_ratio_{tag}"] = _r(_div(dec(f"ref-{tag}"), dec(f"f32-{tag}")), 3)
-            fig["q4_moe_decode_speedup"] = _r(_div(dec("q4-moe"), dec("q4-dense")), 3)
-            fig["q4_prefill_speedup"] = _r(_div(pre("q4-moe"), pre("q4-dense")), 3)
+            fig.update(native.figures(lambda k: _best([s.result.decode_tok_s for s in samples[k]]),
+                                      lambda k: _best([s.result.prefill_tok_s for s in samples[k]])))
+            fig["q4_moe_decode_speedup"] = _r(_div(dec("q4_0-moe"), dec("q4_0-dense")), 3)
+            fig["q4_prefill_speedup"] = _r(_div(pre("q4_0-moe"), pre("q4_0-dense")), 3)
+            res.notes += native.notes
 
         # -- the sampler: overhead, and its peak against the kernel's -------------------------
         # On the MoE (the faster model: more pairs in the time), in interleaved pairs.
@@ -309,7 +329,7 @@ def table_rows(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for key in ("decode_efficiency_moe", "decode_efficiency_dense", "prefill_efficiency_moe",
                 "prefill_efficiency_dense", "moe_decode_speedup", "active_bytes_ratio",
                 "moe_decode_speedup_over_bytes_ratio", "llamacpp_decode_ratio_moe", "llamacpp_decode_ratio_dense",
-                "q4_moe_decode_speedup", "q4_prefill_speedup", "sampler_overhead",
+                "q4_moe_decode_speedup", "q4_prefill_speedup", *ratio_keys(), "sampler_overhead",
                 "sampler_cpu_share_of_runtime_cores", "samples_peak_over_vmhwm",
                 "vmhwm_over_time_v"):
         if key not in fig:

@@ -147,6 +147,16 @@ def host_default_threads(cpu_mask: str | None = None, window_s: float = 0.5) -> 
     return n, f"{idle:.1f} of {ncpu} core(s) idle before the run, {len(allowed)} usable"
 
 
+def threads_warning(threads: int, ncpu: int | None, where: str) -> str | None:
+    """One warning line when ``threads`` is more than the ``ncpu`` CPUs the device reports, else None:
+    built without OpenMP, the native runner's ggml threads spin at a barrier after every op, so
+    threads beyond the free cores collapse its speed (4 threads on 2 cores: 0.96 tok/s)."""
+    if threads > 0 and ncpu and threads > ncpu:
+        return (f"warning: --threads {threads} is more than the {ncpu} CPUs of {where}: the native runner's threads "
+                f"spin at a barrier after every op, so more threads than free cores collapses its speed")
+    return None
+
+
 class Observer(Protocol):
     """Progress callbacks (the CLI draws them with rich; tests may ignore them)."""
 
@@ -226,6 +236,11 @@ class Session:
         if plan.threads == -1 and self.adapter.picks_host_threads and self.device.kind == "local":
             self.threads, why = host_default_threads(plan.cpu_mask)
             meta.settings["threads_default"] = f"{self.threads} ({why})"
+        if self.adapter.picks_host_threads and plan.threads > 0:
+            ncpu = (self.device.cpu_snapshot() or {}).get("ncpu")
+            if warn := threads_warning(plan.threads, ncpu, info.serial or self.device.kind):
+                click.echo(warn, err=True)
+                meta.settings["threads_warning"] = warn
         run_id = self.store.create_run(meta)
         self.meta = meta
         run_dir = self.artifacts_root / run_id

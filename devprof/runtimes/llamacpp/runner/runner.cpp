@@ -5,7 +5,7 @@
 //
 //   devprof-llamarunner -m MODEL.gguf --prompt-ids IDS -n N [-t THREADS] [--routing-trace OUT.npz]
 //                       [--evict] [-c CTX] [-b BATCH] [-ub UBATCH] [-fa on|off|auto] [--no-mmap]
-//                       [-nr|--no-repack] [--warmup] [-v]
+//                       [-nr|--no-repack] [--warmup] [--decode-ids IDS] [-v]
 //
 //   --prompt-ids IDS   the prompt as token ids, one per line (the workload's exact tokens)
 //   -n N               generate exactly N tokens greedily, EOS ignored: the first from the prompt
@@ -20,6 +20,11 @@
 //                      (``computed`` all true); costs the lm_head on every prompt token
 //   -nr, --no-repack   keep the weights in their file-backed mapping (no CPU "repack" copies into
 //                      anonymous memory; slower Q4_0/Q8_0 kernels)
+//   --decode-ids IDS   feed these ids (one per line, at least N-1) to the N-1 decode calls instead
+//                      of the sampled tokens; sampling still runs and the sampled ids are printed.
+//                      llama-bench's decode feeds random ids: greedy decoding on seeded random
+//                      weights repeats one token, so an MoE reads the same few experts each step
+//                      (devprof bench compares the runner with llama-bench on the same kind of ids)
 //   --warmup           one untimed generation first (same prompt and N), then the KV cache,
 //                      sampler and llama.cpp's perf counters are reset (devprof bench uses it)
 //   Accepted and ignored for llama-cli compatibility: --temp 0, --ignore-eos, -no-cnv,
@@ -50,6 +55,7 @@
 // tokens = n_prompt + N - 1 (the last sampled token is never decoded).
 
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "ggml.h"
 #include "gguf.h"
 #include "llama.h"
@@ -256,13 +262,18 @@ static void print_status() {
 
 // ---- threads: the big cores ------------------------------------------------------------------
 
-static int default_threads() {
+static std::vector<int> affinity_cpus() {
     cpu_set_t set;
     std::vector<int> cpus;
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
         for (int c = 0; c < CPU_SETSIZE; ++c)
             if (CPU_ISSET(c, &set)) cpus.push_back(c);
     }
+    return cpus;
+}
+
+static int default_threads() {
+    std::vector<int> cpus = affinity_cpus();
     if (cpus.empty()) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         return n > 0 ? (int)n : 1;
@@ -477,7 +488,7 @@ static std::vector<int64_t> expert_ranges(const std::string &path, int L, int E)
 // ---- arguments ---------------------------------------------------------------------------------
 
 struct Args {
-    std::string model, ids_path, trace_path, text_path, logits_path, kv_type = "f16";
+    std::string model, ids_path, trace_path, text_path, logits_path, decode_ids_path, kv_type = "f16";
     bool tokenize_only = false;
     int n_predict = 128, threads = -1, threads_batch = -1, ctx = 0, batch = 512, ubatch = 512;
     std::string flash_attn = "auto";
@@ -502,6 +513,7 @@ static Args parse_args(int argc, char **argv) {
         };
         if (f == "-m" || f == "--model") a.model = val();
         else if (f == "--prompt-ids") a.ids_path = val();
+        else if (f == "--decode-ids") a.decode_ids_path = val();
         else if (f == "-f" || f == "--file") a.text_path = val();
         else if (f == "--tokenize-only") a.tokenize_only = true;
         else if (f == "--prompt-logits") a.logits_path = val();
@@ -536,7 +548,7 @@ static Args parse_args(int argc, char **argv) {
         else if (f == "--ignore-eos" || f == "-no-cnv" || f == "--no-conversation" || f == "--no-display-prompt") {
         } else if (f == "--no-warmup") a.warmup = false; else if (f == "-h" || f == "--help") {
             printf("usage: %s -m MODEL.gguf --prompt-ids IDS -n N [-t THREADS] [--routing-trace OUT.npz] [--evict]\n"
-                   "       [-c CTX] [-b BATCH] [-ub UBATCH] [-fa on|off|auto] [--no-mmap] [-nr|--no-repack] [-v]\n",
+                   "       [-c CTX] [-b BATCH] [-ub UBATCH] [-fa on|off|auto] [--no-mmap] [-nr|--no-repack] [--warmup] [--decode-ids IDS] [-v]\n",
                    PROG);
             exit(0);
         } else fail(2, "unknown argument '%.60s'", f.c_str());
@@ -558,15 +570,44 @@ struct Run {
     llama_sampler *smpl = nullptr;
     llama_batch batch{};
     bool batch_ok = false;
+    ggml_threadpool *pool = nullptr, *pool_batch = nullptr;
+    decltype(ggml_threadpool_free) *pool_free = nullptr;
     ~Run() {
         if (batch_ok) llama_batch_free(batch);
         if (smpl) llama_sampler_free(smpl);
         if (ctx) llama_free(ctx);
+        if (pool_batch) pool_free(pool_batch);
+        if (pool) pool_free(pool);
         if (model) llama_model_free(model);
     }
 };
 
+// One persistent thread pool per context, as llama-bench and llama-cli attach theirs: without
+// one, ggml creates and joins its worker threads on every graph, i.e. on every decode call.
+static void attach_pools(Run &r, int threads, int threads_batch) {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : nullptr;
+    if (!reg) fail(1, "llama.cpp has no CPU backend");
+    auto *pool_new = (decltype(ggml_threadpool_new) *)ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_new");
+    r.pool_free = (decltype(ggml_threadpool_free) *)ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_free");
+    if (!pool_new || !r.pool_free) fail(1, "llama.cpp's CPU backend has no thread pool functions");
+    ggml_threadpool_params tpp = ggml_threadpool_params_default(threads);
+    r.pool = pool_new(&tpp);
+    if (threads_batch != threads) {
+        tpp = ggml_threadpool_params_default(threads_batch);
+        r.pool_batch = pool_new(&tpp);
+    }
+    if (!r.pool || (threads_batch != threads && !r.pool_batch))
+        fail(1, "cannot start a pool of %d threads", std::max(threads, threads_batch));
+    llama_attach_threadpool(r.ctx, r.pool, r.pool_batch);
+}
+
 static int run(const Args &a) {
+    const int n_cpus = (int)affinity_cpus().size();
+    if (n_cpus > 0 && std::max(a.threads, a.threads_batch) > n_cpus)
+        fprintf(stderr, "%s: warning: %d threads on the %d CPUs this process may use: ggml's threads spin at a barrier "
+                "after every op, so more threads than free cores collapses the speed\n", PROG,
+                std::max(a.threads, a.threads_batch), n_cpus);
     check_gguf(a.model);
     std::vector<llama_token> ids;
     std::string text;
@@ -625,6 +666,15 @@ static int run(const Args &a) {
     for (size_t i = 0; i < ids.size(); ++i)
         if (ids[i] >= n_vocab)
             fail(2, "token id %d (position %zu) outside the model's vocabulary [0, %d)", ids[i], i, n_vocab);
+    std::vector<llama_token> feed;
+    if (!a.decode_ids_path.empty()) {
+        feed = read_ids(a.decode_ids_path);
+        if ((int)feed.size() < a.n_predict - 1)
+            fail(2, "%s: %zu decode ids for %d decode steps", a.decode_ids_path.c_str(), feed.size(), a.n_predict - 1);
+        for (size_t i = 0; i < feed.size(); ++i)
+            if (feed[i] >= n_vocab)
+                fail(2, "%s: token id %d outside the model's vocabulary [0, %d)", a.decode_ids_path.c_str(), feed[i], n_vocab);
+    }
     const int n_prompt = (int)ids.size();
     const int need = n_prompt + a.n_predict;
     const int n_ctx_train = llama_model_n_ctx_train(r.model);
@@ -664,6 +714,7 @@ static int run(const Args &a) {
     }
     r.ctx = llama_init_from_model(r.model, cp);
     if (!r.ctx) fail(1, "llama.cpp could not create a context of %d tokens: %s", n_ctx, last_error().c_str());
+    attach_pools(r, threads, (int)cp.n_threads_batch);
     llama_sampler_chain_params sp = llama_sampler_chain_default_params();
     sp.no_perf = false;
     r.smpl = llama_sampler_chain_init(sp);
@@ -757,7 +808,7 @@ static int run(const Args &a) {
         if (report) residency(a.model, "after_prefill");
         int pos = n_prompt;
         for (int i = 1; i < a.n_predict; ++i) {
-            decode(&tok, 1, pos, true);
+            decode(feed.empty() ? &tok : &feed[i - 1], 1, pos, true);
             tok = sample();
             token_ms.push_back(now_ms() - t0);
             out.push_back(tok);
