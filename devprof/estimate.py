@@ -138,6 +138,9 @@ def estimate(plan: Plan, store: Store | None = None, device_serial: str = "local
                     cells.append(Cell(spec.name, workload, context, per_cell, s + overhead, "catalog"))
         used += len(taken)
     total = sum(c.runs * c.seconds_per_run for c in cells)
+    total += plan.soak_min * 60.0  # --soak runs that long after the plan
+    if device_kind == "android" and plan.energy is not False:  # the battery's idle window per measured repetition
+        total += plan.reps * len(cells) * plan.energy_baseline_s
     return Estimate(seconds=total, runs=sum(c.runs for c in cells), cells=cells, history_reps=used)
 
 

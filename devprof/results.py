@@ -159,6 +159,8 @@ class Repetition:
     #: the state of the device around the repetition (devprof.interference): other processes' CPU share and
     #: steal during it, load before it, hottest zone and fastest core before/after, the readiness wait
     conditions: dict[str, Any] = field(default_factory=dict)
+    #: battery energy (devprof.energy.rep_energy): J/token per phase, or {"refused": why}; {} when off
+    energy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def peak_file_kb(self) -> int | None:
@@ -177,6 +179,7 @@ class RunRecord:
 
     meta: RunMeta
     repetitions: list[Repetition]
+    soak: list[dict[str, Any]] = field(default_factory=list)  # --soak points (devprof.soak), in time order
 
     def measured(self, model: str | None = None, workload: str | None = None,
                  context: int | None = None) -> list[Repetition]:

@@ -62,6 +62,9 @@ class Plan:
     #: model name -> (model file, tokenizer file or None): the user's prebuilt model files
     model_files: dict[str, tuple[Path, Path | None]] = field(default_factory=dict)
     runtime_args: list[str] = field(default_factory=list)  # appended to every runtime command line
+    energy: bool | None = None  # battery J/token (devprof.energy): None = where the battery is readable
+    energy_baseline_s: float = 2.0  # idle window measured right before each repetition
+    soak_min: float = 0.0  # --soak: minutes of back-to-back generations after the plan (devprof.soak)
     settings: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -259,10 +262,18 @@ class Session:
                 setup["binary_info"] = {k: getattr(binary, k) for k in
                                         ("name", "sha256", "abi", "variant", "cpu_features", "source") if getattr(binary, k)}
             meta.settings.update(setup)
+            from devprof.energy import Meter
+
+            self.meter, meta.settings["energy"] = Meter.open(self.device, plan.energy, plan.energy_baseline_s,
+                                                             plan.timeout_s + 60, lambda m: click.echo(m, err=True))
             self.store.update_run(run_id, settings=dict(meta.settings))
             for context in plan.contexts:
                 for workload in plan.workloads:
                     self._run_cell(run_id, run_dir, staged, workload, context)
+            if plan.soak_min > 0:
+                from devprof import soak
+
+                soak.run(self, run_id, run_dir, staged[0])
         except KeyboardInterrupt:
             # Ctrl-C, or SIGTERM (a CI cancel), which the CLI turns into the same path: the
             # device backend has already stopped the runtime; what was measured stays stored.
@@ -421,9 +432,9 @@ class Session:
         self.store.update_run(run_id, settings=dict(self.meta.settings))
 
     def _one(self, run_dir: Path, s: _Staged, workload: str, context: int, index: int, warm: bool,
-             ppaths: dict[str, str]) -> Repetition:
+             ppaths: dict[str, str], label: str | None = None) -> Repetition:
         plan, dev = self.plan, self.device
-        label = f"warmup{-index}" if warm else f"rep{index}"
+        label = label or (f"warmup{-index}" if warm else f"rep{index}")
         rdir = run_dir / s.model.name / f"{workload.replace(':', '-')}-c{context}" / label
         rdir.mkdir(parents=True, exist_ok=True)
         trace_dev = dev.scratch_path(f"{s.model.name}-{workload.replace(':', '-')}-{context}-{label}.npz")
@@ -451,6 +462,8 @@ class Session:
             cache_state, cache_note = dev.cache_state(s.weights_path)
         thermal_before = dev.thermal()
         freqs_before = dev.cpu_freqs()
+        meter = getattr(self, "meter", None)  # the battery's idle baseline, then sampling through the run
+        power = meter.start(self.cancel) if meter is not None and not warm else None
         cpu_before = dev.cpu_snapshot()
         outcome = dev.run(RunRequest(argv=argv, sample_ms=plan.sample_ms,
                                      timeout_s=plan.timeout_s, cpu_mask=plan.cpu_mask, cancel=self.cancel))
@@ -479,6 +492,7 @@ class Session:
                 cache_note += f"; {before['resident_kb']} of {before['file_kb']} kB resident before load (mincore)"
                 if before["file_kb"] and before["resident_kb"] > 0.5 * before["file_kb"]:
                     cache_state = "warm"  # pages mapped by another process cannot be dropped
+        energy = meter.finish(power, outcome, result) if power is not None else {}
         if result is not None:
             result.extra.setdefault("cpu_freq_mhz_before", freqs_before)
             result.extra.setdefault("cpu_freq_mhz_after", freqs_after)
@@ -498,7 +512,7 @@ class Session:
             model=s.model.name, workload=workload, context=context, index=index, warmup=warm,
             result=result, outcome=outcome, cache_state=cache_state, cache_note=cache_note,
             routing=routing, thermal_before=thermal_before, thermal_after=thermal_after,
-            artifacts=artifacts, conditions=conditions,
+            artifacts=artifacts, conditions=conditions, energy=energy,
         )
 
     def _argv(self, s: _Staged, inv: rt.Invocation) -> list[str]:

@@ -17,7 +17,7 @@ around migrations, and run ids made unique by the primary key: a generated id an
 first is drawn again. psycopg's errors become StoreError (exit 1) at this boundary; a bad URL is a
 UsageError (exit 2).
 
-Schema (version 3)::
+Schema (version 4)::
 
     schema_version(version)
     runs(run_id PK, created, status, note, finished, device_kind, device_serial, device_name,
@@ -28,11 +28,13 @@ Schema (version 3)::
                 n_samples, result_json, outcome_json, note, thermal_before_json,
                 thermal_after_json, artifacts_json, created,
                 conditions_json,  -- version 2: interference and readiness around the repetition
-                peak_swap_kb, peak_pss_kb, major_faults, minor_faults, mem_available_kb)  -- version 3
+                energy_json,  -- version 3: battery J/token per phase (devprof.energy)
+                peak_swap_kb, peak_pss_kb, major_faults, minor_faults, mem_available_kb)  -- version 4
     samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb,
             shmem_kb, swap_kb, pss_kb, pss_anon_kb, pss_file_kb, smaps_swap_kb, swap_pss_kb, majflt, minflt,
-            mem_available_kb, swap_free_kb)  -- in sampling order; the second line since version 3
+            mem_available_kb, swap_free_kb)  -- in sampling order; the second line since version 4
     routing(rep_id PK/FK, n_tokens, distinct_pairs, summary_json)
+    soak_points(run_id FK, seq, t_s, model, point_json) -- version 3: --soak, PK (run_id, seq)
 
 ``runs.meta_json`` holds the RunMeta fields that have no column of their own (device, models,
 workloads, settings, ...). The metric columns of ``repetitions`` are for queries (peak_rss_kb is the
@@ -309,7 +311,7 @@ class Store:
             result_json=_json(r.to_dict()) if r is not None else None, outcome_json=_outcome_json(o),
             note=o.note, thermal_before_json=_json(rep.thermal_before),
             thermal_after_json=_json(rep.thermal_after), artifacts_json=_json(rep.artifacts), created=_now(),
-            conditions_json=_json(rep.conditions or {}),
+            conditions_json=_json(rep.conditions or {}), energy_json=_json(rep.energy or {}),
             peak_swap_kb=mem["peak_swap_kb"], peak_pss_kb=mem["peak_pss_kb"], major_faults=mem["major_faults"],
             minor_faults=mem["minor_faults"], mem_available_kb=mem["meminfo_before"].get("MemAvailable"),
         )
@@ -426,8 +428,10 @@ class Store:
             routing = {rep_id: _build(RoutingSummary, json.loads(js)) for rep_id, js in c.execute(
                 "SELECT g.rep_id, g.summary_json FROM routing g JOIN repetitions r ON r.rep_id = g.rep_id "
                 "WHERE r.run_id = ?", (run_id,))}
+            soak = [json.loads(js) for (js,) in c.execute(
+                "SELECT point_json FROM soak_points WHERE run_id = ? ORDER BY seq", (run_id,))]
         reps = [_rep_from_row(r, by_rep.get(r["rep_id"], []), routing.get(r["rep_id"])) for r in reps_rows]
-        return RunRecord(meta=meta, repetitions=reps)
+        return RunRecord(meta=meta, repetitions=reps, soak=soak)
 
     def list_runs(self, limit: int | None = None) -> list[RunMeta]:
         """Runs, newest first (a dead writer's "running" run shows as "interrupted")."""
@@ -464,6 +468,12 @@ class Store:
             if len(out) >= limit:
                 break
         return out
+
+    def add_soak_point(self, run_id: str, seq: int, point: dict[str, Any]) -> None:
+        """Store one --soak point (devprof.soak) the moment it is measured."""
+        with self._write() as c:
+            c.execute("INSERT INTO soak_points (run_id, seq, t_s, model, point_json) VALUES (?, ?, ?, ?, ?)",
+                      (run_id, seq, float(point["t_s"]), str(point.get("model", "")), _json(point)))
 
     def rep_ids(self, run_id: str) -> list[int]:
         with self._read() as c:
@@ -533,3 +543,6 @@ class Store:
                 if g is not None:
                     c.execute("INSERT INTO routing (rep_id, n_tokens, distinct_pairs, summary_json) "
                               "VALUES (?, ?, ?, ?)", (new_id, *g))
+            c.executemany("INSERT INTO soak_points (run_id, seq, t_s, model, point_json) VALUES (?, ?, ?, ?, ?)",
+                          [tuple(p) for p in src.execute("SELECT run_id, seq, t_s, model, point_json FROM soak_points "
+                                                         "WHERE run_id = ? ORDER BY seq", (run["run_id"],))])

@@ -166,4 +166,5 @@ def _rep_from_row(row: dict[str, Any], samples: list[MemorySample], routing: Rou
         cache_note=row["cache_note"], routing=routing, thermal_before=json.loads(row["thermal_before_json"]),
         thermal_after=json.loads(row["thermal_after_json"]), artifacts=json.loads(row["artifacts_json"]),
         conditions=json.loads(row.get("conditions_json") or "{}"),
+        energy=json.loads(row.get("energy_json") or "{}"),
     )

@@ -81,8 +81,13 @@ MIGRATIONS: list[tuple[int, str]] = [
     (1, _SCHEMA_V1),  # 0 -> 1: the first schema
     # 1 -> 2: the device's state around each repetition (devprof.interference); '{}' for older rows
     (2, "ALTER TABLE repetitions ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '{}'"),
-    # 2 -> 3: swap, PSS, page faults and the device's meminfo (devprof.memory); NULL for older rows
-    (3, ";".join([f"ALTER TABLE samples ADD COLUMN {c} INTEGER" for c in (
+    # 2 -> 3: battery energy per repetition (devprof.energy) and the --soak timeline (devprof.soak)
+    (3, "ALTER TABLE repetitions ADD COLUMN energy_json TEXT NOT NULL DEFAULT '{}';"
+        "CREATE TABLE soak_points (run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, "
+        "seq INTEGER NOT NULL, t_s REAL NOT NULL, model TEXT NOT NULL, point_json TEXT NOT NULL, "
+        "PRIMARY KEY (run_id, seq))"),
+    # 3 -> 4: swap, PSS, page faults and the device's meminfo (devprof.memory); NULL for older rows
+    (4, ";".join([f"ALTER TABLE samples ADD COLUMN {c} INTEGER" for c in (
         "shmem_kb", "swap_kb", "pss_kb", "pss_anon_kb", "pss_file_kb", "smaps_swap_kb", "swap_pss_kb",
         "majflt", "minflt", "mem_available_kb", "swap_free_kb")] + [
         f"ALTER TABLE repetitions ADD COLUMN {c} INTEGER" for c in (
@@ -111,7 +116,7 @@ _REP_COLS = ("run_id", "model", "workload", "context", "idx", "warmup", "status"
              "cache_state", "cache_note", "memory_metric", "prefill_tok_s", "decode_tok_s", "ttft_ms",
              "peak_rss_kb", "peak_file_kb", "peak_anon_kb", "distinct_pairs", "start_wall_ms", "wall_ms",
              "n_samples", "result_json", "outcome_json", "note", "thermal_before_json",
-             "thermal_after_json", "artifacts_json", "created", "conditions_json",
+             "thermal_after_json", "artifacts_json", "created", "conditions_json", "energy_json",
              "peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb")
 #: the samples table's columns after rep_id, as MemorySample names them (insertion order is sample order)
 _SAMPLE_COLS = ("t_ms", "rss_kb", "anon_kb", "file_kb", "hwm_kb", "footprint_kb", "shmem_kb", "swap_kb", "pss_kb",

@@ -43,7 +43,7 @@ import threading
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from devprof import REPO_ROOT
 from devprof.errors import DevprofError, UsageError
@@ -446,38 +446,11 @@ def build_prompt(workload: str, context: int, tokenizer=None, *, seed: int = 0) 
     tok = tokenizer if tokenizer is not None else load_tokenizer()
     bos = _bos_id(tok)
     budget = context - 1
-    by_id = {s.id: s for s in _sources()}
     # Pieces of text in prompt order: (text, category or "", source id). They are joined and the
     # whole text is encoded at once, so the ids are exactly what a tokenizer makes of the text
     # (encoding pieces one by one would tokenize their seams differently).
     pieces: list[tuple[str, str, str]] = []
-
-    if workload == "templated":
-        tpl = _template()
-        units = [tpl["text"].format(**fill).rstrip() + SEGMENT_SEPARATOR for fill in tpl["fills"]]
-        units_iter = (units[i % len(units)] for i in itertools.count())
-
-        def more(estimate: int) -> int:
-            text = next(units_iter)
-            pieces.append((text, "", tpl["source"]))
-            return estimate + len(_encode(tok, text))
-
-    else:
-        cats = list(CATEGORIES) if workload == "real" else [workload.split(":", 1)[1]]
-        # Seed rotates which category opens the prompt; ties go to the earliest in that order.
-        k = seed % len(cats)
-        cats = cats[k:] + cats[:k]
-        streams = {c: _stream(c, seed) for c in cats}
-        count = {c: 0 for c in cats}
-
-        def more(estimate: int) -> int:
-            cat = min(cats, key=lambda c: count[c])
-            seg = next(streams[cat])
-            n = len(_encode(tok, seg.text))
-            count[cat] += n
-            pieces.append((seg.text, cat, seg.source))
-            return estimate + n
-
+    more = _piece_feeder(workload, tok, seed, pieces)
     estimate = 0
     while estimate < budget:
         estimate = more(estimate)
@@ -491,20 +464,7 @@ def build_prompt(workload: str, context: int, tokenizer=None, *, seed: int = 0) 
 
     body = all_ids[:budget]
     ids = [bos] + body
-    segments: list[tuple[int, int, str]] = []
-    used: dict[str, _Source] = {}
-    if body:
-        # Each token belongs to the piece its first character is in.
-        starts = list(itertools.accumulate((len(p[0]) for p in pieces), initial=0))[:-1]
-        offsets = enc.offsets  # one conversion: each attribute access copies the whole list
-        owner = [bisect.bisect_right(starts, offsets[i][0]) - 1 for i in range(len(body))]
-        for piece, group in itertools.groupby(range(len(body)), key=lambda i: owner[i]):
-            idx = list(group)
-            _, cat, source = pieces[piece]
-            used.setdefault(source, by_id[source])
-            if cat:
-                segments.append((idx[0] + 1, idx[-1] + 2, cat))
-
+    segments, used = _attribute(body, enc, pieces)
     return Prompt(
         workload=workload,
         text=tok.decode(ids),
@@ -514,6 +474,59 @@ def build_prompt(workload: str, context: int, tokenizer=None, *, seed: int = 0) 
         segments=segments,
         seed=seed,
     )
+
+
+def _piece_feeder(workload: str, tok, seed: int, pieces: list[tuple[str, str, str]]) -> Callable[[int], int]:
+    """``more(estimate)``: append the workload's next piece to ``pieces``; the estimate plus its tokens."""
+    if workload == "templated":
+        tpl = _template()
+        units = [tpl["text"].format(**fill).rstrip() + SEGMENT_SEPARATOR for fill in tpl["fills"]]
+        units_iter = (units[i % len(units)] for i in itertools.count())
+
+        def more(estimate: int) -> int:
+            text = next(units_iter)
+            pieces.append((text, "", tpl["source"]))
+            return estimate + len(_encode(tok, text))
+
+        return more
+
+    cats = list(CATEGORIES) if workload == "real" else [workload.split(":", 1)[1]]
+    # Seed rotates which category opens the prompt; ties go to the earliest in that order.
+    k = seed % len(cats)
+    cats = cats[k:] + cats[:k]
+    streams = {c: _stream(c, seed) for c in cats}
+    count = {c: 0 for c in cats}
+
+    def more_real(estimate: int) -> int:
+        cat = min(cats, key=lambda c: count[c])
+        seg = next(streams[cat])
+        n = len(_encode(tok, seg.text))
+        count[cat] += n
+        pieces.append((seg.text, cat, seg.source))
+        return estimate + n
+
+    return more_real
+
+
+def _attribute(body: list[int], enc, pieces: list[tuple[str, str, str]]
+               ) -> tuple[list[tuple[int, int, str]], dict[str, _Source]]:
+    """(category segments as [start, end) positions after BOS, the sources used) of the prompt's body."""
+    segments: list[tuple[int, int, str]] = []
+    used: dict[str, _Source] = {}
+    by_id = {s.id: s for s in _sources()}
+    if not body:
+        return segments, used
+    # Each token belongs to the piece its first character is in.
+    starts = list(itertools.accumulate((len(p[0]) for p in pieces), initial=0))[:-1]
+    offsets = enc.offsets  # one conversion: each attribute access copies the whole list
+    owner = [bisect.bisect_right(starts, offsets[i][0]) - 1 for i in range(len(body))]
+    for piece, group in itertools.groupby(range(len(body)), key=lambda i: owner[i]):
+        idx = list(group)
+        _, cat, source = pieces[piece]
+        used.setdefault(source, by_id[source])
+        if cat:
+            segments.append((idx[0] + 1, idx[-1] + 2, cat))
+    return segments, used
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,25 @@ def _isolated_devprof_env(tmp_path_factory):
             os.environ[k] = v
 
 
+# ---- a private adb server (tests/support/adb_env.py) per test module, and its environment ----------
+@pytest.fixture(scope="module")
+def adb():
+    from tests.support.adb_env import AdbServer
+
+    with AdbServer() as server:
+        yield server
+
+
+@pytest.fixture
+def adb_env(adb, monkeypatch) -> dict[str, str]:
+    """The private adb server's ANDROID_ADB*/ADB_* variables, set for one test: devprof never starts
+    (or asks) the user's own server."""
+    for k, v in adb.env.items():
+        if k.startswith("ANDROID_ADB") or k.startswith("ADB_"):
+            monkeypatch.setenv(k, v)
+    return adb.env
+
+
 # ---- a private PostgreSQL server (tests/support/pg_server.py), started on first use, stopped at end ----
 @pytest.fixture(scope="session")
 def pg_server():

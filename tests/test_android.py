@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from devprof.cli import cli
-from tests.support.adb_env import AdbServer, FakePhone
+from tests.support.adb_env import FakePhone
 
 # Every repetition starts a fresh runtime process (torch import included): keep their number small.
 # the reference runtime, explicitly: on a phone the default is the native runner (tests/test_android_native.py)
@@ -24,18 +24,9 @@ QUICK = ["--runtime", "reference", "--context", "128", "--new-tokens", "4", "--r
          "--sample-ms", "5"]
 
 
-@pytest.fixture(scope="module")
-def adb():
-    with AdbServer() as server:
-        yield server
-
-
 @pytest.fixture
-def env(adb, monkeypatch):
-    for k, v in adb.env.items():
-        if k.startswith("ANDROID_ADB") or k.startswith("ADB_"):
-            monkeypatch.setenv(k, v)
-    return adb.env
+def env(adb_env):
+    return adb_env
 
 
 def invoke(*args):

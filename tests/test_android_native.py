@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from devprof.cli import cli
-from tests.support.adb_env import AdbServer, FakePhone
+from tests.support.adb_env import FakePhone
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,18 +30,9 @@ def need_qemu() -> None:
                     pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def adb():
-    with AdbServer() as server:
-        yield server
-
-
 @pytest.fixture
-def env(adb, monkeypatch):
-    for k, v in adb.env.items():
-        if k.startswith("ANDROID_ADB") or k.startswith("ADB_"):
-            monkeypatch.setenv(k, v)
-    return adb.env
+def env(adb_env):
+    return adb_env
 
 
 def invoke(*args):

@@ -17,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support import factories as F
-from tests.support.adb_env import AdbServer
 from devprof.cli import cli
 from devprof.store import Store
 
@@ -66,18 +65,9 @@ def test_user_text_with_brackets_is_shown_literally(tmp_path):
 
 
 # ---- 6: exit code 2 for bad input ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def adb():
-    with AdbServer() as server:
-        yield server
-
-
 @pytest.fixture
-def private_adb(adb, monkeypatch):
+def private_adb(adb_env):
     """A private adb server, so resolving a phone never starts (or asks) the user's own."""
-    for k, v in adb.env.items():
-        if k.startswith("ANDROID_ADB") or k.startswith("ADB_"):
-            monkeypatch.setenv(k, v)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -59,7 +59,8 @@ def test_csv_reads_back(record):
 
 def test_json_reads_back(record):
     doc = json.loads(to_json(record))
-    assert doc["format"] == "devprof.export/1" and list(doc) == ["format", "run", "repetitions", "summary", "ratios"]
+    assert doc["format"] == "devprof.export/1" and list(doc) == ["format", "run", "repetitions", "summary", "ratios",
+                                                                     "energy", "soak"]
     assert doc["run"]["run_id"] == record.meta.run_id and doc["run"]["measured_reps"] == 12
     assert len(doc["repetitions"]) == 16
     moe = next(r for r in doc["repetitions"] if r["model"] == F.MOE and not r["warmup"])

@@ -333,7 +333,9 @@ def test_report_onto_a_full_disk_leaves_no_file(finished_run, tmp_path):
 def test_store_on_a_full_disk_is_one_line(tmp_path):
     """The store's disk fills up mid-run: one line, exit 1, what was written stays readable."""
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, 1024)
+    # room for the first repetitions even on a loaded machine (slower runs at --sample-ms 1 store more
+    # samples); the filler then takes the rest
+    _mount_tmpfs(disk, 8192)
     try:
         db = disk / "s.db"
         proc = start(["run", *TINY, "--reps", "50", "--sample-ms", "1", "--db", str(db)])

@@ -222,8 +222,10 @@ def test_ios_device_names_its_memory_metric():
 # ---- JSON ---------------------------------------------------------------------------------------
 def test_json_keys_are_stable(record):
     data = json.loads(JSONRenderer().render(record))
-    assert list(data) == ["format", "run", "results", "ratios", "verdict", "noise"]
+    assert list(data) == ["format", "run", "results", "ratios", "verdict", "noise", "energy", "soak"]
     assert data["format"] == "devprof.show/1"
+    assert data["energy"] == {"state": "off", "why": "", "source": None, "battery": None, "update_ms": None,
+                              "refused_reps": 0, "rows": []} and data["soak"] is None  # a run without them
     run = data["run"]
     for key in ("run_id", "created", "status", "device", "runtime", "models", "baseline", "workloads", "contexts",
                 "reps", "warmup", "settings", "planned_reps", "measured_reps", "failed_reps", "missing_reps"):

@@ -82,7 +82,7 @@ def test_two_writer_processes_lose_nothing_and_never_collide(pg_url, tmp_path):
 
 
 # ---- migration from an older schema ----------------------------------------------------------------
-V3_COLUMNS = {  # what version 3 added (devprof.memory)
+V4_COLUMNS = {  # what version 4 added (devprof.memory)
     "samples": ("shmem_kb", "swap_kb", "pss_kb", "pss_anon_kb", "pss_file_kb", "smaps_swap_kb", "swap_pss_kb",
                 "majflt", "minflt", "mem_available_kb", "swap_free_kb"),
     "repetitions": ("peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb"),
@@ -99,18 +99,25 @@ def test_migrates_a_version_1_store_forward(engine, tmp_path, request):
         s.add_repetition(run_id, rep)
         with s._write() as c:  # back to version 1: as an older devprof left it
             c.execute("ALTER TABLE repetitions DROP COLUMN conditions_json")
-            for table, cols in V3_COLUMNS.items():
+            c.execute("ALTER TABLE repetitions DROP COLUMN energy_json")
+            c.execute("DROP TABLE soak_points")
+            for table, cols in V4_COLUMNS.items():
                 for col in cols:
                     c.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
             c.execute("UPDATE schema_version SET version = 1")
     with Store(target) as s:
-        assert s.schema_version == SCHEMA_VERSION == 3
+        assert s.schema_version == SCHEMA_VERSION == 4
         got = s.load_run(run_id).repetitions
         assert len(got) == 1 and got[0].conditions == {} and got[0].outcome.samples == rep.outcome.samples
+        assert got[0].energy == {} and s.load_run(run_id).soak == []
         rep2 = F.make_rep(F.MOE, "real", 256, 1, new_tokens=8)
         rep2.conditions = {"load": 0.5}
+        rep2.energy = {"source": "sysfs", "phases": {"decode": {"j_per_token": 0.5}}}
         s.add_repetition(run_id, rep2)
-        assert s.load_run(run_id).repetitions[1].conditions == {"load": 0.5}
+        s.add_soak_point(run_id, 0, {"t_s": 1.5, "model": rep2.model, "decode_tok_s": 9.0})
+        back = s.load_run(run_id)
+        assert back.repetitions[1].conditions == {"load": 0.5} and back.repetitions[1].energy == rep2.energy
+        assert back.soak == [{"t_s": 1.5, "model": rep2.model, "decode_tok_s": 9.0}]
 
 
 # ---- db push ---------------------------------------------------------------------------------------
@@ -121,6 +128,7 @@ def test_db_push_twice_is_idempotent(pg_url, tmp_path):
         rid = s.create_run(meta)
         for r in reps:
             s.add_repetition(rid, r)
+        s.add_soak_point(rid, 0, {"t_s": 2.0, "model": reps[0].model, "decode_tok_s": 8.5, "hottest_c": 41.0})
         s.finish_run(rid, "complete")
         s.create_run(_small_meta(created="2026-01-01T00:00:00+00:00"))
     code, out, err = devprof("db", "push", str(local), pg_url)
@@ -133,6 +141,7 @@ def test_db_push_twice_is_idempotent(pg_url, tmp_path):
         assert len(pg.list_runs()) == 2
         a, b = pg.load_run(rid), s.load_run(rid)
         assert a.meta == b.meta and a.repetitions == b.repetitions
+        assert a.soak == b.soak and len(a.soak) == 1  # --soak points travel with their run
     code, _, err = devprof("db", "push", str(tmp_path / "missing.db"), pg_url)
     assert code == 2 and "no result store" in error_line(err)
 

@@ -233,32 +233,24 @@ def compare(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: in
     ``strict``: raise a one-line error when there is nothing to compare (no measured repetitions, no
     MoE model); otherwise return a report with only messages (what the HTML report does).
     """
+    empty = _nothing_to_compare(record, level, strict)
+    if empty is not None:
+        return empty
     meta = record.meta
     messages: list[str] = []
-    if not record.measured():
-        if strict:
-            raise UsageError(f"run {meta.run_id} has no measured repetitions ({meta.status}): nothing to compare")
-        return CompareReport(record, level, [], [f"run {meta.run_id} has no measured repetitions: nothing to compare"])
     moes = moe_models(record)
-    if not moes:
-        msg = (f"run {meta.run_id} has no MoE model ({', '.join(record.models())}): the templated-vs-real routing "
-               "analysis needs one (run with --model mobilemoe-s-mini, say)")
-        if strict:
-            raise DevprofError(msg)
-        return CompareReport(record, level, [], [msg])
     rows = rows if rows is not None else stats.summarize(record, level=level, n_boot=n_boot, seed=seed)
-    by_key = {r.key: r for r in rows}
     workloads = record.workloads()
     templated = next((w for w in workloads if w.startswith("templated")), None)
     reals = [w for w in workloads if w.startswith("real")]
     if templated is None or not reals:
         messages.append(f"run {meta.run_id} has workloads {', '.join(workloads)}: templated vs real needs both "
                         "(devprof run --workload templated,real); showing what there is")
+    inputs = _Inputs(record=record, by_key={r.key: r for r in rows}, workloads=workloads, templated=templated,
+                     reals=reals, level=level, n_boot=n_boot, seed=seed, calibration=_dense_overhead(record, moes))
     layout_cache: dict[str, Any] = {}
     seed_run = int(meta.settings.get("seed") or 0) if isinstance(meta.settings, dict) else 0
     models: list[ModelCompare] = []
-    warnings: list[str] = []
-    calibration = _dense_overhead(record, moes)
     for model in moes:
         display = stats.model_info(model)[0]
         if model not in layout_cache:
@@ -276,32 +268,8 @@ def compare(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: in
         for ctx in record.contexts():
             if not record.measured(model, context=ctx):
                 continue
-            mc = ModelCompare(model=model, display=display, context=ctx, templated=templated, pairs=[], routing=[],
-                              joins=[], projections=[])
-            if templated is not None:
-                for w in reals:
-                    t_row, r_row = by_key.get((model, templated, ctx)), by_key.get((model, w, ctx))
-                    if not t_row or not r_row or not t_row.n or not r_row.n:
-                        continue
-                    mc.pairs.append(_pair(model, display, ctx, templated, w, t_row, r_row, level, n_boot, seed))
-            for w in workloads:
-                reps = record.measured(model, w, ctx)
-                row = by_key.get((model, w, ctx))
-                if row is not None and row.n:
-                    warnings.extend(_cv_warnings(row))
-                routed = [r for r in reps if r.routing is not None]
-                if routed:
-                    view, missing = _routing_view(record, routed, w, ctx, row)
-                    traces_missing |= missing
-                    mc.routing.append(view)
-                    mc.projections.extend(project(model, w, ctx, view.per_rep_layers, view.n_experts))
-                if reps:
-                    rep = representative(reps)
-                    j = join(rep, load_rep_trace(meta, rep) if rep.routing else None, layout, rep_label(rep),
-                             alignment=default_alignment(meta.runtime))
-                    if j is not None:
-                        j.calibration_mib = calibration.get((w, ctx))
-                        mc.joins.append(j)
+            mc, missing = _model_at_context(inputs, model, display, ctx, layout)
+            traces_missing |= missing
             if any_routing and not mc.joins and layout is None:
                 mc.notes.append(f"the join of routing and memory needs the weights' layout: known for devprof's "
                                 f"bundles, not for runtime {meta.runtime}")
@@ -310,7 +278,72 @@ def compare(record: RunRecord, level: float = 0.95, n_boot: int = 2000, seed: in
             messages.append(f"some routing traces of {display} are not in the run folder ({meta.artifacts_dir or '?'}): "
                             "per-layer coverage curves and the per-category breakdown come from the traces, "
                             "the rest from the stored summaries")
-    return CompareReport(record=record, level=level, models=models, messages=messages, warnings=warnings)
+    return CompareReport(record=record, level=level, models=models, messages=messages, warnings=inputs.warnings)
+
+
+def _nothing_to_compare(record: RunRecord, level: float, strict: bool) -> CompareReport | None:
+    """Without measured repetitions or an MoE model: raise (``strict``) or a report of only that message."""
+    meta = record.meta
+    if not record.measured():
+        if strict:
+            raise UsageError(f"run {meta.run_id} has no measured repetitions ({meta.status}): nothing to compare")
+        return CompareReport(record, level, [], [f"run {meta.run_id} has no measured repetitions: nothing to compare"])
+    if not moe_models(record):
+        msg = (f"run {meta.run_id} has no MoE model ({', '.join(record.models())}): the templated-vs-real routing "
+               "analysis needs one (run with --model mobilemoe-s-mini, say)")
+        if strict:
+            raise DevprofError(msg)
+        return CompareReport(record, level, [], [msg])
+    return None
+
+
+@dataclass
+class _Inputs:
+    """What every (model, context) of one comparison reads; ``warnings`` collects the CV warnings."""
+
+    record: RunRecord
+    by_key: dict[Any, stats.SummaryRow]
+    workloads: list[str]
+    templated: str | None
+    reals: list[str]
+    level: float
+    n_boot: int
+    seed: int
+    calibration: dict[tuple[str, int], float]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _model_at_context(inp: _Inputs, model: str, display: str, ctx: int, layout: Any) -> tuple[ModelCompare, bool]:
+    """The pairs, routing views, projections and joins of ``model`` at ``ctx``; True when traces are missing."""
+    record, meta, by_key = inp.record, inp.record.meta, inp.by_key
+    traces_missing = False
+    mc = ModelCompare(model=model, display=display, context=ctx, templated=inp.templated, pairs=[], routing=[],
+                      joins=[], projections=[])
+    if inp.templated is not None:
+        for w in inp.reals:
+            t_row, r_row = by_key.get((model, inp.templated, ctx)), by_key.get((model, w, ctx))
+            if not t_row or not r_row or not t_row.n or not r_row.n:
+                continue
+            mc.pairs.append(_pair(model, display, ctx, inp.templated, w, t_row, r_row, inp.level, inp.n_boot, inp.seed))
+    for w in inp.workloads:
+        reps = record.measured(model, w, ctx)
+        row = by_key.get((model, w, ctx))
+        if row is not None and row.n:
+            inp.warnings.extend(_cv_warnings(row))
+        routed = [r for r in reps if r.routing is not None]
+        if routed:
+            view, missing = _routing_view(record, routed, w, ctx, row)
+            traces_missing |= missing
+            mc.routing.append(view)
+            mc.projections.extend(project(model, w, ctx, view.per_rep_layers, view.n_experts))
+        if reps:
+            rep = representative(reps)
+            j = join(rep, load_rep_trace(meta, rep) if rep.routing else None, layout, rep_label(rep),
+                     alignment=default_alignment(meta.runtime))
+            if j is not None:
+                j.calibration_mib = inp.calibration.get((w, ctx))
+                mc.joins.append(j)
+    return mc, traces_missing
 
 
 def _dense_overhead(record: RunRecord, moes: list[str]) -> dict[tuple[str, int], float]:

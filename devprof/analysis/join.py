@@ -251,6 +251,49 @@ def default_alignment(runtime: str) -> str:
     return adapter.prefill_order if adapter is not None else "tokens"
 
 
+_Curves = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _trace_curves(trace: Trace, layout: WeightLayout | None, spans: list, alignment: str
+                  ) -> tuple[_Curves, float, float] | None:
+    """(curve per alignment, bytes of the experts touched, bytes of all experts) from a per-token trace."""
+    from devprof.routing import first_touch
+
+    sizes = trace.block_nbytes
+    if sizes is None and layout is not None and layout.block_bytes.shape == (trace.n_layers, trace.n_experts):
+        sizes = layout.block_bytes
+    if sizes is None:
+        return None
+    curves: _Curves = {}
+    first = first_touch(trace.experts, trace.n_experts)
+    order = [alignment] + [x for x in ("layers", "tokens") if x != alignment]
+    for al in order:
+        pt = pair_times(first, spans, trace.n_prompt, trace.n_tokens, al)
+        if pt is None:
+            return None
+        curves[al] = _curve(pt, sizes, _dense_events(layout, spans, trace.n_layers, al))
+    return curves, float(sizes[first < trace.n_tokens].sum()), float(sizes.sum())
+
+
+def _summary_curves(rep: Repetition, routing: RoutingSummary, layout: WeightLayout | None, spans: list
+                    ) -> tuple[_Curves, float, float] | None:
+    """The "tokens" curve from the stored coverage curve and the mean expert block (no trace)."""
+    if layout is None or layout.block_bytes.shape != (routing.n_layers, routing.n_experts):
+        return None
+    n_tokens = routing.n_tokens
+    n_prompt = int(rep.result.prompt_tokens) if rep.result and rep.result.prompt_tokens else rep.context
+    n_prompt = min(n_prompt, n_tokens)
+    times = _token_times(spans, n_prompt, n_tokens)
+    if times is None:
+        return None
+    mean_block = float(layout.block_bytes.mean())
+    toks = np.arange(1, n_tokens + 1)
+    cum = np.interp(toks, [0, *routing.coverage_tokens], [0, *routing.coverage_distinct]) * mean_block
+    steps = np.diff(np.concatenate([[0.0], cum]))
+    curves: _Curves = {"tokens": _curve(times, steps, _dense_events(layout, spans, routing.n_layers, "tokens"))}
+    return curves, float(cum[-1]) if len(cum) else 0.0, float(layout.block_bytes.sum())
+
+
 def join(rep: Repetition, trace: Trace | None, layout: WeightLayout | None, rep_label: str,
          alignment: str = "tokens") -> Join | None:
     """The join for one repetition; None without RssFile samples, a prefill span or routing.
@@ -258,8 +301,6 @@ def join(rep: Repetition, trace: Trace | None, layout: WeightLayout | None, rep_
     ``alignment``: "layers" or "tokens" (see the module docstring); without a per-token trace only
     "tokens" is possible (from the stored coverage curve).
     """
-    from devprof.routing import first_touch
-
     o = rep.outcome
     samples = [s for s in o.samples if s.file_kb is not None]
     routing: RoutingSummary | None = rep.routing
@@ -271,41 +312,15 @@ def join(rep: Repetition, trace: Trace | None, layout: WeightLayout | None, rep_
     pre = _span(spans, "prefill")
     if pre is None:
         return None
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if trace is not None:
-        sizes = trace.block_nbytes
-        if sizes is None and layout is not None and layout.block_bytes.shape == (trace.n_layers, trace.n_experts):
-            sizes = layout.block_bytes
-        if sizes is None:
-            return None
-        first = first_touch(trace.experts, trace.n_experts)
-        order = [alignment] + [x for x in ("layers", "tokens") if x != alignment]
-        for al in order:
-            pt = pair_times(first, spans, trace.n_prompt, trace.n_tokens, al)
-            if pt is None:
-                return None
-            curves[al] = _curve(pt, sizes, _dense_events(layout, spans, trace.n_layers, al))
-        experts_total = float(sizes[first < trace.n_tokens].sum())
-        all_bytes = float(sizes.sum())
+        built = _trace_curves(trace, layout, spans, alignment)
         source = "trace"
     else:
-        if layout is None or layout.block_bytes.shape != (routing.n_layers, routing.n_experts):
-            return None
-        n_tokens = routing.n_tokens
-        n_prompt = int(rep.result.prompt_tokens) if rep.result and rep.result.prompt_tokens else rep.context
-        n_prompt = min(n_prompt, n_tokens)
-        times = _token_times(spans, n_prompt, n_tokens)
-        if times is None:
-            return None
-        mean_block = float(layout.block_bytes.mean())
-        toks = np.arange(1, n_tokens + 1)
-        cum = np.interp(toks, [0, *routing.coverage_tokens], [0, *routing.coverage_distinct]) * mean_block
-        steps = np.diff(np.concatenate([[0.0], cum]))
-        alignment = "tokens"
-        curves["tokens"] = _curve(times, steps, _dense_events(layout, spans, routing.n_layers, "tokens"))
-        experts_total = float(cum[-1]) if len(cum) else 0.0
-        all_bytes = float(layout.block_bytes.sum())
-        source = "summary"
+        built = _summary_curves(rep, routing, layout, spans)
+        alignment, source = "tokens", "summary"
+    if built is None:
+        return None
+    curves, experts_total, all_bytes = built
     t_s = np.array([s.t_ms / 1000.0 for s in samples])
     file_mib = np.array([s.file_kb / 1024.0 for s in samples])
     p0 = pre[0]

@@ -9,6 +9,8 @@ clearly different"; below ``stats.MIN_N`` repetitions, "too few repetitions to j
 
 from __future__ import annotations
 
+from typing import Callable
+
 from devprof import stats
 
 
@@ -18,28 +20,28 @@ def _real_workload(workloads: list[str]) -> str | None:
     return next((w for w in workloads if w.startswith("real")), None)
 
 
+def _judged(r: stats.RatioRow, lead: str, clear: Callable[[], str]) -> str:
+    """``lead`` with the interval and why it cannot be judged, or ``clear()`` with the interval."""
+    ci = f"{r.level_text} {r.ci_text()}" if not r.degenerate else r.ci_text()
+    if r.degenerate:
+        return f"{lead} ({ci}: too few repetitions to judge)"
+    if not r.clear:
+        return f"{lead}, not clearly different ({ci})"
+    return f"{clear()} ({ci})"
+
+
 def _speed(r: stats.RatioRow | None, verb: str) -> str | None:
     if r is None:
         return None
-    ci = f"{r.level_text} {r.ci_text()}" if not r.degenerate else r.ci_text()
-    if r.degenerate:
-        return f"{verb} at {r.ratio:.2f}× the speed ({ci}: too few repetitions to judge)"
-    if not r.clear:
-        return f"{verb} at {r.ratio:.2f}× the speed, not clearly different ({ci})"
-    if r.ratio >= 1:
-        return f"{verb} {r.ratio:.2f}× faster ({ci})"
-    return f"{verb} {1 / r.ratio:.2f}× slower ({ci})"
+    return _judged(r, f"{verb} at {r.ratio:.2f}× the speed",
+                   lambda: f"{verb} {r.ratio:.2f}× faster" if r.ratio >= 1 else f"{verb} {1 / r.ratio:.2f}× slower")
 
 
 def _memory(r: stats.RatioRow | None) -> str | None:
     if r is None:
         return None
-    ci = f"{r.level_text} {r.ci_text()}" if not r.degenerate else r.ci_text()
-    if r.degenerate:
-        return f"peaks at {r.ratio:.2f}× its memory ({ci}: too few repetitions to judge)"
-    if not r.clear:
-        return f"peaks at {r.ratio:.2f}× its memory, not clearly different ({ci})"
-    return f"peaks at {r.ratio:.2f}× its memory ({ci})"
+    lead = f"peaks at {r.ratio:.2f}× its memory"
+    return _judged(r, lead, lambda: lead)
 
 
 def understatement(rows: list[stats.SummaryRow], model: str, real: str, context: int,

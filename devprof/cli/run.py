@@ -73,6 +73,12 @@ from devprof.runtimes.base import default_runtime, get_adapter
                    "[default: phones temp<45, this host none].")
 @click.option("--ready-timeout", type=click.FloatRange(0), default=60.0, show_default=True,
               help="Longest readiness wait before each repetition (s); then it goes on and records it.")
+@click.option("--energy/--no-energy", default=None,
+              help="Battery J/token for prefill and decode [default: on Android phones whose battery is readable].")
+@click.option("--energy-baseline", type=click.FloatRange(0.2, 60), default=2.0, show_default=True,
+              help="Idle window (s) measured right before each repetition and subtracted.")
+@click.option("--soak", "soak_min", type=click.FloatRange(0, 24 * 60), default=0.0, metavar="MINUTES",
+              help="After the plan, generate back to back this long: tok/s, hottest zone and big-core MHz over time.")
 @adb_server_option
 @lab_option
 @devices_file_option
@@ -121,7 +127,8 @@ def _plan_maker(o):
             seed=o.seed, threads=o.threads, timeout_s=o.timeout_s, cpu_mask=o.cpu_mask, cooldown_c=o.cooldown_c,
             cooldown_timeout_s=o.cooldown_timeout, binary_name=o.binary_name, model_files=model_files,
             ready=o.ready, ready_timeout_s=o.ready_timeout, adaptive=rule,
-            runtime_args=list(o.runtime_args),
+            runtime_args=list(o.runtime_args), energy=o.energy, energy_baseline_s=o.energy_baseline,
+            soak_min=o.soak_min,
         )
         get_adapter(rt)
         p.validate()

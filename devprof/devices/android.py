@@ -191,6 +191,7 @@ class AndroidDevice(Device):
         self._sampler_path: str | None = None
         self._seq = 0
         self._shell_v2: bool | None = None  # detected once: phones without it get the legacy shell
+        self._sysroot: str | None = None
 
     # -- plumbing --------------------------------------------------------------------------
     def sh(self, cmd: str | list[str], timeout: float = 2 * IO_TIMEOUT) -> tuple[int, str]:
@@ -259,6 +260,20 @@ class AndroidDevice(Device):
     @property
     def abi(self) -> str:
         return str(self.info().extra.get("abi", ""))
+
+    @property
+    def sysroot(self) -> str:
+        """Where the phone's /sys and /proc files are read from: "/" on a real phone; the test daemon
+        names its sandbox in the ``debug.devprof.sysroot`` property (devices/power.py)."""
+        if self._sysroot is None:
+            from devprof.devices.power import SYSROOT_PROP
+
+            self._sysroot = self._props([SYSROOT_PROP]).get(SYSROOT_PROP) or "/"
+        return self._sysroot
+
+    @property
+    def scratch_dir(self) -> str:
+        return self._scratch
 
     # -- files -----------------------------------------------------------------------------
     def _remote_hashes(self, remote_dir: str, names: list[str]) -> dict[str, str]:
@@ -391,7 +406,9 @@ class AndroidDevice(Device):
 
     # -- state -----------------------------------------------------------------------------
     def thermal(self) -> dict[str, float]:
-        script = ('for z in /sys/class/thermal/thermal_zone*; do [ -r "$z/temp" ] || continue; '
+        root = "" if self.sysroot == "/" else shlex.quote(self.sysroot.rstrip("/"))
+        script = (f'for z in {root}/sys/class/thermal/thermal_zone*; do '
+                  '[ -r "$z/temp" ] || continue; '
                   't=$(cat "$z/type" 2>/dev/null); v=$(cat "$z/temp" 2>/dev/null); echo "${z##*/} $t $v"; done')
         rc, out = self.sh(script, timeout=IO_TIMEOUT)
         zones = {}
@@ -409,7 +426,9 @@ class AndroidDevice(Device):
         return cpuinfo_flags(out, ("features",)) if rc == 0 else None  # arm64 "Features"
 
     def cpu_freqs(self) -> dict[str, float]:
-        script = ('for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq; do [ -r "$f" ] || continue; '
+        root = "" if self.sysroot == "/" else shlex.quote(self.sysroot.rstrip("/"))
+        script = (f'for f in {root}/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq; do '
+                  '[ -r "$f" ] || continue; '
                   'c=${f%/cpufreq/*}; echo "${c##*/} $(cat "$f" 2>/dev/null)"; done')
         _, out = self.sh(script, timeout=IO_TIMEOUT)
         freqs = {}

@@ -20,13 +20,15 @@ def to_json(record: RunRecord) -> str:
     for rep, row in zip(record.repetitions, repetition_rows(record)):
         d = {k: v for k, v in row.items() if not k.endswith(("_ci_low", "_ci_high", "_cv")) and k not in ("n", "n_failed")}
         d.update(cache_note=rep.cache_note, thermal_before=rep.thermal_before, thermal_after=rep.thermal_after,
-                 artifacts=rep.artifacts, conditions=rep.conditions,
+                 artifacts=rep.artifacts, conditions=rep.conditions, energy=rep.energy,
                  routing=None if rep.routing is None else {"n_tokens": rep.routing.n_tokens,
                                                            "distinct_pairs": rep.routing.distinct_pairs,
                                                            "distinct_per_layer": rep.routing.distinct_per_layer})
         reps.append(d)
+    from devprof.report.soak_figures import json_sections
+
     doc = {"format": FORMAT, "run": run_dict(a), "repetitions": reps, "summary": [result_dict(r) for r in a.rows],
-           "ratios": [ratio_dict(r) for r in a.ratios]}
+           "ratios": [ratio_dict(r) for r in a.ratios], **json_sections(record)}
     return json.dumps(finite_json(doc), indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
 
 

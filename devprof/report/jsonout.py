@@ -11,7 +11,11 @@ Shape (format 1)::
                   for metric in prefill_tok_s, decode_tok_s, ttft_ms, peak_rss_mb,
                   peak_rss_file_mb, peak_rss_anon_mb, distinct_experts}],
      "ratios": [{subject, baseline, workload, context, metric, label, ratio, ci: [lo, hi],
-                 n_subject, n_baseline, verdict}]}
+                 n_subject, n_baseline, verdict}],
+     "energy": {state: measured|refused|unavailable|off, why, source, battery, update_ms, refused_reps,
+                rows: [{model, workload, context, phase, n, j_per_token, ci: [lo, hi], min, max, slow_gauge}]},
+     "soak": null | {points: [{t_s, model, workload, context, status, decode_tok_s, prefill_tok_s,
+                               hottest_c, hottest_zone, big_core_mhz}], verdict: {..., sentence}}}
 
 Every key is always present; unknown values are null. Memory is in MiB (kB / 1024), times in ms,
 speeds in tok/s; ``_ci`` is the 95% interval of the median (order statistics; up to n = 5 the range), ``_cv`` the coefficient of
@@ -27,6 +31,7 @@ from typing import Any
 
 from devprof import stats
 from devprof.report.base import Analysis, Renderer, analyse, rounded
+from devprof.report.soak_figures import json_sections
 from devprof.results import RunRecord
 
 FORMAT = "devprof.show/1"
@@ -84,6 +89,7 @@ class JSONRenderer(Renderer):
             "ratios": [ratio_dict(r) for r in a.ratios],
             "verdict": a.headline,
             "noise": a.noise.to_dict() if a.noise is not None else None,
+            **json_sections(a.record),  # "energy" (always) and "soak" (null without --soak)
         }
 
     def render(self, record: RunRecord | Analysis) -> str:

@@ -87,6 +87,9 @@ class TerminalRenderer(Renderer):
         itl = [r for r in a.rows if r.itl is not None]
         if itl:
             out.append(self._itl(itl))
+        from devprof.report.soak_figures import energy_lines, soak_lines
+
+        out.extend(Text(line) for line in energy_lines(a.record) + soak_lines(a.record))
         if a.ratios:
             out.append(self._ratios(a))
         found = [r for r in a.ratios if r.finding and r.metric in _HEADLINE]

@@ -56,6 +56,44 @@ class Invocation:
     threads: int = -1
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def checked(self, tokenizer_for: str | None = None) -> "CheckedInvocation":
+        """The settings every adapter reads, validated in one order (UsageError on nonsense).
+
+        ``tokenizer_for``: the runtime that needs ``tokenizer_path`` (None: it is not read).
+        """
+        ex = self.extra or {}
+        binary = require_path(self.binary, "binary")
+        model = require_path(self.model_path, "model_path")
+        tokenizer = None
+        if tokenizer_for is not None:
+            if self.tokenizer_path is None:
+                raise UsageError(f"{tokenizer_for} runtime needs a tokenizer path (--tokenizer_path)")
+            tokenizer = require_path(self.tokenizer_path, "tokenizer_path")
+        return CheckedInvocation(
+            binary=binary, model=model, tokenizer=tokenizer,
+            prompt_file=require_path(self.prompt_file, "prompt_file"),
+            max_new_tokens=require_int(self.max_new_tokens, "max_new_tokens", minimum=1),
+            threads=require_int(self.threads, "threads", minimum=-1),
+            temperature=fmt_num(temperature(ex)),
+            ignore_eos=flag(ex, "ignore_eos", True),
+            extra=ex,
+        )
+
+
+@dataclass(frozen=True)
+class CheckedInvocation:
+    """:meth:`Invocation.checked`: paths, counts, the temperature as a command-line number."""
+
+    binary: str
+    model: str
+    tokenizer: str | None
+    prompt_file: str
+    max_new_tokens: int
+    threads: int
+    temperature: str
+    ignore_eos: bool
+    extra: dict[str, Any]
+
 
 class RuntimeAdapter(ABC):
     """One runtime's command line and output parser. Stateless; cheap to construct."""
@@ -211,6 +249,11 @@ def coerce_text(data: Any, what: str = "output") -> str:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data).decode("utf-8", errors="replace")
     raise ParseError(f"{what} must be text, got {type(data).__name__}")
+
+
+def joined_output(stdout: Any, stderr: Any) -> str:
+    """A run's stdout and stderr as one text (what the parsers read)."""
+    return coerce_text(stdout, "stdout") + "\n" + coerce_text(stderr, "stderr")
 
 
 def snippet(text: str, limit: int = 60) -> str:

@@ -454,6 +454,13 @@ class FakePhone:
             os.kill(self.process.pid, signal.SIGCONT)
         self.frozen = False
 
+    def battery(self, **changes) -> dict:
+        """Change the fake battery (tests/support/fake_battery.py: status, plugged, idle_ua, busy_ua, voltage_uv,
+        update_ms, sign, unit, heat_c_per_s, ...); returns its whole configuration."""
+        from tests.support.fake_battery import configure
+
+        return configure(self.sandbox, **changes)
+
     def log_line(self, buffer: str, line: str) -> None:
         """Append a line to one of the phone's logcat buffers (main, events, ...)."""
         f = self.sandbox / ".adbd" / f"logcat-{buffer}.txt"

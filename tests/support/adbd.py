@@ -24,6 +24,11 @@ sync (push/pull/stat/ls) paths::
     /sys/class/thermal     -> SANDBOX/sys/class/thermal
     /sys/devices/system/cpu-> SANDBOX/sys/devices/system/cpu
 
+With --sysfs the sandbox is also the phone's sysroot: ``getprop debug.devprof.sysroot`` names it
+(devprof reads /sys under that prefix, and shell-built paths need no rewriting), and
+``SANDBOX/sys/class/power_supply`` holds a fake battery whose current follows what runs
+(tests/support/fake_battery.py: a known true energy per token).
+
 An aarch64 ELF file in the sandbox named in a command string runs under ``qemu-aarch64-static``
 (Debian's qemu-user-static; the daemon puts it in front, no binfmt_misc needed): see
 ``PathMap.wrap_arm64``.
@@ -636,6 +641,8 @@ class Daemon:
         self.unauthorized = args.unauthorized
         self.features = args.features.split(",") if args.features else list(FEATURES)
         self.paths = PathMap(self.sandbox, args.sysfs)
+        if args.sysfs:
+            props.setdefault("debug.devprof.sysroot", str(self.sandbox))
         self.bindir = setup_sandbox(self.sandbox, props, args.sysfs)
         self.pgid_dir = self.sandbox / ".adbd" / "pgids"
         self.procs: dict[int, subprocess.Popen] = {}
@@ -644,6 +651,16 @@ class Daemon:
         self.conns_lock = threading.Lock()
         self.env = self._make_env()
         self.stopping = False
+        self.commands: dict[int, str] = {}  # pid -> the command a live spawned shell runs
+        if args.sysfs:
+            from fake_battery import Gauge
+
+            Gauge(self.sandbox, self.busy).start()
+
+    def busy(self, pattern: "re.Pattern") -> bool:
+        """Whether a live spawned command matches ``pattern`` (the fake battery's busy current)."""
+        with self.procs_lock:
+            return any(pattern.search(c) for c in self.commands.values())
 
     def _make_env(self) -> dict:
         env = dict(os.environ)
@@ -697,7 +714,8 @@ class Daemon:
 
     # ---- processes ----
     def spawn(self, cmd: str, v2: bool) -> subprocess.Popen:
-        argv = ["/bin/sh", "-c", self.paths.command(cmd)] if cmd else ["/bin/sh", "-"]
+        rewritten = self.paths.command(cmd)
+        argv = ["/bin/sh", "-c", rewritten] if cmd else ["/bin/sh", "-"]
         proc = subprocess.Popen(
             argv,
             cwd=str(self.sandbox),
@@ -710,6 +728,7 @@ class Daemon:
         )
         with self.procs_lock:
             self.procs[proc.pid] = proc
+            self.commands[proc.pid] = rewritten
         try:
             (self.pgid_dir / str(proc.pid)).write_text(cmd)
         except OSError:
@@ -719,6 +738,7 @@ class Daemon:
     def reap(self, proc: subprocess.Popen) -> None:
         with self.procs_lock:
             self.procs.pop(proc.pid, None)
+            self.commands.pop(proc.pid, None)
         # Keep the pgid record while members of the group survive (e.g. a background job).
         if not group_alive(proc.pid):
             try:

@@ -17,7 +17,8 @@ Layout (top to bottom):
    is printed with every memory figure;
 6. Routing: one figure per context: distinct (layer, expert) pairs vs tokens processed
    (templated vs real), and distinct experts per layer;
-7. Thermal: before/after readings per repetition (when any were recorded);
+7. Thermal: before/after readings per repetition (when any were recorded); then Energy (battery
+   J/token, or why not) and Soak (tok/s, heat and clock over time), from ``report/soak_figures.py``;
 8. Repetitions: every repetition, warm-ups and failures included;
 9. Prompt sources and licences (from ``meta.settings["prompt_sources"]``);
 10. the JSON of `devprof show --json` in a ``<script type="application/json" id="devprof-data">``.
@@ -41,6 +42,7 @@ from devprof.report.html.figures import FigureSections
 from devprof.report.html.page import MODEL_COLORS, PLOTLY_CONFIG, PLOTLY_TEMPLATE, h, page
 from devprof.report.html.plot import downsample  # noqa: F401 (re-exported)
 from devprof.report.html.tables import TableSections
+from devprof.report import soak_figures
 from devprof.report.jsonout import JSONRenderer
 from devprof.results import RunRecord
 
@@ -110,6 +112,7 @@ class _Page(TableSections, FigureSections, CompareSections):
                 ("compare", "Templated vs real prompts", self.compare()),
                 ("routing", "Routing", self.routing()),
                 ("thermal", "Thermal", self.thermal()),
+                *soak_figures.sections(self),  # energy and --soak, where the run has them
                 ("repetitions", "Repetitions", self.repetitions()),
                 ("sources", "Prompt sources", self.sources()),
             ]

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from devprof.errors import UsageError
 from devprof.results import RunResult
-from devprof.runtimes.base import (
-    Invocation,
-    RuntimeAdapter,
-    coerce_text,
-    extra_args,
-    flag,
-    fmt_num,
-    register,
-    require_int,
-    require_path,
-    temperature,
-)
+from devprof.runtimes.base import (Invocation, RuntimeAdapter, extra_args, flag, joined_output, register, require_int,
+                                   require_path)
 from devprof.runtimes.executorch.observer import parse_pytorch_observer
 
 __all__ = ["ExecuTorchAdapter"]
@@ -48,29 +38,21 @@ class ExecuTorchAdapter(RuntimeAdapter):
     name = "executorch"
 
     def argv(self, inv: Invocation) -> list[str]:
-        ex = inv.extra or {}
-        binary = require_path(inv.binary, "binary")
-        model = require_path(inv.model_path, "model_path")
-        if inv.tokenizer_path is None:
-            raise UsageError("executorch runtime needs a tokenizer path (--tokenizer_path)")
-        tokenizer = require_path(inv.tokenizer_path, "tokenizer_path")
-        prompt_file = require_path(inv.prompt_file, "prompt_file")
-        n = require_int(inv.max_new_tokens, "max_new_tokens", minimum=1)
-        threads = require_int(inv.threads, "threads", minimum=-1)
-
+        c = inv.checked(tokenizer_for="executorch")
+        ex = c.extra
         # gflags accepts --flag=value for every type; the '=' form keeps each setting in one
         # argv element and is unambiguous for values that start with '-'.
         args = [
-            binary,
-            f"--model_path={model}",
-            f"--tokenizer_path={tokenizer}",
-            f"--prompt_file={prompt_file}",
-            f"--max_new_tokens={n}",
+            c.binary,
+            f"--model_path={c.model}",
+            f"--tokenizer_path={c.tokenizer}",
+            f"--prompt_file={c.prompt_file}",
+            f"--max_new_tokens={c.max_new_tokens}",
         ]
-        args.append(f"--temperature={fmt_num(temperature(ex))}")
-        if threads > 0:
-            args.append(f"--cpu_threads={threads}")  # -1/0: the runner's performant-core heuristic
-        if flag(ex, "ignore_eos", True):
+        args.append(f"--temperature={c.temperature}")
+        if c.threads > 0:
+            args.append(f"--cpu_threads={c.threads}")  # -1/0: the runner's performant-core heuristic
+        if c.ignore_eos:
             args.append("--ignore_eos")
         if flag(ex, "warmup", False):
             args.append("--warmup")
@@ -96,5 +78,4 @@ class ExecuTorchAdapter(RuntimeAdapter):
         return args
 
     def parse(self, stdout: str, stderr: str = "") -> RunResult:
-        text = coerce_text(stdout, "stdout") + "\n" + coerce_text(stderr, "stderr")
-        return parse_pytorch_observer(text, runtime=self.name)
+        return parse_pytorch_observer(joined_output(stdout, stderr), runtime=self.name)

@@ -41,66 +41,65 @@ def parse_benchmark_results(text: str | bytes) -> list[BenchmarkAppMetric]:
     RunResult because the file mixes models and metric kinds; use
     :func:`benchmark_app_run_result` to fold one model's metrics into a RunResult.
     """
-
-    def body() -> list[BenchmarkAppMetric]:
-        raw = coerce_text(text, "benchmark_results.json").strip().lstrip("\ufeff")
-        where = "benchmark_results.json"
-        if not raw:
-            raise ParseError(f"{where} is empty")
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            cut = exc.pos >= len(raw) - 1 or "Unterminated" in exc.msg
-            raise ParseError(
-                f"{where} is {'cut off' if cut else 'not valid JSON'} ({exc.msg} at char {exc.pos})"
-            ) from None
-        except RecursionError:
-            raise ParseError(f"{where} is nested too deeply to be a metric list") from None
-        if isinstance(data, dict):
-            data = [data]
-        if not isinstance(data, list):
-            raise ParseError(f"{where} holds a JSON {type(data).__name__}, not a list of metrics")
-        if not data:
-            raise ParseError(f"{where} holds no metrics (the app writes it even when the run failed)")
-        out = []
-        for i, item in enumerate(data, 1):
-            w = f"{where} entry {i}"
-            if not isinstance(item, dict):
-                raise ParseError(f"{w} is a JSON {type(item).__name__}, not an object")
-            bm = item.get("benchmarkModel")
-            if not isinstance(bm, dict):
-                raise ParseError(f"{w} lacks a benchmarkModel object")
-            if not isinstance(item.get("metric"), str) or not item["metric"]:
-                raise ParseError(f"{w} lacks a metric name")
-            if "actualValue" in item:
-                actual = as_number(item["actualValue"], "actualValue", w)
-                target = as_number(item.get("targetValue", 0), "targetValue", w)
-                device = item.get("deviceInfo") if isinstance(item.get("deviceInfo"), dict) else {}
-            elif "actual" in item:
-                actual = as_number(item["actual"], "actual", w)
-                target = as_number(item.get("target", 0), "target", w)
-                device = {k: item[k] for k in ("device", "arch", "os") if k in item}
-            else:
-                raise ParseError(f"{w} ({item['metric']}) lacks actualValue")
-            out.append(
-                BenchmarkAppMetric(
-                    model=str(bm.get("name", "")),
-                    backend=str(bm.get("backend", "") or ""),
-                    quantization=str(bm.get("quantization", "") or ""),
-                    metric=item["metric"],
-                    actual_value=float(actual),
-                    target_value=float(target),
-                    device=json_safe(dict(device)),
-                )
-            )
-        return out
-
     try:
-        return body()
+        return _read_metrics(coerce_text(text, "benchmark_results.json"))
     except ParseError:
         raise
     except (ValueError, TypeError, KeyError, RecursionError) as exc:  # pragma: no cover - defensive
         raise ParseError(f"benchmark_results.json could not be read ({type(exc).__name__})") from exc
+
+
+def _read_metrics(text: str) -> list[BenchmarkAppMetric]:
+    raw = text.strip().lstrip("\ufeff")
+    where = "benchmark_results.json"
+    if not raw:
+        raise ParseError(f"{where} is empty")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        cut = exc.pos >= len(raw) - 1 or "Unterminated" in exc.msg
+        raise ParseError(
+            f"{where} is {'cut off' if cut else 'not valid JSON'} ({exc.msg} at char {exc.pos})"
+        ) from None
+    except RecursionError:
+        raise ParseError(f"{where} is nested too deeply to be a metric list") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise ParseError(f"{where} holds a JSON {type(data).__name__}, not a list of metrics")
+    if not data:
+        raise ParseError(f"{where} holds no metrics (the app writes it even when the run failed)")
+    return [_metric(item, f"{where} entry {i}") for i, item in enumerate(data, 1)]
+
+
+def _metric(item: Any, w: str) -> BenchmarkAppMetric:
+    """One entry of the file, in either shape."""
+    if not isinstance(item, dict):
+        raise ParseError(f"{w} is a JSON {type(item).__name__}, not an object")
+    bm = item.get("benchmarkModel")
+    if not isinstance(bm, dict):
+        raise ParseError(f"{w} lacks a benchmarkModel object")
+    if not isinstance(item.get("metric"), str) or not item["metric"]:
+        raise ParseError(f"{w} lacks a metric name")
+    if "actualValue" in item:
+        actual = as_number(item["actualValue"], "actualValue", w)
+        target = as_number(item.get("targetValue", 0), "targetValue", w)
+        device = item.get("deviceInfo") if isinstance(item.get("deviceInfo"), dict) else {}
+    elif "actual" in item:
+        actual = as_number(item["actual"], "actual", w)
+        target = as_number(item.get("target", 0), "target", w)
+        device = {k: item[k] for k in ("device", "arch", "os") if k in item}
+    else:
+        raise ParseError(f"{w} ({item['metric']}) lacks actualValue")
+    return BenchmarkAppMetric(
+        model=str(bm.get("name", "")),
+        backend=str(bm.get("backend", "") or ""),
+        quantization=str(bm.get("quantization", "") or ""),
+        metric=item["metric"],
+        actual_value=float(actual),
+        target_value=float(target),
+        device=json_safe(dict(device)),
+    )
 
 
 def benchmark_app_run_result(metrics: list[BenchmarkAppMetric], model: str | None = None) -> RunResult:

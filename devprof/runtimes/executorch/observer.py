@@ -103,6 +103,43 @@ def _find_observer_lines(text: str) -> tuple[int, str]:
 
 def _parse_observer(text: str, runtime: str) -> RunResult:
     where = f"{runtime} {OBSERVER_TAG}"
+    n_lines, obj = _observer_object(text, runtime, where)
+    warnings: list[str] = []
+    prompt_tokens = as_count(obj["prompt_tokens"], "prompt_tokens", where)
+    generated_tokens = as_count(obj["generated_tokens"], "generated_tokens", where)
+    scale = _scaling_factor(obj, where, warnings)
+    to_ms = 1000.0 / scale
+    t = {key: as_number(obj[key], key, where) if key in obj else None for key in _STAMP_KEYS}
+    timing = _timings(t, prompt_tokens, generated_tokens, scale, warnings)
+    extra = _observer_extra(obj, n_lines, scale, where, warnings)
+    reported_peak = _add_rss(text, extra, warnings)
+    if warnings:
+        extra["warnings"] = warnings
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else float(v) * to_ms
+
+    return RunResult(
+        runtime=runtime,
+        prompt_tokens=prompt_tokens,
+        generated_tokens=generated_tokens,
+        **timing,
+        model_load_start_ms=ms(t["model_load_start_ms"]),
+        inference_start_ms=ms(t["inference_start_ms"]),
+        prompt_eval_end_ms=ms(t["prompt_eval_end_ms"]),
+        first_token_ms=ms(t["first_token_ms"]),
+        inference_end_ms=ms(t["inference_end_ms"]),
+        reported_peak_rss_mb=reported_peak,
+        extra=extra,
+    )
+
+
+_STAMP_KEYS = ("inference_start_ms", "prompt_eval_end_ms", "inference_end_ms", "first_token_ms",
+               "model_load_start_ms", "model_load_end_ms")
+
+
+def _observer_object(text: str, runtime: str, where: str) -> tuple[int, dict[str, Any]]:
+    """(number of stats lines, the last one's JSON object with every required key)."""
     n_lines, raw = _find_observer_lines(text)
     if not n_lines:
         hint = ""
@@ -128,54 +165,47 @@ def _parse_observer(text: str, runtime: str) -> RunResult:
         raise ParseError(f"{where} {position} is not a stats object (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise ParseError(f"{where} {position} holds a JSON {type(obj).__name__}, not an object")
-
     missing = [k for k in _REQUIRED_KEYS if k not in obj]
     if missing:
         raise ParseError(f"{where} JSON lacks key(s): {', '.join(missing)}")
+    return n_lines, obj
 
-    warnings: list[str] = []
-    prompt_tokens = as_count(obj["prompt_tokens"], "prompt_tokens", where)
-    generated_tokens = as_count(obj["generated_tokens"], "generated_tokens", where)
 
-    scale: float = 1000
-    if "SCALING_FACTOR_UNITS_PER_SECOND" in obj:
-        scale = as_number(obj["SCALING_FACTOR_UNITS_PER_SECOND"], "SCALING_FACTOR_UNITS_PER_SECOND", where)
-        if scale <= 0:
-            raise ParseError(f"{where}: SCALING_FACTOR_UNITS_PER_SECOND must be > 0, got {scale}")
-    else:
+def _scaling_factor(obj: dict[str, Any], where: str, warnings: list[str]) -> float:
+    """Timestamp units per second (1000 when the key is absent, with a warning)."""
+    if "SCALING_FACTOR_UNITS_PER_SECOND" not in obj:
         warnings.append("no SCALING_FACTOR_UNITS_PER_SECOND key: timestamps taken as milliseconds")
+        return 1000
+    scale = as_number(obj["SCALING_FACTOR_UNITS_PER_SECOND"], "SCALING_FACTOR_UNITS_PER_SECOND", where)
+    if scale <= 0:
+        raise ParseError(f"{where}: SCALING_FACTOR_UNITS_PER_SECOND must be > 0, got {scale}")
+    return scale
+
+
+def _span(a: float | None, b: float | None, label: str, to_ms: float, warnings: list[str]) -> float | None:
+    """b - a in ms; None (with a warning) when negative."""
+    if a is None or b is None:
+        return None
+    d = (b - a) * to_ms
+    if d < 0:
+        warnings.append(f"{label} span is negative ({d:g} ms): timestamps out of order, value dropped")
+        return None
+    return float(d)
+
+
+def _timings(t: dict[str, float | None], prompt_tokens: int, generated_tokens: int, scale: float,
+             warnings: list[str]) -> dict[str, float | None]:
+    """The RunResult's spans, rates, TTFT and load time from the timestamps ``t``."""
     to_ms = 1000.0 / scale
-
-    def stamp(key: str, required: bool) -> float | None:
-        if key not in obj:
-            if required:  # pragma: no cover - checked above
-                raise ParseError(f"{where} JSON lacks key: {key}")
-            return None
-        return as_number(obj[key], key, where)
-
-    t_inf0 = stamp("inference_start_ms", True)
-    t_pe = stamp("prompt_eval_end_ms", True)
-    t_inf1 = stamp("inference_end_ms", True)
-    t_first = stamp("first_token_ms", False)
-    t_load0 = stamp("model_load_start_ms", False)
-    t_load1 = stamp("model_load_end_ms", False)
-
-    def span(a: float | None, b: float | None, label: str) -> float | None:
-        """b - a in ms; None (with a warning) when negative."""
-        if a is None or b is None:
-            return None
-        d = (b - a) * to_ms
-        if d < 0:
-            warnings.append(f"{label} span is negative ({d:g} ms): timestamps out of order, value dropped")
-            return None
-        return float(d)
+    t_inf0, t_pe, t_inf1 = t["inference_start_ms"], t["prompt_eval_end_ms"], t["inference_end_ms"]
+    t_first, t_load0, t_load1 = t["first_token_ms"], t["model_load_start_ms"], t["model_load_end_ms"]
 
     def rate(tokens: int, span_units: float | None, label: str) -> float | None:
         return token_rate(tokens, span_units, scale, label,
                           f"{label} span is 0 ms (below the 1 ms timer resolution): rate not computed", warnings)
 
-    prefill_ms = span(t_inf0, t_pe, "prefill")
-    decode_ms = span(t_pe, t_inf1, "decode")
+    prefill_ms = _span(t_inf0, t_pe, "prefill", to_ms, warnings)
+    decode_ms = _span(t_pe, t_inf1, "decode", to_ms, warnings)
     prefill_tok_s = rate(prompt_tokens, None if prefill_ms is None else (t_pe - t_inf0), "prefill")
     decode_tok_s = rate(generated_tokens, None if decode_ms is None else (t_inf1 - t_pe), "decode")
 
@@ -183,15 +213,21 @@ def _parse_observer(text: str, runtime: str) -> RunResult:
     if t_first is None:
         warnings.append("no first_token_ms key: TTFT unknown")
     else:
-        ttft_ms = span(t_inf0, t_first, "time-to-first-token")
+        ttft_ms = _span(t_inf0, t_first, "time-to-first-token", to_ms, warnings)
 
     load_ms = None
     if t_load0 is not None and t_load1 is not None:
         if t_load0 == 0 and t_load1 == 0:
             warnings.append("model load timestamps are both 0 (stats reset after warm-up by this runner): load time unknown")
         else:
-            load_ms = span(t_load0, t_load1, "model load")
+            load_ms = _span(t_load0, t_load1, "model load", to_ms, warnings)
+    return {"prefill_tok_s": prefill_tok_s, "decode_tok_s": decode_tok_s, "ttft_ms": ttft_ms, "load_ms": load_ms,
+            "prefill_ms": prefill_ms, "decode_ms": decode_ms}
 
+
+def _observer_extra(obj: dict[str, Any], n_lines: int, scale: float, where: str,
+                    warnings: list[str]) -> dict[str, Any]:
+    """``extra``: the object itself, the sampling time and the rates the runner printed."""
     extra: dict[str, Any] = {
         "observer_lines": n_lines,
         "observer": json_safe(obj),
@@ -200,7 +236,8 @@ def _parse_observer(text: str, runtime: str) -> RunResult:
     }
     if "aggregate_sampling_time_ms" in obj:
         try:
-            extra["sampling_ms"] = as_number(obj["aggregate_sampling_time_ms"], "aggregate_sampling_time_ms", where) * to_ms
+            extra["sampling_ms"] = (as_number(obj["aggregate_sampling_time_ms"], "aggregate_sampling_time_ms", where)
+                                    * (1000.0 / scale))
         except ParseError as exc:
             warnings.append(exc.message)
     for key, out in (("prefill_token_per_sec", "reported_prefill_tok_s"), ("decode_token_per_sec", "reported_decode_tok_s")):
@@ -209,7 +246,11 @@ def _parse_observer(text: str, runtime: str) -> RunResult:
                 extra[out] = float(as_number(obj[key], key, where))
             except ParseError as exc:
                 warnings.append(exc.message)
+    return extra
 
+
+def _add_rss(text: str, extra: dict[str, Any], warnings: list[str]) -> float | None:
+    """Put the "RSS after ..." values into ``extra``; return the largest nonzero one."""
     rss = parse_rss_lines(text)
     extra.update(rss["values"])
     extra["rss_lines"] = rss["lines"]
@@ -220,30 +261,7 @@ def _parse_observer(text: str, runtime: str) -> RunResult:
         warnings.append("runner reports RSS 0 MiB: ru_maxrss unsupported on this platform")
     if reported_peak is not None:
         extra["reported_peak_rss_unit"] = "MiB (getrusage ru_maxrss: process peak so far)"
-    if warnings:
-        extra["warnings"] = warnings
-
-    def ms(v: float | None) -> float | None:
-        return None if v is None else float(v) * to_ms
-
-    return RunResult(
-        runtime=runtime,
-        prompt_tokens=prompt_tokens,
-        generated_tokens=generated_tokens,
-        prefill_tok_s=prefill_tok_s,
-        decode_tok_s=decode_tok_s,
-        ttft_ms=ttft_ms,
-        load_ms=load_ms,
-        prefill_ms=prefill_ms,
-        decode_ms=decode_ms,
-        model_load_start_ms=ms(t_load0),
-        inference_start_ms=ms(t_inf0),
-        prompt_eval_end_ms=ms(t_pe),
-        first_token_ms=ms(t_first),
-        inference_end_ms=ms(t_inf1),
-        reported_peak_rss_mb=reported_peak,
-        extra=extra,
-    )
+    return reported_peak
 
 
 def parse_rss_lines(text: str) -> dict[str, Any]:

@@ -8,18 +8,7 @@ from typing import Any, Callable
 
 from devprof.errors import UsageError
 from devprof.results import RunResult
-from devprof.runtimes.base import (
-    Invocation,
-    RuntimeAdapter,
-    coerce_text,
-    extra_args,
-    flag,
-    fmt_num,
-    register,
-    require_int,
-    require_path,
-    temperature,
-)
+from devprof.runtimes.base import Invocation, RuntimeAdapter, extra_args, flag, joined_output, register, require_int
 from devprof.runtimes.llamacpp.perf import add_runner_lines, parse_llama_perf
 
 __all__ = ["LlamaCppAdapter", "host_runner"]
@@ -48,16 +37,12 @@ class LlamaCppAdapter(RuntimeAdapter):
     name = "llamacpp"
 
     def argv(self, inv: Invocation) -> list[str]:
-        ex = inv.extra or {}
-        args = [
-            require_path(inv.binary, "binary"),
-            "-m", require_path(inv.model_path, "model_path"),
-            "-f", require_path(inv.prompt_file, "prompt_file"),
-            "-n", str(require_int(inv.max_new_tokens, "max_new_tokens", minimum=1)),
-        ]
-        threads = require_int(inv.threads, "threads", minimum=-1)
-        args += ["--temp", fmt_num(temperature(ex))]
-        if flag(ex, "ignore_eos", True):
+        c = inv.checked()
+        ex = c.extra
+        args = [c.binary, "-m", c.model, "-f", c.prompt_file, "-n", str(c.max_new_tokens)]
+        threads = c.threads
+        args += ["--temp", c.temperature]
+        if c.ignore_eos:
             args.append("--ignore-eos")
         conversation = ex.get("conversation", False)
         if conversation is not None:
@@ -84,7 +69,7 @@ class LlamaCppAdapter(RuntimeAdapter):
         return args + extra_args(ex)
 
     def parse(self, stdout: str, stderr: str = "") -> RunResult:
-        text = coerce_text(stdout, "stdout") + "\n" + coerce_text(stderr, "stderr")
+        text = joined_output(stdout, stderr)
         result = parse_llama_perf(text, runtime=self.name)
         return add_runner_lines(result, text)
 

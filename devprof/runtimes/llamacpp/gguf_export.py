@@ -223,7 +223,6 @@ def _write(path: Path, spec: ModelSpec, weights: str, bundle: Path, config: dict
     plan = export_plan(spec, weights, src)
     tok = bundle / config.get("tokenizer", "tokenizer.json")
     w = gguf.GGUFWriter(str(path), plan.arch)
-    VT = gguf.GGUFValueType
     kv = plan.kv + _tokenizer_kv(tok, spec.vocab) + [
         ("devprof.bundle_id", config.get("bundle_id", ""), "str"),
         ("devprof.model", spec.name, "str"),
@@ -233,22 +232,7 @@ def _write(path: Path, spec: ModelSpec, weights: str, bundle: Path, config: dict
         ("devprof.notes", list(plan.notes) or ["none"], "arr_str"),
     ]
     for key, value, kind in kv:
-        if kind == "u32":
-            w.add_uint32(key, int(value))
-        elif kind == "f32":
-            w.add_float32(key, float(value))
-        elif kind == "bool":
-            w.add_bool(key, bool(value))
-        elif kind == "str":
-            w.add_string(key, str(value))
-        elif kind == "arr_str":
-            w.add_key_value(key, list(value), VT.ARRAY, sub_type=VT.STRING)
-        elif kind == "arr_i32":
-            w.add_key_value(key, [int(v) for v in value], VT.ARRAY, sub_type=VT.INT32)
-        elif kind == "arr_bool":
-            w.add_key_value(key, [bool(v) for v in value], VT.ARRAY, sub_type=VT.BOOL)
-        else:  # pragma: no cover - programming error
-            raise AssertionError(kind)
+        _add_kv(w, gguf.GGUFValueType, key, value, kind)
     F32 = gguf.GGMLQuantizationType.F32
     for t in plan.tensors:
         if t.qtype == F32:
@@ -262,6 +246,33 @@ def _write(path: Path, spec: ModelSpec, weights: str, bundle: Path, config: dict
     assert w.fout is not None and len(w.fout) == 1
     f = w.fout[0]
     _pad(f)
+    _write_tensor_data(f, plan, src, gguf, workers)
+    f.flush()
+    os.fsync(f.fileno())
+    w.close()
+
+
+def _add_kv(w: Any, VT: Any, key: str, value: Any, kind: str) -> None:
+    if kind == "u32":
+        w.add_uint32(key, int(value))
+    elif kind == "f32":
+        w.add_float32(key, float(value))
+    elif kind == "bool":
+        w.add_bool(key, bool(value))
+    elif kind == "str":
+        w.add_string(key, str(value))
+    elif kind == "arr_str":
+        w.add_key_value(key, list(value), VT.ARRAY, sub_type=VT.STRING)
+    elif kind == "arr_i32":
+        w.add_key_value(key, [int(v) for v in value], VT.ARRAY, sub_type=VT.INT32)
+    elif kind == "arr_bool":
+        w.add_key_value(key, [bool(v) for v in value], VT.ARRAY, sub_type=VT.BOOL)
+    else:  # pragma: no cover - programming error
+        raise AssertionError(kind)
+
+
+def _write_tensor_data(f: Any, plan: ExportPlan, src: _Source, gguf: Any, workers: int | None) -> None:
+    """Every tensor's (quantised) bytes, padded, encoded on ``workers`` threads in file order."""
     nworkers = workers or max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=nworkers) as pool:
         for t in plan.tensors:
@@ -279,9 +290,6 @@ def _write(path: Path, spec: ModelSpec, weights: str, bundle: Path, config: dict
             _pad(f)
             if t.nbytes >= 1 << 22:
                 src.release()
-    f.flush()
-    os.fsync(f.fileno())
-    w.close()
 
 
 def _encode(chunk: np.ndarray, qtype: Any, gguf: Any) -> memoryview:

@@ -191,81 +191,107 @@ def _concat_chunks(parts: list[Callable[[], np.ndarray]]) -> Callable[[], Iterat
 def export_plan(spec: ModelSpec, weights: str = "f32", source: _Source | None = None) -> ExportPlan:
     """Every KV pair and tensor of the GGUF of ``spec`` (no tensor data without ``source``)."""
     qt = _qtype(weights)
-    F32 = _qtype("f32")
     arch = arch_for(spec)
-    d, H, KV, hd, L = spec.hidden, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.n_layers
-    permute = _rope_permuted(arch)
-    src = source
-    tensors: list[TensorSpec] = []
+    tensors = _plan_tensors(spec, arch, _TensorList(qt, _qtype("f32"), source))
     notes: list[str] = []
+    kv = _plan_kv(spec, arch, weights, notes)
+    return ExportPlan(arch=arch, weights=weights, kv=kv, tensors=tensors, notes=notes)
 
-    def add(name: str, shape: tuple[int, ...], quantised: bool, make: Callable[[], np.ndarray] | None = None,
+
+class _TensorList:
+    """The tensors of a plan in file order, and the row sources of the reference bundle."""
+
+    def __init__(self, qt, f32, src: _Source | None) -> None:
+        self.qt, self.f32, self.src = qt, f32, src
+        self.tensors: list[TensorSpec] = []
+
+    def add(self, name: str, shape: tuple[int, ...], quantised: bool, make: Callable[[], np.ndarray] | None = None,
             chunks: Callable[[], Iterator[np.ndarray]] | None = None) -> None:
-        q = qt if quantised else F32
+        q = self.qt if quantised else self.f32
         if chunks is None and make is not None:
             chunks = _row_chunks(make)
-        tensors.append(TensorSpec(name, tuple(shape), q, _nbytes(tuple(shape), q), chunks if src else None))
+        self.tensors.append(TensorSpec(name, tuple(shape), q, _nbytes(tuple(shape), q), chunks if self.src else None))
 
-    def T(name: str) -> Callable[[], np.ndarray]:
-        return lambda: src.t(name)  # type: ignore[union-attr]
+    def T(self, name: str) -> Callable[[], np.ndarray]:
+        return lambda: self.src.t(name)  # type: ignore[union-attr]
 
-    def rows(name: str, a: int, b: int, perm_heads: int = 0) -> Callable[[], np.ndarray]:
+    def rows(self, name: str, a: int, b: int, perm_heads: int = 0) -> Callable[[], np.ndarray]:
         def f() -> np.ndarray:
-            w = src.t(name)[a:b]  # type: ignore[union-attr]
+            w = self.src.t(name)[a:b]  # type: ignore[union-attr]
             return _permute_rows(w, perm_heads) if perm_heads else w
         return f
 
-    add("token_embd.weight", (spec.vocab, d), True, T("tok_embeddings"))
-    for i in range(L):
+
+def _plan_tensors(spec: ModelSpec, arch: str, out: _TensorList) -> list[TensorSpec]:
+    d = spec.hidden
+    out.add("token_embd.weight", (spec.vocab, d), True, out.T("tok_embeddings"))
+    for i in range(spec.n_layers):
         p, b = f"layers.{i}.", f"blk.{i}."
-        add(b + "attn_norm.weight", (d,), False, T(p + "attn_norm"))
-        nq, nk = H * hd, KV * hd
-        add(b + "attn_q.weight", (nq, d), True, rows(p + "wqkv", 0, nq, H if permute else 0))
-        add(b + "attn_k.weight", (nk, d), True, rows(p + "wqkv", nq, nq + nk, KV if permute else 0))
-        add(b + "attn_v.weight", (nk, d), True, rows(p + "wqkv", nq + nk, nq + 2 * nk))
-        add(b + "attn_output.weight", (d, nq), True, T(p + "wo"))
-        if spec.qk_norm:
-            for which in ("q", "k"):
-                def norm_w(n: str = p + f"{which}_norm") -> np.ndarray:
-                    w = src.t(n)  # type: ignore[union-attr]
-                    return _permute_rows(w, 1) if permute else w
-                add(b + f"attn_{which}_norm.weight", (hd,), False, norm_w)
-        if arch == "granite_swa":
-            add(b + "attn_sinks.weight", (H,), False, lambda: np.full(H, SINK_LOGIT, dtype=np.float32))
-        if not spec.is_moe:
+        _attention_tensors(spec, arch, out, p, b)
+        if spec.is_moe:
+            _moe_tensors(spec, out, p, b)
+        else:
             f = spec.ffn
-            add(b + "ffn_norm.weight", (d,), False, T(p + "ffn_norm"))
-            add(b + "ffn_gate.weight", (f, d), True, rows(p + "ffn.w13", 0, f))
-            add(b + "ffn_up.weight", (f, d), True, rows(p + "ffn.w13", f, 2 * f))
-            add(b + "ffn_down.weight", (d, f), True, T(p + "ffn.w2"))
-            continue
-        E, fe = spec.n_experts, spec.expert_ffn
-        add(b + "post_attention_norm.weight", (d,), False, T(p + "ffn_norm"))
-        add(b + "ffn_gate_inp.weight", (E, d), False, T(p + "router"))
-        add(b + "exp_probs_b.bias", (E,), False, T(p + "router_bias"))
-        ex = [p + f"experts.{e}." for e in range(E)]
-        add(b + "ffn_gate_exps.weight", (E, fe, d), True,
+            out.add(b + "ffn_norm.weight", (d,), False, out.T(p + "ffn_norm"))
+            out.add(b + "ffn_gate.weight", (f, d), True, out.rows(p + "ffn.w13", 0, f))
+            out.add(b + "ffn_up.weight", (f, d), True, out.rows(p + "ffn.w13", f, 2 * f))
+            out.add(b + "ffn_down.weight", (d, f), True, out.T(p + "ffn.w2"))
+    out.add("output_norm.weight", (d,), False, out.T("norm"))
+    if not spec.tied_embeddings:
+        out.add("output.weight", (spec.vocab, d), True, out.T("output"))
+    return out.tensors
+
+
+def _attention_tensors(spec: ModelSpec, arch: str, out: _TensorList, p: str, b: str) -> None:
+    d, H, KV, hd = spec.hidden, spec.n_heads, spec.n_kv_heads, spec.head_dim
+    permute = _rope_permuted(arch)
+    src = out.src
+    out.add(b + "attn_norm.weight", (d,), False, out.T(p + "attn_norm"))
+    nq, nk = H * hd, KV * hd
+    out.add(b + "attn_q.weight", (nq, d), True, out.rows(p + "wqkv", 0, nq, H if permute else 0))
+    out.add(b + "attn_k.weight", (nk, d), True, out.rows(p + "wqkv", nq, nq + nk, KV if permute else 0))
+    out.add(b + "attn_v.weight", (nk, d), True, out.rows(p + "wqkv", nq + nk, nq + 2 * nk))
+    out.add(b + "attn_output.weight", (d, nq), True, out.T(p + "wo"))
+    if spec.qk_norm:
+        for which in ("q", "k"):
+            def norm_w(n: str = p + f"{which}_norm") -> np.ndarray:
+                w = src.t(n)  # type: ignore[union-attr]
+                return _permute_rows(w, 1) if permute else w
+            out.add(b + f"attn_{which}_norm.weight", (hd,), False, norm_w)
+    if arch == "granite_swa":
+        out.add(b + "attn_sinks.weight", (H,), False, lambda: np.full(H, SINK_LOGIT, dtype=np.float32))
+
+
+def _moe_tensors(spec: ModelSpec, out: _TensorList, p: str, b: str) -> None:
+    d, E, fe = spec.hidden, spec.n_experts, spec.expert_ffn
+    src, rows = out.src, out.rows
+    out.add(b + "post_attention_norm.weight", (d,), False, out.T(p + "ffn_norm"))
+    out.add(b + "ffn_gate_inp.weight", (E, d), False, out.T(p + "router"))
+    out.add(b + "exp_probs_b.bias", (E,), False, out.T(p + "router_bias"))
+    ex = [p + f"experts.{e}." for e in range(E)]
+    out.add(b + "ffn_gate_exps.weight", (E, fe, d), True,
             chunks=_concat_chunks([rows(q + "w13", 0, fe) for q in ex]))
-        add(b + "ffn_up_exps.weight", (E, fe, d), True,
+    out.add(b + "ffn_up_exps.weight", (E, fe, d), True,
             chunks=_concat_chunks([rows(q + "w13", fe, 2 * fe) for q in ex]))
-        add(b + "ffn_down_exps.weight", (E, d, fe), True, chunks=_concat_chunks([T(q + "w2") for q in ex]))
-        if spec.n_shared:
-            fs, ns = spec.shared_ffn, spec.n_shared
-            sh = [p + f"shared.{j}." for j in range(ns)]
-            add(b + "ffn_gate_shexp.weight", (ns * fs, d), True,
+    out.add(b + "ffn_down_exps.weight", (E, d, fe), True, chunks=_concat_chunks([out.T(q + "w2") for q in ex]))
+    if spec.n_shared:
+        fs, ns = spec.shared_ffn, spec.n_shared
+        sh = [p + f"shared.{j}." for j in range(ns)]
+        out.add(b + "ffn_gate_shexp.weight", (ns * fs, d), True,
                 chunks=_concat_chunks([rows(q + "w13", 0, fs) for q in sh]))
-            add(b + "ffn_up_shexp.weight", (ns * fs, d), True,
+        out.add(b + "ffn_up_shexp.weight", (ns * fs, d), True,
                 chunks=_concat_chunks([rows(q + "w13", fs, 2 * fs) for q in sh]))
 
-            def down_shexp(names: list[str] = sh) -> np.ndarray:
-                ws = [src.t(q + "w2") for q in names]  # type: ignore[union-attr]
-                return ws[0] if len(ws) == 1 else np.concatenate(ws, axis=1)
-            add(b + "ffn_down_shexp.weight", (d, ns * fs), True, down_shexp)
-    add("output_norm.weight", (d,), False, T("norm"))
-    if not spec.tied_embeddings:
-        add("output.weight", (spec.vocab, d), True, T("output"))
+        def down_shexp(names: list[str] = sh) -> np.ndarray:
+            ws = [src.t(q + "w2") for q in names]  # type: ignore[union-attr]
+            return ws[0] if len(ws) == 1 else np.concatenate(ws, axis=1)
+        out.add(b + "ffn_down_shexp.weight", (d, ns * fs), True, down_shexp)
 
+
+def _plan_kv(spec: ModelSpec, arch: str, weights: str, notes: list[str]) -> list[tuple[str, Any, str]]:
+    """The metadata keys (name, value, GGUF kind); notes on what differs from the reference go to ``notes``."""
     kv: list[tuple[str, Any, str]] = []
+    hd, L = spec.head_dim, spec.n_layers
 
     def k(key: str, value: Any, kind: str) -> None:
         kv.append((key.format(arch=arch), value, kind))
@@ -274,10 +300,10 @@ def export_plan(spec: ModelSpec, weights: str = "f32", source: _Source | None = 
     k("general.file_type", _file_type(weights), "u32")
     k("general.quantization_version", 2, "u32")
     k("{arch}.context_length", spec.max_context, "u32")
-    k("{arch}.embedding_length", d, "u32")
+    k("{arch}.embedding_length", spec.hidden, "u32")
     k("{arch}.block_count", L, "u32")
-    k("{arch}.attention.head_count", H, "u32")
-    k("{arch}.attention.head_count_kv", KV, "u32")
+    k("{arch}.attention.head_count", spec.n_heads, "u32")
+    k("{arch}.attention.head_count_kv", spec.n_kv_heads, "u32")
     k("{arch}.attention.key_length", hd, "u32")
     k("{arch}.attention.value_length", hd, "u32")
     k("{arch}.attention.layer_norm_rms_epsilon", RMS_EPS, "f32")
@@ -285,26 +311,7 @@ def export_plan(spec: ModelSpec, weights: str = "f32", source: _Source | None = 
     k("{arch}.rope.dimension_count", hd, "u32")
     k("{arch}.vocab_size", spec.vocab, "u32")
     if spec.is_moe:
-        shared_total = spec.n_shared * spec.shared_ffn
-        if shared_total % spec.expert_ffn:
-            raise UsageError(f"{spec.display}: glm4moe needs the shared expert width ({shared_total}) to be a "
-                             f"multiple of the expert width ({spec.expert_ffn})")
-        k("{arch}.feed_forward_length", shared_total or spec.expert_ffn, "u32")
-        k("{arch}.expert_count", spec.n_experts, "u32")
-        k("{arch}.expert_used_count", spec.top_k, "u32")
-        k("{arch}.expert_feed_forward_length", spec.expert_ffn, "u32")
-        k("{arch}.expert_shared_count", shared_total // spec.expert_ffn, "u32")
-        k("{arch}.leading_dense_block_count", 0, "u32")
-        k("{arch}.expert_weights_norm", True, "bool")
-        k("{arch}.expert_weights_scale", 1.0, "f32")
-        k("{arch}.expert_gating_func", GATING_SOFTMAX_WEIGHT, "u32")
-        k("{arch}.nextn_predict_layers", 0, "u32")
-        notes.append(ROUTING_NOTE)
-        if spec.gate != "sigmoid":
-            notes.append(f"reference gate {spec.gate!r}: weights there are softmax over all experts; "
-                         "here softmax over the selected ones")
-        if spec.n_local_layers:
-            notes.append("glm4moe has no sliding-window attention: every layer is global here")
+        _moe_kv(spec, k, notes)
     else:
         k("{arch}.feed_forward_length", spec.ffn, "u32")
     if arch == "granite_swa":
@@ -314,7 +321,30 @@ def export_plan(spec: ModelSpec, weights: str = "f32", source: _Source | None = 
         k("{arch}.logit_scale", 1.0, "f32")
         notes.append("granite_swa: per-layer sliding windows as in the reference; logit_scale 1; "
                      "attention sinks -1e30 (inert)")
-    return ExportPlan(arch=arch, weights=weights, kv=kv, tensors=tensors, notes=notes)
+    return kv
+
+
+def _moe_kv(spec: ModelSpec, k: Callable[[str, Any, str], None], notes: list[str]) -> None:
+    shared_total = spec.n_shared * spec.shared_ffn
+    if shared_total % spec.expert_ffn:
+        raise UsageError(f"{spec.display}: glm4moe needs the shared expert width ({shared_total}) to be a "
+                         f"multiple of the expert width ({spec.expert_ffn})")
+    k("{arch}.feed_forward_length", shared_total or spec.expert_ffn, "u32")
+    k("{arch}.expert_count", spec.n_experts, "u32")
+    k("{arch}.expert_used_count", spec.top_k, "u32")
+    k("{arch}.expert_feed_forward_length", spec.expert_ffn, "u32")
+    k("{arch}.expert_shared_count", shared_total // spec.expert_ffn, "u32")
+    k("{arch}.leading_dense_block_count", 0, "u32")
+    k("{arch}.expert_weights_norm", True, "bool")
+    k("{arch}.expert_weights_scale", 1.0, "f32")
+    k("{arch}.expert_gating_func", GATING_SOFTMAX_WEIGHT, "u32")
+    k("{arch}.nextn_predict_layers", 0, "u32")
+    notes.append(ROUTING_NOTE)
+    if spec.gate != "sigmoid":
+        notes.append(f"reference gate {spec.gate!r}: weights there are softmax over all experts; "
+                     "here softmax over the selected ones")
+    if spec.n_local_layers:
+        notes.append("glm4moe has no sliding-window attention: every layer is global here")
 
 
 def expected_tensor_bytes(spec: ModelSpec, weights: str = "q4_0") -> int:

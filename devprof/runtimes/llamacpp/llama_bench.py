@@ -218,35 +218,10 @@ def _bench_record(o: Any, i: int) -> LlamaBenchRecord:
     if n_prompt == 0 and n_gen == 0:
         raise ParseError(f"{where} has n_prompt == n_gen == 0 (not a test)")
     n_depth = as_count(o.get("n_depth", 0), "n_depth", where)
-
-    samples_ns = _num_list(o.get("samples_ns", []), "samples_ns", where, integral=True)
-    samples_ts = _num_list(o.get("samples_ts", []), "samples_ts", where, integral=False)
-    if "avg_ns" in o:
-        avg_ns = as_count(o["avg_ns"], "avg_ns", where)
-    elif samples_ns:
-        avg_ns = round(sum(samples_ns) / len(samples_ns))
-    else:
-        raise ParseError(f"{where} lacks avg_ns and samples_ns (no timing)")
-    if avg_ns <= 0:
-        raise ParseError(f"{where}: avg_ns is {avg_ns} (a test cannot take no time)")
-    stddev_ns = as_count(o.get("stddev_ns", 0), "stddev_ns", where)
-    if "avg_ts" in o:
-        avg_ts = float(as_number(o["avg_ts"], "avg_ts", where))
-    elif samples_ts:
-        avg_ts = sum(samples_ts) / len(samples_ts)
-    else:
-        avg_ts = (n_prompt + n_gen) * 1e9 / avg_ns
-    if avg_ts < 0:
-        raise ParseError(f"{where}: avg_ts is negative ({avg_ts})")
-    stddev_ts = float(as_number(o.get("stddev_ts", 0.0), "stddev_ts", where))
+    timing = _bench_timing(o, where, n_prompt + n_gen)
 
     def opt_int(key: str, minimum: int = 0) -> int | None:
-        v = o.get(key)
-        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
-            return None
-        if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
-            return None
-        return int(v) if int(v) >= minimum else None
+        return _opt_int(o.get(key), minimum)
 
     def opt_str(key: str) -> str | None:
         v = o.get(key)
@@ -259,12 +234,7 @@ def _bench_record(o: Any, i: int) -> LlamaBenchRecord:
         n_prompt=n_prompt,
         n_gen=n_gen,
         n_depth=n_depth,
-        avg_ns=avg_ns,
-        stddev_ns=stddev_ns,
-        avg_ts=avg_ts,
-        stddev_ts=stddev_ts,
-        samples_ns=tuple(int(x) for x in samples_ns),
-        samples_ts=tuple(float(x) for x in samples_ts),
+        **timing,
         model_filename=opt_str("model_filename"),
         model_type=opt_str("model_type"),
         model_size=opt_int("model_size"),
@@ -283,6 +253,41 @@ def _bench_record(o: Any, i: int) -> LlamaBenchRecord:
         test_time=opt_str("test_time"),
         raw=json_safe(o),
     )
+
+
+def _bench_timing(o: dict, where: str, n_tokens: int) -> dict[str, Any]:
+    """avg/stddev in ns and tokens/s and the samples of one record; averages from the samples when absent."""
+    samples_ns = _num_list(o.get("samples_ns", []), "samples_ns", where, integral=True)
+    samples_ts = _num_list(o.get("samples_ts", []), "samples_ts", where, integral=False)
+    if "avg_ns" in o:
+        avg_ns = as_count(o["avg_ns"], "avg_ns", where)
+    elif samples_ns:
+        avg_ns = round(sum(samples_ns) / len(samples_ns))
+    else:
+        raise ParseError(f"{where} lacks avg_ns and samples_ns (no timing)")
+    if avg_ns <= 0:
+        raise ParseError(f"{where}: avg_ns is {avg_ns} (a test cannot take no time)")
+    stddev_ns = as_count(o.get("stddev_ns", 0), "stddev_ns", where)
+    if "avg_ts" in o:
+        avg_ts = float(as_number(o["avg_ts"], "avg_ts", where))
+    elif samples_ts:
+        avg_ts = sum(samples_ts) / len(samples_ts)
+    else:
+        avg_ts = n_tokens * 1e9 / avg_ns
+    if avg_ts < 0:
+        raise ParseError(f"{where}: avg_ts is negative ({avg_ts})")
+    stddev_ts = float(as_number(o.get("stddev_ts", 0.0), "stddev_ts", where))
+    return {"avg_ns": avg_ns, "stddev_ns": stddev_ns, "avg_ts": avg_ts, "stddev_ts": stddev_ts,
+            "samples_ns": tuple(int(x) for x in samples_ns), "samples_ts": tuple(float(x) for x in samples_ts)}
+
+
+def _opt_int(v: Any, minimum: int = 0) -> int | None:
+    """An integral number at least ``minimum``, else None."""
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        return None
+    return int(v) if int(v) >= minimum else None
 
 
 def _num_list(v: Any, key: str, where: str, *, integral: bool) -> list[float]:

@@ -67,6 +67,49 @@ def parse_llama_perf(text: str, *, runtime: str = "llamacpp") -> RunResult:
 
 
 def _parse_perf(text: str, runtime: str) -> RunResult:
+    blocks = _perf_blocks(text, runtime)
+    block = blocks[-1]
+    if not any(k in block for k in _ESSENTIAL):
+        raise ParseError(
+            f"{runtime}: last perf block has neither a 'prompt eval time' nor an 'eval time' line "
+            f"(output cut off?; found: {', '.join(sorted(block))})"
+        )
+
+    warnings: list[str] = []
+    missing = [k for k in ("load time", "prompt eval time", "eval time", "total time") if k not in block]
+    perf = _PerfBlock(block, runtime, warnings)
+    pe_ms, pe_n = perf.value("prompt eval time", True), perf.count("prompt eval time", True)
+    ev_ms, ev_n = perf.value("eval time", True), perf.count("eval time", True)
+
+    def rate(n: int | None, ms: float | None, label: str) -> float | None:
+        return token_rate(n, ms, 1000.0, label, f"{label}: 0 ms for {n} tokens (perf timings disabled?), rate not computed",
+                          warnings)
+
+    prefill_tok_s = rate(pe_n, pe_ms, "prompt eval")
+    decode_tok_s = rate(ev_n, ev_ms, "eval")
+    load_ms = perf.value("load time", False)
+    extra = _perf_extra(perf, len(blocks), pe_ms is not None)
+    if missing:
+        extra["missing"] = missing
+    if warnings:
+        extra["warnings"] = warnings
+
+    return RunResult(
+        runtime=runtime,
+        prompt_tokens=pe_n,
+        generated_tokens=ev_n,
+        prefill_tok_s=prefill_tok_s,
+        decode_tok_s=decode_tok_s,
+        ttft_ms=pe_ms,
+        load_ms=load_ms,
+        prefill_ms=pe_ms,
+        decode_ms=ev_ms,
+        extra=extra,
+    )
+
+
+def _perf_blocks(text: str, runtime: str) -> list[dict[str, tuple[str, str, str]]]:
+    """The perf blocks of ``text`` ({figure: (prefix, value, tail)}); a repeated figure starts a new one."""
     blocks: list[dict[str, tuple[str, str, str]]] = []
     current: dict[str, tuple[str, str, str]] = {}
     for m in _PERF_RE.finditer(text):
@@ -82,60 +125,52 @@ def _parse_perf(text: str, runtime: str) -> RunResult:
             f"{runtime}: no llama.cpp perf lines ('llama_perf_context_print: prompt eval time = ...' or "
             f"'common_perf_print:'/'llama_print_timings:') in the output ({len(text.strip())} chars)"
         )
-    block = blocks[-1]
-    if not any(k in block for k in _ESSENTIAL):
-        raise ParseError(
-            f"{runtime}: last perf block has neither a 'prompt eval time' nor an 'eval time' line "
-            f"(output cut off?; found: {', '.join(sorted(block))})"
-        )
+    return blocks
 
-    warnings: list[str] = []
-    missing = [k for k in ("load time", "prompt eval time", "eval time", "total time") if k not in block]
 
-    def value(kind: str, essential: bool) -> float | None:
-        if kind not in block:
+class _PerfBlock:
+    """The figures of one perf block; a bad essential figure raises, a bad other one adds a warning."""
+
+    def __init__(self, block: dict[str, tuple[str, str, str]], runtime: str, warnings: list[str]) -> None:
+        self.block, self.runtime, self.warnings = block, runtime, warnings
+
+    def value(self, kind: str, essential: bool) -> float | None:
+        if kind not in self.block:
             return None
-        raw = block[kind][1]
+        raw = self.block[kind][1]
         if _NUM_RE.match(raw):
             v = float(raw)
             if math.isfinite(v) and v >= 0:
                 return v
-        msg = f"{runtime}: perf line '{kind}' has a non-numeric or impossible value {snippet(raw, 30)}"
+        msg = f"{self.runtime}: perf line '{kind}' has a non-numeric or impossible value {snippet(raw, 30)}"
         if essential:
             raise ParseError(msg)
-        warnings.append(msg)
+        self.warnings.append(msg)
         return None
 
-    def count(kind: str, essential: bool) -> int | None:
-        if kind not in block:
+    def count(self, kind: str, essential: bool) -> int | None:
+        if kind not in self.block:
             return None
-        cm = _COUNT_RE.match(block[kind][2])
+        cm = _COUNT_RE.match(self.block[kind][2])
         if cm is None:
-            msg = f"{runtime}: perf line '{kind}' lacks its '/ N tokens' count"
+            msg = f"{self.runtime}: perf line '{kind}' lacks its '/ N tokens' count"
             if essential:
                 raise ParseError(msg)
-            warnings.append(msg)
+            self.warnings.append(msg)
             return None
         return int(cm.group(1))
 
-    pe_ms, pe_n = value("prompt eval time", True), count("prompt eval time", True)
-    ev_ms, ev_n = value("eval time", True), count("eval time", True)
 
-    def rate(n: int | None, ms: float | None, label: str) -> float | None:
-        return token_rate(n, ms, 1000.0, label, f"{label}: 0 ms for {n} tokens (perf timings disabled?), rate not computed",
-                          warnings)
-
-    prefill_tok_s = rate(pe_n, pe_ms, "prompt eval")
-    decode_tok_s = rate(ev_n, ev_ms, "eval")
-    load_ms = value("load time", False)
-
+def _perf_extra(perf: _PerfBlock, n_blocks: int, has_prompt_eval: bool) -> dict[str, Any]:
+    """``extra``: the line prefix, block count, total/sampling/unaccounted times, graphs reused."""
+    block, value = perf.block, perf.value
     prefixes = sorted({v[0] for v in block.values() if v[0] != "llama_perf_sampler_print"})
     extra: dict[str, Any] = {
         "perf_prefix": prefixes[0] if len(prefixes) == 1 else prefixes,
-        "perf_blocks": len(blocks),
+        "perf_blocks": n_blocks,
         "generated_tokens_source": "eval 'runs' (decode calls; the first new token comes from the prompt pass)",
     }
-    if pe_ms is not None:
+    if has_prompt_eval:
         extra["ttft_source"] = "approximation: prompt eval time (no first-token timestamp in llama.cpp output)"
     total_ms = value("total time", False)
     if total_ms is not None:
@@ -158,24 +193,8 @@ def _parse_perf(text: str, runtime: str) -> RunResult:
         if raw.isdigit():
             extra["graphs_reused"] = int(raw)
         else:
-            warnings.append(f"{runtime}: perf line 'graphs reused' has a non-numeric value {snippet(raw, 30)}")
-    if missing:
-        extra["missing"] = missing
-    if warnings:
-        extra["warnings"] = warnings
-
-    return RunResult(
-        runtime=runtime,
-        prompt_tokens=pe_n,
-        generated_tokens=ev_n,
-        prefill_tok_s=prefill_tok_s,
-        decode_tok_s=decode_tok_s,
-        ttft_ms=pe_ms,
-        load_ms=load_ms,
-        prefill_ms=pe_ms,
-        decode_ms=ev_ms,
-        extra=extra,
-    )
+            perf.warnings.append(f"{perf.runtime}: perf line 'graphs reused' has a non-numeric value {snippet(raw, 30)}")
+    return extra
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,16 +36,8 @@ from typing import Any, Callable
 
 from devprof.errors import UsageError
 from devprof.results import RunResult
-from devprof.runtimes.base import (
-    Invocation,
-    RuntimeAdapter,
-    coerce_text,
-    extra_args,
-    flag,
-    register,
-    require_int,
-    require_path,
-)
+from devprof.runtimes.base import (Invocation, RuntimeAdapter, extra_args, flag, joined_output, register, require_int,
+                                   require_path)
 from devprof.runtimes.executorch.observer import parse_pytorch_observer
 
 __all__ = ["ReferenceAdapter", "MODULE"]
@@ -95,8 +87,7 @@ class ReferenceAdapter(RuntimeAdapter):
 
     def parse(self, stdout: str, stderr: str = "") -> RunResult:
         """The PyTorchObserver line and the "RSS after ..." lines (stdout and stderr)."""
-        text = coerce_text(stdout, "stdout") + "\n" + coerce_text(stderr, "stderr")
-        return parse_pytorch_observer(text, runtime=self.name)
+        return parse_pytorch_observer(joined_output(stdout, stderr), runtime=self.name)
 
     weight_formats = ("fp32",)
 

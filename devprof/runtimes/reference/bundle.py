@@ -193,77 +193,98 @@ def tensor_plan(spec: ModelSpec, expert_align: int = EXPERT_ALIGN) -> dict[str, 
     """
     if expert_align % 4096 or expert_align < 4096:
         raise UsageError(f"expert alignment must be a multiple of 4096 bytes, got {expert_align}")
-    d, hd, L = spec.hidden, spec.head_dim, spec.n_layers
-    H, KV = spec.n_heads, spec.n_kv_heads
+    d, L = spec.hidden, spec.n_layers
     r = 1.0 / math.sqrt(2 * L)
-    tensors: dict[str, dict[str, Any]] = {}
-    off = 0
-
-    def add(name: str, shape: tuple[int, ...], init: tuple[str, float], align: int = TENSOR_ALIGN,
-            orient: bool = True) -> int:
-        """``shape`` is the logical shape ([out, in] for a matrix). A matrix with more outputs
-        than inputs is stored transposed ([in, out], "transposed": true), so that the rows a
-        one-token GEMV streams through are the longer dimension (BLAS GEMV runs at about half
-        the memory bandwidth on 256..768-float rows, at full bandwidth on long ones)."""
-        nonlocal off
-        off = _round_up(off, align)
-        nbytes = 4 * math.prod(shape)
-        transposed = orient and len(shape) == 2 and shape[0] > shape[1]
-        stored = [shape[1], shape[0]] if transposed else list(shape)
-        tensors[name] = {"offset": off, "shape": stored, "dtype": "float32", "nbytes": nbytes,
-                         "transposed": transposed, "init": list(init)}
-        start = off
-        off += nbytes
-        return start
-
+    lay = _Layout()
     # tied: also the LM head, stored [d, vocab]; untied: a lookup table only, stored [vocab, d]
-    add("tok_embeddings", (spec.vocab, d), ("uniform", 1.0), orient=spec.tied_embeddings)
+    lay.add("tok_embeddings", (spec.vocab, d), ("uniform", 1.0), orient=spec.tied_embeddings)
     blocks: list[dict[str, int]] = []
     span = 0
     if spec.is_moe:
-        fe = spec.expert_ffn
-        block_bytes = 4 * (2 * fe * d + d * fe)
-        span = _round_up(block_bytes, expert_align)
+        span = _round_up(_expert_block_bytes(spec), expert_align)
     for i in range(L):
         p = f"layers.{i}."
-        add(p + "attn_norm", (d,), ("const", 1.0))
-        add(p + "wqkv", ((H + 2 * KV) * hd, d), ("uniform", 1 / math.sqrt(d)))
-        add(p + "wo", (d, H * hd), ("uniform", r / math.sqrt(H * hd)))
-        if spec.qk_norm:
-            add(p + "q_norm", (hd,), ("const", 1.0))
-            add(p + "k_norm", (hd,), ("const", 1.0))
-        add(p + "ffn_norm", (d,), ("const", 1.0))
-        if not spec.is_moe:
-            add(p + "ffn.w13", (2 * spec.ffn, d), ("uniform", 1 / math.sqrt(d)))
-            add(p + "ffn.w2", (d, spec.ffn), ("uniform", r / math.sqrt(spec.ffn)))
-            continue
-        add(p + "router", (spec.n_experts, d), ("uniform", 1 / math.sqrt(d)))
-        add(p + "router_bias", (spec.n_experts,), ("hot", ROUTER_HOT_BIAS))
-        for j in range(spec.n_shared):
-            add(p + f"shared.{j}.w13", (2 * spec.shared_ffn, d), ("uniform", 1 / math.sqrt(d)))
-            add(p + f"shared.{j}.w2", (d, spec.shared_ffn), ("uniform", r / math.sqrt(spec.shared_ffn)))
-        off = _round_up(off, expert_align)
-        for e in range(spec.n_experts):
-            start = off
-            q = p + f"experts.{e}."
-            add(q + "w13", (2 * fe, d), ("uniform", 1 / math.sqrt(d)), align=expert_align)
-            add(q + "w2", (d, fe), ("uniform", r / math.sqrt(fe)))
-            blocks.append({"layer": i, "expert": e, "offset": start, "nbytes": block_bytes, "span": span})
-            off = start + span
-    add("norm", (d,), ("const", 1.0))
+        _attention_tensors(lay, spec, p, r)
+        if spec.is_moe:
+            _moe_tensors(lay, spec, i, r, expert_align, span, blocks)
+        else:
+            lay.add(p + "ffn.w13", (2 * spec.ffn, d), ("uniform", 1 / math.sqrt(d)))
+            lay.add(p + "ffn.w2", (d, spec.ffn), ("uniform", r / math.sqrt(spec.ffn)))
+    lay.add("norm", (d,), ("const", 1.0))
     if not spec.tied_embeddings:
-        add("output", (spec.vocab, d), ("uniform", 1 / math.sqrt(d)))
+        lay.add("output", (spec.vocab, d), ("uniform", 1 / math.sqrt(d)))
     return {
         "format_version": FORMAT_VERSION,
         "dtype": "float32",
         "byteorder": "little",
         "alignment": {"tensor": TENSOR_ALIGN, "expert_block": expert_align if spec.is_moe else None},
-        "file_size": off,
-        "tensors": tensors,
+        "file_size": lay.off,
+        "tensors": lay.tensors,
         "expert_block_bytes": (4 * 3 * spec.expert_ffn * d) if spec.is_moe else 0,
         "expert_block_span": span,
         "expert_blocks": blocks,
     }
+
+
+class _Layout:
+    """Tensors placed one after another in the weights file; ``off`` is the end of the last one."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, dict[str, Any]] = {}
+        self.off = 0
+
+    def add(self, name: str, shape: tuple[int, ...], init: tuple[str, float], align: int = TENSOR_ALIGN,
+            orient: bool = True) -> int:
+        """``shape`` is the logical shape ([out, in] for a matrix). A matrix with more outputs
+        than inputs is stored transposed ([in, out], "transposed": true), so that the rows a
+        one-token GEMV streams through are the longer dimension (BLAS GEMV runs at about half
+        the memory bandwidth on 256..768-float rows, at full bandwidth on long ones)."""
+        self.off = _round_up(self.off, align)
+        nbytes = 4 * math.prod(shape)
+        transposed = orient and len(shape) == 2 and shape[0] > shape[1]
+        stored = [shape[1], shape[0]] if transposed else list(shape)
+        self.tensors[name] = {"offset": self.off, "shape": stored, "dtype": "float32", "nbytes": nbytes,
+                              "transposed": transposed, "init": list(init)}
+        start = self.off
+        self.off += nbytes
+        return start
+
+
+def _expert_block_bytes(spec: ModelSpec) -> int:
+    fe, d = spec.expert_ffn, spec.hidden
+    return 4 * (2 * fe * d + d * fe)
+
+
+def _attention_tensors(lay: _Layout, spec: ModelSpec, p: str, r: float) -> None:
+    """A layer's attention and its norms (the FFN norm included)."""
+    d, hd, H, KV = spec.hidden, spec.head_dim, spec.n_heads, spec.n_kv_heads
+    lay.add(p + "attn_norm", (d,), ("const", 1.0))
+    lay.add(p + "wqkv", ((H + 2 * KV) * hd, d), ("uniform", 1 / math.sqrt(d)))
+    lay.add(p + "wo", (d, H * hd), ("uniform", r / math.sqrt(H * hd)))
+    if spec.qk_norm:
+        lay.add(p + "q_norm", (hd,), ("const", 1.0))
+        lay.add(p + "k_norm", (hd,), ("const", 1.0))
+    lay.add(p + "ffn_norm", (d,), ("const", 1.0))
+
+
+def _moe_tensors(lay: _Layout, spec: ModelSpec, i: int, r: float, expert_align: int, span: int,
+                 blocks: list[dict[str, int]]) -> None:
+    """Layer ``i``'s router, shared experts and expert blocks (each at an ``expert_align`` boundary)."""
+    d, fe, p = spec.hidden, spec.expert_ffn, f"layers.{i}."
+    block_bytes = _expert_block_bytes(spec)
+    lay.add(p + "router", (spec.n_experts, d), ("uniform", 1 / math.sqrt(d)))
+    lay.add(p + "router_bias", (spec.n_experts,), ("hot", ROUTER_HOT_BIAS))
+    for j in range(spec.n_shared):
+        lay.add(p + f"shared.{j}.w13", (2 * spec.shared_ffn, d), ("uniform", 1 / math.sqrt(d)))
+        lay.add(p + f"shared.{j}.w2", (d, spec.shared_ffn), ("uniform", r / math.sqrt(spec.shared_ffn)))
+    lay.off = _round_up(lay.off, expert_align)
+    for e in range(spec.n_experts):
+        start = lay.off
+        q = p + f"experts.{e}."
+        lay.add(q + "w13", (2 * fe, d), ("uniform", 1 / math.sqrt(d)), align=expert_align)
+        lay.add(q + "w2", (d, fe), ("uniform", r / math.sqrt(fe)))
+        blocks.append({"layer": i, "expert": e, "offset": start, "nbytes": block_bytes, "span": span})
+        lay.off = start + span
 
 
 # ---- deterministic init -------------------------------------------------------------------

@@ -475,9 +475,15 @@ class Engine:
         np.matmul(o.numpy().reshape(ws.o_shape), L.wo_n, out=ws.y)
         np.add(x, ws.y, out=x)
         _rms_row(x, L.ffn_norm_n, ws.h)
-        if not sp.is_moe:
+        if sp.is_moe:
+            self._moe_decode(L, x, pos, trace)
+        else:
             self._ffn_decode(x, L.w13_n, L.w2_n)
-            return
+
+    def _moe_decode(self, L: Layer, x: np.ndarray, pos: int, trace: np.ndarray | None) -> None:
+        """x += the MoE FFN of ws.h: the router's top-k experts, gate-weighted, and the shared experts."""
+        sp = self.spec
+        ws = self._ws
         # route: top-k of logits + bias; gate weights from the unbiased logits, in Python
         np.matmul(ws.h, L.router_n, out=ws.logits)
         np.add(ws.logits[0], L.bias_n, out=ws.sel)
@@ -492,7 +498,7 @@ class Engine:
             lse = m + math.log(float(np.exp(ws.logits - m).sum()))
             gw = [math.exp(v - lse) for v in raw]
         if trace is not None:
-            trace[i, pos] = ids
+            trace[L.index, pos] = ids
         w13, w2 = L.experts_w13_n, L.experts_w2_n
         for j, ex in enumerate(ids):
             np.matmul(ws.h, w13[ex], out=ws.g_rows[j])

@@ -130,71 +130,18 @@ _T0 = time.monotonic()
 
 
 def _run(args: argparse.Namespace) -> int:
-    # ---- validate everything cheap before importing torch ----------------------------
-    if args.temperature != 0:
-        raise UsageError(f"only greedy decoding is supported (--temperature 0), got {args.temperature:g}")
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
-    if args.cpu_threads == 0 or args.cpu_threads < -1:
-        raise UsageError(f"--cpu_threads must be -1 or >= 1, got {args.cpu_threads}")
-    if args.prefill_chunk is not None and args.prefill_chunk < 1:
-        raise UsageError(f"--prefill_chunk must be >= 1, got {args.prefill_chunk}")
+    _check_args(args)  # everything cheap, before importing torch
     from devprof.runtimes.reference.bundle import load_config, spec_from_config
 
     folder = Path(args.model_path)
     config = load_config(folder)
     spec = spec_from_config(config)
     tok_path = Path(args.tokenizer_path) if args.tokenizer_path else folder / config.get("tokenizer", "tokenizer.json")
-    ids: list[int] | None = None
-    text: str | None = None
-    if args.prompt_ids_file:
-        ids = _read_ids(args.prompt_ids_file)
-        bad = [i for i in ids if i < 0 or i >= spec.vocab]
-        if bad:
-            raise UsageError(f"{args.prompt_ids_file}: token id {bad[0]} outside [0, {spec.vocab})")
-        _check_context(spec, len(ids), args.max_new_tokens)
-    elif args.prompt_file:
-        try:
-            text = Path(args.prompt_file).read_text()
-        except FileNotFoundError:
-            raise UsageError(f"prompt file not found: {args.prompt_file}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read prompt file {args.prompt_file}: {exc}") from None
-    else:
-        text = args.prompt
-    if text is not None and not tok_path.is_file():
-        raise UsageError(f"tokenizer not found: {tok_path}")
-    if args.routing_trace:
-        parent = Path(args.routing_trace).resolve().parent
-        if not parent.is_dir():
-            raise UsageError(f"routing trace folder does not exist: {parent}")
+    ids, text = _read_prompt(args, spec, tok_path)
 
-    # ---- load -------------------------------------------------------------------------
-    t_imp = time.perf_counter()
+    engine, tokenizer, load_start, load_end = _load(args, folder, tok_path, text is not None)
     import numpy as np
     import torch
-
-    from devprof.runtimes.reference.engine import DEFAULT_PREFILL_CHUNK, Engine, set_threads, tune_malloc
-
-    if args.cpu_threads > 0:
-        set_threads(args.cpu_threads)
-
-    tune_malloc()
-
-    _log(f"runtime import: {(time.perf_counter() - t_imp) * 1000:.0f} ms (torch {torch.__version__}, "
-         f"{torch.get_num_threads()} threads)")
-    load_start = time.time() * 1000.0
-    engine = Engine(folder, prefill_chunk=args.prefill_chunk or DEFAULT_PREFILL_CHUNK)
-    tokenizer = None
-    if text is not None:
-        from tokenizers import Tokenizer
-
-        try:
-            tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:  # noqa: BLE001
-            raise UsageError(f"cannot load tokenizer {tok_path}: {exc}") from None
-    load_end = time.time() * 1000.0
-    _log(f"RSS after loading model: {_rss_mib():f} MiB (0 if unsupported)")
 
     def encode() -> list[int]:
         assert tokenizer is not None and text is not None
@@ -223,7 +170,86 @@ def _run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(" ".join(map(str, gen.tokens)) + "\n")
     _log(f"RSS after finishing text generation: {_rss_mib():f} MiB (0 if unsupported)")
-    stats: dict[str, Any] = {
+    stats = _observer_stats(gen, load_start, load_end, torch.get_num_threads())
+    sys.stdout.write("PyTorchObserver " + json.dumps(stats, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    if trace is not None:
+        _write_trace(args.routing_trace, engine, trace, len(prompt_ids))
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.temperature != 0:
+        raise UsageError(f"only greedy decoding is supported (--temperature 0), got {args.temperature:g}")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    if args.cpu_threads == 0 or args.cpu_threads < -1:
+        raise UsageError(f"--cpu_threads must be -1 or >= 1, got {args.cpu_threads}")
+    if args.prefill_chunk is not None and args.prefill_chunk < 1:
+        raise UsageError(f"--prefill_chunk must be >= 1, got {args.prefill_chunk}")
+
+
+def _read_prompt(args: argparse.Namespace, spec: Any, tok_path: Path) -> tuple[list[int] | None, str | None]:
+    """(prompt ids, None) or (None, prompt text), checked; also checks the routing trace's folder."""
+    ids: list[int] | None = None
+    text: str | None = None
+    if args.prompt_ids_file:
+        ids = _read_ids(args.prompt_ids_file)
+        bad = [i for i in ids if i < 0 or i >= spec.vocab]
+        if bad:
+            raise UsageError(f"{args.prompt_ids_file}: token id {bad[0]} outside [0, {spec.vocab})")
+        _check_context(spec, len(ids), args.max_new_tokens)
+    elif args.prompt_file:
+        try:
+            text = Path(args.prompt_file).read_text()
+        except FileNotFoundError:
+            raise UsageError(f"prompt file not found: {args.prompt_file}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read prompt file {args.prompt_file}: {exc}") from None
+    else:
+        text = args.prompt
+    if text is not None and not tok_path.is_file():
+        raise UsageError(f"tokenizer not found: {tok_path}")
+    if args.routing_trace:
+        parent = Path(args.routing_trace).resolve().parent
+        if not parent.is_dir():
+            raise UsageError(f"routing trace folder does not exist: {parent}")
+    return ids, text
+
+
+def _load(args: argparse.Namespace, folder: Path, tok_path: Path, needs_tokenizer: bool) -> tuple[Any, Any, float, float]:
+    """(engine, tokenizer or None, load start ms, load end ms), logging the import time and the RSS."""
+    t_imp = time.perf_counter()
+    import numpy  # noqa: F401 - counted in the import time
+    import torch
+
+    from devprof.runtimes.reference.engine import DEFAULT_PREFILL_CHUNK, Engine, set_threads, tune_malloc
+
+    if args.cpu_threads > 0:
+        set_threads(args.cpu_threads)
+
+    tune_malloc()
+
+    _log(f"runtime import: {(time.perf_counter() - t_imp) * 1000:.0f} ms (torch {torch.__version__}, "
+         f"{torch.get_num_threads()} threads)")
+    load_start = time.time() * 1000.0
+    engine = Engine(folder, prefill_chunk=args.prefill_chunk or DEFAULT_PREFILL_CHUNK)
+    tokenizer = None
+    if needs_tokenizer:
+        from tokenizers import Tokenizer
+
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(f"cannot load tokenizer {tok_path}: {exc}") from None
+    load_end = time.time() * 1000.0
+    _log(f"RSS after loading model: {_rss_mib():f} MiB (0 if unsupported)")
+    return engine, tokenizer, load_start, load_end
+
+
+def _observer_stats(gen: Any, load_start: float, load_end: float, cpu_threads: int) -> dict[str, Any]:
+    """The ``PyTorchObserver`` JSON object of the measured generation."""
+    return {
         "prompt_tokens": gen.prompt_tokens,
         "generated_tokens": gen.decode_steps,
         "model_load_start_ms": round(load_start),
@@ -239,13 +265,8 @@ def _run(args: argparse.Namespace) -> int:
         "SCALING_FACTOR_UNITS_PER_SECOND": 1000,
         # devprof's addition (ExecuTorch's line has no such key): each decode step's wall time, ms
         "decode_token_ms": gen.extra.get("token_ms", []),
-        "cpu_threads": torch.get_num_threads(),  # as used (-1 on the command line: torch's default)
+        "cpu_threads": cpu_threads,  # as used (-1 on the command line: torch's default)
     }
-    sys.stdout.write("PyTorchObserver " + json.dumps(stats, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
-    if trace is not None:
-        _write_trace(args.routing_trace, engine, trace, len(prompt_ids))
-    return 0
 
 
 def _check_context(spec: Any, n_prompt: int, max_new: int) -> None:

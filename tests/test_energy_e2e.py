@@ -1,0 +1,150 @@
+"""Energy per token and --soak end to end: the real adb server, the suite's phone daemon with its fake
+battery (tests/support/fake_battery.py: busy_ua while a native program runs, idle_ua otherwise, at voltage_uv,
+so the true J/token of a phase is (busy - idle) x V x phase seconds / tokens), devprof's native arm64
+runner under qemu, and devprof's CLI, store and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from devprof.cli import cli
+from tests.support.adb_env import AdbServer, FakePhone
+
+RUN = ["run", "--device", "s25", "--context", "128", "--new-tokens", "8", "--reps", "2", "--warmup", "0",
+       "--threads", "1", "--workload", "real", "--baseline", "none", "--sample-ms", "20"]
+
+
+def need_qemu() -> None:
+    if not shutil.which("qemu-aarch64-static"):
+        pytest.fail("qemu-aarch64-static is not installed: run scripts/test-setup (Debian: qemu-user-static)",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def adb():
+    with AdbServer() as server:
+        yield server
+
+
+@pytest.fixture
+def env(adb, monkeypatch):
+    for k, v in adb.env.items():
+        if k.startswith("ANDROID_ADB") or k.startswith("ADB_"):
+            monkeypatch.setenv(k, v)
+    return adb.env
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_j_per_token_matches_the_fake_batterys_true_energy(adb, env, tmp_path):
+    need_qemu()
+    db = tmp_path / "s.db"
+    with FakePhone(adb) as phone:
+        conf = phone.battery(sign=1, unit="mA", idle_ua=300_000, busy_ua=1_500_000)  # Samsung's convention
+        res = invoke(*RUN, "--energy-baseline", "1.5", "--db", str(db))
+        assert res.exit_code == 0, res.output
+    net_w = (conf["busy_ua"] - conf["idle_ua"]) * conf["voltage_uv"] / 1e12
+    con = sqlite3.connect(db)
+    rows = con.execute("select energy_json, result_json from repetitions where warmup = 0").fetchall()
+    assert len(rows) == 2
+    for energy_json, result_json in rows:
+        e, r = json.loads(energy_json), json.loads(result_json)
+        assert e["source"] == "sysfs" and e["current_unit"] == "mA" and e["discharge_sign"] == "positive"
+        assert e["baseline_w"] == pytest.approx(conf["idle_ua"] * conf["voltage_uv"] / 1e12, rel=0.02)
+        stamps = r["extra"]["token_stamp_ms"]
+        true_decode = net_w * (stamps[-1] - stamps[0]) / 1000.0 / (len(stamps) - 1)
+        true_prefill = net_w * r["extra"]["prefill_wall_ms"] / 1000.0 / r["prompt_tokens"]
+        assert e["phases"]["decode"]["j_per_token"] == pytest.approx(true_decode, rel=0.05)
+        assert e["phases"]["prefill"]["j_per_token"] == pytest.approx(true_prefill, rel=0.05)
+        assert e["phases"]["decode"]["tokens"] == 7 and e["phases"]["prefill"]["tokens"] == 128
+        assert not e["phases"]["decode"]["slow_gauge"]  # a 20 ms gauge against a phase of seconds
+    shown = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+    en = shown["energy"]
+    assert en["state"] == "measured" and en["source"] == "sysfs" and en["update_ms"] > 0
+    phases = {r["phase"]: r for r in en["rows"]}
+    assert set(phases) == {"prefill", "decode"} and all(r["n"] == 2 for r in phases.values())
+    assert phases["decode"]["ci"][0] <= phases["decode"]["j_per_token"] <= phases["decode"]["ci"][1]
+    assert shown["soak"] is None
+    text = invoke("show", "latest", "--db", str(db)).output
+    assert "Energy (battery current_now × voltage_now (sysfs), reading changes" in text and "decode:" in text
+    exported = json.loads(invoke("export", "latest", "--format", "json", "--db", str(db)).output)
+    assert exported["energy"]["rows"] == en["rows"] and exported["repetitions"][0]["energy"]["phases"]
+    html = tmp_path / "r.html"
+    assert invoke("report", "latest", "--db", str(db), "--out", str(html)).exit_code == 0
+    page = html.read_text()
+    assert '<section id="energy">' in page and "J/token (median)" in page
+
+
+def test_charging_refuses_energy_with_a_clear_line(adb, env, tmp_path):
+    need_qemu()
+    db = tmp_path / "s.db"
+    with FakePhone(adb) as phone:
+        phone.battery(status="Charging", plugged="USB")
+        res = invoke(*RUN[:8], "1", *RUN[9:], "--db", str(db))
+        assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("energy refused"))
+    # the fake phone is reached over TCP (wireless debugging, as far as adb knows) yet its USB supply is online
+    assert line == ("energy refused: the battery is charging on USB power, so its current says nothing about the "
+                    f"load; unplug the USB cable: devprof already reaches {phone.serial} over wireless debugging")
+    con = sqlite3.connect(db)
+    assert [json.loads(e) for (e,) in con.execute("select energy_json from repetitions")] == [{}]
+    shown = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+    assert shown["energy"]["state"] == "refused" and shown["energy"]["rows"] == []
+    assert shown["energy"]["why"] == line
+    assert "energy refused: the battery is charging" in invoke("show", "latest", "--db", str(db)).output
+    html = tmp_path / "r.html"
+    assert invoke("report", "latest", "--db", str(db), "--out", str(html)).exit_code == 0
+    page = html.read_text()
+    assert "energy-refused" in page and "No energy figures are shown." in page and "J/token (median)" not in page
+
+
+def test_soak_records_speed_heat_and_clock_over_time(adb, env, tmp_path):
+    need_qemu()
+    db = tmp_path / "s.db"
+    with FakePhone(adb) as phone:
+        # the phone warms 3 °C per busy second and throttles its big cores above 50 °C
+        phone.battery(heat_c_per_s=3.0, throttle_c=50.0, throttle_share=0.5)
+        res = invoke(*RUN[:4], "32", "--new-tokens", "4", "--reps", "1", *RUN[9:], "--no-energy", "--soak", "0.25",
+                     "--db", str(db))
+        assert res.exit_code == 0, res.output
+    assert "Soak:" in res.output
+    shown = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+    pts = shown["soak"]["points"]
+    assert len(pts) >= 2 and all(p["status"] == "ok" and p["decode_tok_s"] > 0 for p in pts)
+    assert [p["t_s"] for p in pts] == sorted(p["t_s"] for p in pts) and pts[-1]["t_s"] >= 15.0
+    assert pts[-1]["hottest_c"] > pts[0]["hottest_c"] - 0.5 and pts[-1]["hottest_zone"].startswith("thermal_zone0")
+    assert pts[-1]["big_core_mhz"] == pytest.approx(4320.0 * 0.5, rel=0.01)  # throttled by the end
+    assert shown["energy"]["state"] == "off"
+    v = shown["soak"]["verdict"]
+    assert v["n"] == len(pts) and v["sentence"] and "big core" in v["sentence"]
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from repetitions").fetchone()[0] == 1  # soak points are not repetitions
+    html = tmp_path / "r.html"
+    assert invoke("report", "latest", "--db", str(db), "--out", str(html)).exit_code == 0
+    page = html.read_text()
+    assert '<section id="soak">' in page and "Sustained load" in page and v["sentence"].split(":")[0] in page
+
+
+def test_soak_on_this_host_says_when_there_are_no_thermal_zones(tmp_path):
+    pytest.importorskip("gguf")
+    db = tmp_path / "s.db"
+    res = invoke("run", "--device", "local", "--runtime", "llamacpp", "--context", "64", "--new-tokens", "8",
+                 "--warmup", "0", "--reps", "1", "--workload", "real", "--baseline", "none", "--threads", "1",
+                 "--soak", "0.05", "--db", str(db))
+    assert res.exit_code == 0, res.output
+    shown = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+    pts = shown["soak"]["points"]
+    assert pts and pts[-1]["t_s"] >= 3.0
+    zones = [z for z in Path("/sys/class/thermal").glob("thermal_zone*") if os.access(z / "temp", os.R_OK)]
+    said = "this device exposes no thermal zones" in shown["soak"]["verdict"]["sentence"]
+    assert said == (not zones) and said == all(p["hottest_c"] is None for p in pts)
+    assert shown["energy"]["state"] == "off"  # not a phone: no energy, no noise about it
