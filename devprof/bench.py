@@ -204,40 +204,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
         runner = Runner(cfg, work)
         log(f"measuring this machine's fp32 GEMV bandwidth and GEMM rate ({cfg.n_threads} threads)")
         bw0, rate0 = machine_ceilings(cfg.n_threads)
-
-        configs: dict[str, tuple[list[str], str]] = {}
-        log("building bundles (seeded random weights, cached)")
-        configs["ref-moe"] = (runner.reference_argv(moe), "reference")
-        configs["ref-dense"] = (runner.reference_argv(dense), "reference")
-        native = None
-        if cfg.llamacpp:
-            try:
-                import gguf  # noqa: F401
-            except ImportError:
-                raise DevprofError("devprof bench writes GGUF files for devprof's llama.cpp runner: install "
-                                   "`pip install -e '.[llamacpp]'` (or pass --no-llamacpp)") from None
-            log("writing GGUF files (F32 and Q4_0) from the same weights")
-            native = NativeSection(cfg, runner, {"moe": moe, "dense": dense}, log)
-            configs.update(native.configs())
-            log(f"GEMV read rate on matrices the size of the GGUFs ({cfg.n_threads} threads)")
-            native.measure_ceilings()
-
-        # Every process times a generation that follows an untimed one (--warmup), so the page
-        # cache is warm for what is timed even in the first repetition.
-        samples: dict[str, list[Sample]] = {k: [] for k in configs}
-        for rep in range(1, cfg.reps + 1):
-            for key, (argv, parser) in configs.items():
-                s = Sample(*native.run_llama_bench(argv[0])) if native and parser == "llama-bench" else runner.run(argv, parser)
-                samples[key].append(s)
-                log(f"rep {rep}/{cfg.reps} {key}: prefill {s.result.prefill_tok_s or 0:.1f} tok/s, "
-                    f"decode {s.result.decode_tok_s or 0:.2f} tok/s")
-
-        def dec(k: str) -> float | None:
-            return _med([s.result.decode_tok_s for s in samples[k]])
-
-        def pre(k: str) -> float | None:
-            return _med([s.result.prefill_tok_s for s in samples[k]])
-
+        configs, native = _configs(cfg, runner, log)
+        samples = _repetitions(cfg, runner, native, configs, log)
         log("measuring the ceilings again (the better of the two counts)")
         bw1, rate1 = machine_ceilings(cfg.n_threads)
         bw, rate = max(bw0, bw1), max(rate0, rate1)
@@ -245,83 +213,150 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> 
             native.measure_ceilings()
         fig.update(gemv_read_gb_s=round(bw / 1e9, 2), gemm_gflop_s=round(rate / 1e9, 1), threads=cfg.n_threads,
                    context=cfg.context, new_tokens=cfg.new_tokens, models=[moe.name, dense.name])
-        kv_tokens = cfg.context + cfg.new_tokens // 2
-        for spec, tag in ((moe, "moe"), (dense, "dense")):
-            read = spec.weight_bytes_read_per_token("fp32") + spec.kv_cache_bytes(kv_tokens, 4)
-            d, p = dec(f"ref-{tag}"), pre(f"ref-{tag}")
-            fig[f"decode_tok_s_{tag}"] = _r(d)
-            fig[f"prefill_tok_s_{tag}"] = _r(p)
-            fig[f"decode_bytes_per_token_{tag}"] = read
-            fig[f"decode_efficiency_{tag}"] = _r(read * d / bw if d else None, 3)
-            fig[f"prefill_efficiency_{tag}"] = _r(spec.prefill_flops(cfg.context) / cfg.context * p / rate if p else None, 3)
-        fig["moe_decode_speedup"] = _r(_div(dec("ref-moe"), dec("ref-dense")), 3)
-        fig["active_bytes_ratio"] = _r(dense.weight_bytes_read_per_token("fp32") / moe.weight_bytes_read_per_token("fp32"), 3)
-        fig["moe_decode_speedup_over_bytes_ratio"] = _r(_div(fig["moe_decode_speedup"], fig["active_bytes_ratio"]), 3)
+        _reference_figures(fig, cfg, samples, bw, rate)
         if native:
-            for tag in ("moe", "dense"):
-                fig[f"llamacpp_f32_decode_tok_s_{tag}"] = _r(dec(f"f32-{tag}"))
-                fig[f"llamacpp_q4_0_decode_tok_s_{tag}"] = _r(dec(f"q4_0-{tag}"))
-                fig[f"llamacpp_q4_0_prefill_tok_s_{tag}"] = _r(pre(f"q4_0-{tag}"))
-                fig[f"llamacpp_decode_ratio_{tag}"] = _r(_div(dec(f"ref-{tag}"), dec(f"f32-{tag}")), 3)
-            fig.update(native.figures(lambda k: _best([s.result.decode_tok_s for s in samples[k]]),
-                                      lambda k: _best([s.result.prefill_tok_s for s in samples[k]])))
-            fig["q4_moe_decode_speedup"] = _r(_div(dec("q4_0-moe"), dec("q4_0-dense")), 3)
-            fig["q4_prefill_speedup"] = _r(_div(pre("q4_0-moe"), pre("q4_0-dense")), 3)
+            _native_figures(fig, native, samples)
             res.notes += native.notes
-
-        # -- the sampler: overhead, and its peak against the kernel's -------------------------
         # On the MoE (the faster model: more pairs in the time), in interleaved pairs.
         argv = configs["ref-moe"][0]
-        log(f"sampler overhead: {cfg.sampler_pairs} interleaved pairs, 10 ms sampling vs none")
-        fracs, peaks, hwms, cpu = [], [], [], []
-        for i in range(cfg.sampler_pairs):
-            order = (10, 0) if i % 2 == 0 else (0, 10)  # alternate which goes first
-            got = {ms: runner.run(argv, "reference", sample_ms=ms) for ms in order}
-            on, off = got[10].result.decode_tok_s, got[0].result.decode_tok_s
-            if on and off:
-                fracs.append(1.0 - on / off)
-            o = got[10].outcome
-            if o.sampler_cpu_s is not None and o.wall_ms:
-                cpu.append(o.sampler_cpu_s / (o.wall_ms / 1000.0))
-            if o.samples and o.peak_rss_kb:
-                peaks.append(max(s.rss_kb for s in o.samples) / o.peak_rss_kb)
-            hwms += [g.outcome.peak_rss_kb for g in got.values() if g.outcome.peak_rss_kb]
-            log(f"pair {i + 1}: decode {on or 0:.2f} tok/s sampled, {off or 0:.2f} unsampled")
-        fig["sampler_overhead"] = _r(_med(fracs), 4)
-        fig["sampler_overhead_pairs"] = [round(f, 4) for f in fracs]
-        if len(fracs) >= 2:  # how well the pairs pin the median down on this machine
-            ci = stats.bootstrap_ci(fracs)
-            fig["sampler_overhead_ci"] = [round(ci.low, 4), round(ci.high, 4)]
-        # The sampler's own CPU time over the run's wall time: what it can take from the
-        # runtime at most (a fraction of one core, against all the cores the runtime uses),
-        # exact where the pairs above are bounded by the machine's run-to-run noise.
-        fig["sampler_cpu_share"] = _r(_med(cpu), 5)
-        fig["sampler_cpu_share_of_runtime_cores"] = _r(_div(fig["sampler_cpu_share"], cfg.n_threads), 5)
-        fig["samples_peak_over_vmhwm"] = _r(_med(peaks), 4)
-        time_v = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
-        if time_v:
-            # The same command under `/usr/bin/time -v`: its maximum resident set size against
-            # the VmHWM devprof reported for the runs above (medians: the peak of one command
-            # varies by a few percent from run to run with the page cache's state).
-            tvs = []
-            for i in range(3):
-                timed = runner.run(argv, "reference", sample_ms=0, prefix=[time_v, "-v"])
-                tv_kb = _time_v_maxrss(timed.outcome.stderr)
-                if tv_kb:
-                    tvs.append(tv_kb)
-                log(f"/usr/bin/time -v run {i + 1}: maximum resident set size {tv_kb or 0} kB")
-            fig["vmhwm_kb"] = _med(hwms)
-            fig["time_v_maxrss_kb"] = _med(tvs)
-            fig["vmhwm_runs_kb"], fig["time_v_runs_kb"] = hwms, tvs
-            fig["vmhwm_over_time_v"] = _r(_div(fig["vmhwm_kb"], fig["time_v_maxrss_kb"]), 4)
-        else:
-            res.notes.append("/usr/bin/time is not installed (Debian package `time`): vmhwm_over_time_v not measured")
-            fig["vmhwm_over_time_v"] = None
+        hwms = _sampler_figures(fig, cfg, runner, argv, log)
+        _time_v_figures(res, runner, argv, hwms, log)
         fig["load_average_end"] = round(os.getloadavg()[0], 2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res.rows = table_rows(fig)
     return res
+
+
+def _configs(cfg: BenchConfig, runner: Runner,
+             log: Callable[[str], None]) -> tuple[dict[str, tuple[list[str], str]], NativeSection | None]:
+    """Every configuration measured (key -> argv, parser), and the llama.cpp section if asked for."""
+    moe, dense = cfg.pair
+    configs: dict[str, tuple[list[str], str]] = {}
+    log("building bundles (seeded random weights, cached)")
+    configs["ref-moe"] = (runner.reference_argv(moe), "reference")
+    configs["ref-dense"] = (runner.reference_argv(dense), "reference")
+    native = None
+    if cfg.llamacpp:
+        try:
+            import gguf  # noqa: F401
+        except ImportError:
+            raise DevprofError("devprof bench writes GGUF files for devprof's llama.cpp runner: install "
+                               "`pip install -e '.[llamacpp]'` (or pass --no-llamacpp)") from None
+        log("writing GGUF files (F32 and Q4_0) from the same weights")
+        native = NativeSection(cfg, runner, {"moe": moe, "dense": dense}, log)
+        configs.update(native.configs())
+        log(f"GEMV read rate on matrices the size of the GGUFs ({cfg.n_threads} threads)")
+        native.measure_ceilings()
+    return configs, native
+
+
+def _repetitions(cfg: BenchConfig, runner: Runner, native: NativeSection | None,
+                 configs: dict[str, tuple[list[str], str]], log: Callable[[str], None]) -> dict[str, list[Sample]]:
+    # Every process times a generation that follows an untimed one (--warmup), so the page
+    # cache is warm for what is timed even in the first repetition.
+    samples: dict[str, list[Sample]] = {k: [] for k in configs}
+    for rep in range(1, cfg.reps + 1):
+        for key, (argv, parser) in configs.items():
+            s = Sample(*native.run_llama_bench(argv[0])) if native and parser == "llama-bench" else runner.run(argv, parser)
+            samples[key].append(s)
+            log(f"rep {rep}/{cfg.reps} {key}: prefill {s.result.prefill_tok_s or 0:.1f} tok/s, "
+                f"decode {s.result.decode_tok_s or 0:.2f} tok/s")
+    return samples
+
+
+def _dec(samples: dict[str, list[Sample]], k: str) -> float | None:
+    return _med([s.result.decode_tok_s for s in samples[k]])
+
+
+def _pre(samples: dict[str, list[Sample]], k: str) -> float | None:
+    return _med([s.result.prefill_tok_s for s in samples[k]])
+
+
+def _reference_figures(fig: dict[str, Any], cfg: BenchConfig, samples: dict[str, list[Sample]], bw: float,
+                       rate: float) -> None:
+    """The reference runtime against the ceilings, and MoE over dense against the bytes ratio."""
+    moe, dense = cfg.pair
+    kv_tokens = cfg.context + cfg.new_tokens // 2
+    for spec, tag in ((moe, "moe"), (dense, "dense")):
+        read = spec.weight_bytes_read_per_token("fp32") + spec.kv_cache_bytes(kv_tokens, 4)
+        d, p = _dec(samples, f"ref-{tag}"), _pre(samples, f"ref-{tag}")
+        fig[f"decode_tok_s_{tag}"] = _r(d)
+        fig[f"prefill_tok_s_{tag}"] = _r(p)
+        fig[f"decode_bytes_per_token_{tag}"] = read
+        fig[f"decode_efficiency_{tag}"] = _r(read * d / bw if d else None, 3)
+        fig[f"prefill_efficiency_{tag}"] = _r(spec.prefill_flops(cfg.context) / cfg.context * p / rate if p else None, 3)
+    fig["moe_decode_speedup"] = _r(_div(_dec(samples, "ref-moe"), _dec(samples, "ref-dense")), 3)
+    fig["active_bytes_ratio"] = _r(dense.weight_bytes_read_per_token("fp32") / moe.weight_bytes_read_per_token("fp32"), 3)
+    fig["moe_decode_speedup_over_bytes_ratio"] = _r(_div(fig["moe_decode_speedup"], fig["active_bytes_ratio"]), 3)
+
+
+def _native_figures(fig: dict[str, Any], native: NativeSection, samples: dict[str, list[Sample]]) -> None:
+    for tag in ("moe", "dense"):
+        fig[f"llamacpp_f32_decode_tok_s_{tag}"] = _r(_dec(samples, f"f32-{tag}"))
+        fig[f"llamacpp_q4_0_decode_tok_s_{tag}"] = _r(_dec(samples, f"q4_0-{tag}"))
+        fig[f"llamacpp_q4_0_prefill_tok_s_{tag}"] = _r(_pre(samples, f"q4_0-{tag}"))
+        fig[f"llamacpp_decode_ratio_{tag}"] = _r(_div(_dec(samples, f"ref-{tag}"), _dec(samples, f"f32-{tag}")), 3)
+    fig.update(native.figures(lambda k: _best([s.result.decode_tok_s for s in samples[k]]),
+                              lambda k: _best([s.result.prefill_tok_s for s in samples[k]])))
+    fig["q4_moe_decode_speedup"] = _r(_div(_dec(samples, "q4_0-moe"), _dec(samples, "q4_0-dense")), 3)
+    fig["q4_prefill_speedup"] = _r(_div(_pre(samples, "q4_0-moe"), _pre(samples, "q4_0-dense")), 3)
+
+
+def _sampler_figures(fig: dict[str, Any], cfg: BenchConfig, runner: Runner, argv: list[str],
+                     log: Callable[[str], None]) -> list[int]:
+    """The sampler's overhead, and its peak against the kernel's; returns the runs' VmHWMs."""
+    log(f"sampler overhead: {cfg.sampler_pairs} interleaved pairs, 10 ms sampling vs none")
+    fracs, peaks, hwms, cpu = [], [], [], []
+    for i in range(cfg.sampler_pairs):
+        order = (10, 0) if i % 2 == 0 else (0, 10)  # alternate which goes first
+        got = {ms: runner.run(argv, "reference", sample_ms=ms) for ms in order}
+        on, off = got[10].result.decode_tok_s, got[0].result.decode_tok_s
+        if on and off:
+            fracs.append(1.0 - on / off)
+        o = got[10].outcome
+        if o.sampler_cpu_s is not None and o.wall_ms:
+            cpu.append(o.sampler_cpu_s / (o.wall_ms / 1000.0))
+        if o.samples and o.peak_rss_kb:
+            peaks.append(max(s.rss_kb for s in o.samples) / o.peak_rss_kb)
+        hwms += [g.outcome.peak_rss_kb for g in got.values() if g.outcome.peak_rss_kb]
+        log(f"pair {i + 1}: decode {on or 0:.2f} tok/s sampled, {off or 0:.2f} unsampled")
+    fig["sampler_overhead"] = _r(_med(fracs), 4)
+    fig["sampler_overhead_pairs"] = [round(f, 4) for f in fracs]
+    if len(fracs) >= 2:  # how well the pairs pin the median down on this machine
+        ci = stats.bootstrap_ci(fracs)
+        fig["sampler_overhead_ci"] = [round(ci.low, 4), round(ci.high, 4)]
+    # The sampler's own CPU time over the run's wall time: what it can take from the
+    # runtime at most (a fraction of one core, against all the cores the runtime uses),
+    # exact where the pairs above are bounded by the machine's run-to-run noise.
+    fig["sampler_cpu_share"] = _r(_med(cpu), 5)
+    fig["sampler_cpu_share_of_runtime_cores"] = _r(_div(fig["sampler_cpu_share"], cfg.n_threads), 5)
+    fig["samples_peak_over_vmhwm"] = _r(_med(peaks), 4)
+    return hwms
+
+
+def _time_v_figures(res: BenchResult, runner: Runner, argv: list[str], hwms: list[int],
+                    log: Callable[[str], None]) -> None:
+    fig = res.figures
+    time_v = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
+    if not time_v:
+        res.notes.append("/usr/bin/time is not installed (Debian package `time`): vmhwm_over_time_v not measured")
+        fig["vmhwm_over_time_v"] = None
+        return
+    # The same command under `/usr/bin/time -v`: its maximum resident set size against
+    # the VmHWM devprof reported for the runs above (medians: the peak of one command
+    # varies by a few percent from run to run with the page cache's state).
+    tvs = []
+    for i in range(3):
+        timed = runner.run(argv, "reference", sample_ms=0, prefix=[time_v, "-v"])
+        tv_kb = _time_v_maxrss(timed.outcome.stderr)
+        if tv_kb:
+            tvs.append(tv_kb)
+        log(f"/usr/bin/time -v run {i + 1}: maximum resident set size {tv_kb or 0} kB")
+    fig["vmhwm_kb"] = _med(hwms)
+    fig["time_v_maxrss_kb"] = _med(tvs)
+    fig["vmhwm_runs_kb"], fig["time_v_runs_kb"] = hwms, tvs
+    fig["vmhwm_over_time_v"] = _r(_div(fig["vmhwm_kb"], fig["time_v_maxrss_kb"]), 4)
 
 
 def table_rows(fig: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -186,24 +186,9 @@ def resolve(spec: str, devices_file: Path | None = None, ios_app: str | Path | N
             raise
         reasons.append(e.message)
         return []
-    attached = "; ".join(_describe(p, table) for p in probes) or "none"
-    if key == "all":
-        matched = [p for p in probes if not p.error]
-    elif alias is not None:
-        matched = [p for p in probes if alias.matches("ios", p.udid, p.product_type)
-                   or (alias.serial is not None and (same_udid(alias.serial, p.udid)
-                                                     or same_udid(alias.serial, p.mux_serial)))]
-    else:
-        matched = [p for p in probes if same_udid(raw, p.udid) or same_udid(raw, p.mux_serial)]
+    matched = _matching(probes, raw, alias)
     if not matched:
-        if alias is not None and alias.platform == "ios":
-            want = alias.model or alias.serial or alias.name
-            raise DeviceError(f"no attached iPhone is a {alias.display or alias.name} ({want}); "
-                              f"attached over usbmux: {attached}")
-        if meant_ios and _UDID_RE.match(key):
-            raise DeviceError(f"no iPhone with UDID {raw} is attached; attached over usbmux: {attached}")
-        reasons.extend([f"iOS devices attached: {attached}"] if probes else (
-            ["no iOS device attached (usbmux lists none)"] if meant_ios else []))
+        _explain_no_match(probes, raw, alias, meant_ios, table, reasons)
         return []
     if alias is not None and alias.model and len(matched) > 1:
         listing = ", ".join(_describe(p, table) for p in matched)
@@ -211,6 +196,37 @@ def resolve(spec: str, devices_file: Path | None = None, ios_app: str | Path | N
     for p in matched:
         if p.error:
             raise DeviceError(f"{_name(p, table)} ({p.udid}) cannot be reached: {p.error}")
+    return _open(matched, P, ios_app=ios_app, ios_tunnel=ios_tunnel, devices_file=devices_file,
+                 preflight=preflight)
+
+
+def _matching(probes: list[_Probe], raw: str, alias) -> list[_Probe]:
+    if raw.lower() == "all":
+        return [p for p in probes if not p.error]
+    if alias is not None:
+        return [p for p in probes if alias.matches("ios", p.udid, p.product_type)
+                or (alias.serial is not None and (same_udid(alias.serial, p.udid)
+                                                  or same_udid(alias.serial, p.mux_serial)))]
+    return [p for p in probes if same_udid(raw, p.udid) or same_udid(raw, p.mux_serial)]
+
+
+def _explain_no_match(probes: list[_Probe], raw: str, alias, meant_ios: bool, table: dict,
+                      reasons: list[str]) -> None:
+    """Raise when the spec clearly meant a missing iPhone; otherwise say why in ``reasons``."""
+    attached = "; ".join(_describe(p, table) for p in probes) or "none"
+    if alias is not None and alias.platform == "ios":
+        want = alias.model or alias.serial or alias.name
+        raise DeviceError(f"no attached iPhone is a {alias.display or alias.name} ({want}); "
+                          f"attached over usbmux: {attached}")
+    if meant_ios and _UDID_RE.match(raw.lower()):
+        raise DeviceError(f"no iPhone with UDID {raw} is attached; attached over usbmux: {attached}")
+    reasons.extend([f"iOS devices attached: {attached}"] if probes else (
+        ["no iOS device attached (usbmux lists none)"] if meant_ios else []))
+
+
+def _open(matched: list[_Probe], P: Pmd3, *, ios_app, ios_tunnel, devices_file,
+          preflight: bool) -> list[IosDevice]:
+    """An IosDevice per probe, preflighted; all closed again if any fails."""
     devices = []
     try:
         for p in matched:

@@ -162,28 +162,10 @@ class IosRun:
         lost: BaseException | None = None
         try:
             try:
-                proc_attrs, sys_attrs, anote = await self._a_sysmon_attrs(di)
-                if anote:
-                    notes.append(anote)
-                tasks.append(asyncio.create_task(self._a_read_output(pc, st)))
-                if req.sample_ms > 0:
-                    ready = asyncio.Event()
-                    tasks.append(asyncio.create_task(self._a_sample(proc_attrs, sys_attrs, interval, st, ready)))
-                    try:
-                        await asyncio.wait_for(ready.wait(), 15)
-                    except asyncio.TimeoutError:
-                        notes.append("sysmontap did not start within 15 s: no memory samples")
+                await self._a_start_watchers(pc, di, req, interval, notes, st, tasks)
                 start_wall = time.time() * 1000.0
                 st.t0 = time.monotonic()
-                try:
-                    pid = await pc.launch(bundle_id, arguments=list(args), kill_existing=True, environment=env)
-                except Exception as e:  # noqa: BLE001
-                    if isinstance(e, P.transport_errors):
-                        raise
-                    raise DeviceError(f"cannot launch {bundle_id} on {self.display}: {M.one_line(e)} (is the phone "
-                                      "unlocked, the app installed and development-signed, and its developer trusted "
-                                      "in Settings > General > VPN & Device Management?)") from None
-                st.pid = int(pid)
+                st.pid = await self._a_launch(pc, bundle_id, args, env)
                 status, note = await self._a_wait(pc, di, st, req)
             except P.transport_errors as e:
                 lost = e
@@ -202,6 +184,38 @@ class IosRun:
             lnote = await self._a_lost_note(lost)
             await self._a_drop_connections()
             return self._outcome(st, start_wall, wall_ms, "lost", lnote, notes, None, None)
+        return await self._a_collect(bundle_id, result_rel, st, start_wall, wall_ms, status, note, notes)
+
+    async def _a_start_watchers(self, pc, di, req: RunRequest, interval: int, notes: list[str], st: _RunState,
+                                tasks: list[asyncio.Task]) -> None:
+        """The output reader and (when sampling) sysmontap, added to ``tasks`` as they start."""
+        proc_attrs, sys_attrs, anote = await self._a_sysmon_attrs(di)
+        if anote:
+            notes.append(anote)
+        tasks.append(asyncio.create_task(self._a_read_output(pc, st)))
+        if req.sample_ms > 0:
+            ready = asyncio.Event()
+            tasks.append(asyncio.create_task(self._a_sample(proc_attrs, sys_attrs, interval, st, ready)))
+            try:
+                await asyncio.wait_for(ready.wait(), 15)
+            except asyncio.TimeoutError:
+                notes.append("sysmontap did not start within 15 s: no memory samples")
+
+    async def _a_launch(self, pc, bundle_id: str, args: list[str], env: dict[str, str]) -> int:
+        try:
+            pid = await pc.launch(bundle_id, arguments=list(args), kill_existing=True, environment=env)
+        except Exception as e:  # noqa: BLE001
+            if isinstance(e, self._P.transport_errors):
+                raise
+            raise DeviceError(f"cannot launch {bundle_id} on {self.display}: {M.one_line(e)} (is the phone "
+                              "unlocked, the app installed and development-signed, and its developer trusted "
+                              "in Settings > General > VPN & Device Management?)") from None
+        return int(pid)
+
+    async def _a_collect(self, bundle_id: str, result_rel: str, st: _RunState, start_wall: float, wall_ms: float,
+                         status: str, note: str, notes: list[str]) -> ProcessOutcome:
+        """The outcome once the app has stopped: its result file read (and removed) from the container."""
+        P = self._P
         result = None
         try:
             result = await asyncio.wait_for(self._a_take_result(bundle_id, result_rel), 60)
