@@ -56,6 +56,8 @@ def test_j_per_token_matches_the_fake_batterys_true_energy(adb, env, tmp_path):
     con = sqlite3.connect(db)
     rows = con.execute("select energy_json, result_json from repetitions where warmup = 0").fetchall()
     assert len(rows) == 2
+    meta = json.loads(con.execute("select meta_json from runs").fetchone()[0])
+    assert all(json.loads(e).get("source") for e, _ in rows), (meta.get("settings", {}).get("energy"), rows, res.output)
     for energy_json, result_json in rows:
         e, r = json.loads(energy_json), json.loads(result_json)
         assert e["source"] == "sysfs" and e["current_unit"] == "mA" and e["discharge_sign"] == "positive"
