@@ -218,6 +218,39 @@ class Session:
             warn = check_memory(plan, self.device.mem_available_bytes(), info.serial or self.device.kind)
             if warn:
                 click.echo(warn, err=True)
+        meta = self._new_meta(info)
+        run_id, run_dir = self._open_run(meta)
+        try:
+            self._measure(meta, run_id, run_dir)
+        except KeyboardInterrupt:
+            # Ctrl-C, or SIGTERM (a CI cancel), which the CLI turns into the same path: the
+            # device backend has already stopped the runtime; what was measured stays stored.
+            sig = stop_signal[0] if stop_signal else None
+            self._finish(run_id, "interrupted", f"stopped by {signal_name(sig)}" if sig
+                         else "stopped by the user (Ctrl-C)")
+            err = Interrupted(f"interrupted{' by ' + signal_name(sig) if sig else ''}: kept {self.kept} "
+                              f"finished repetition(s) in run {run_id}")
+            if sig:
+                err.exit_code = 128 + sig
+            raise err from None
+        except DeviceLost as e:
+            self._finish(run_id, "lost", e.message)
+            raise DeviceLost(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
+        except DevprofError as e:
+            self._finish_quietly(run_id, "failed", e.message)
+            err = type(e)(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}")
+            err.exit_code = e.exit_code  # e.g. a bad path's 2 (errors.path_error)
+            raise err from None
+        except OSError as e:  # the artifacts' disk filled up or went away: the store keeps what it has
+            msg = f"cannot write the run's files under {run_dir}: {e.strerror or e}"
+            self._finish_quietly(run_id, "failed", msg)
+            raise DevprofError(f"{msg}; kept {self.kept} finished repetition(s) in run {run_id}") from None
+        self._finish(run_id, "complete", "")
+        return meta
+
+    def _new_meta(self, info) -> RunMeta:
+        """The run's description and settings, with this host's thread default and warning."""
+        plan = self.plan
         from devprof import readiness
 
         self.ready_conds = readiness.parse(plan.ready if plan.ready is not None
@@ -244,6 +277,11 @@ class Session:
             if warn := threads_warning(plan.threads, ncpu, info.serial or self.device.kind):
                 click.echo(warn, err=True)
                 meta.settings["threads_warning"] = warn
+        return meta
+
+    def _open_run(self, meta: RunMeta) -> tuple[str, Path]:
+        """Store the run and make its artifacts directory; announce the planned repetitions."""
+        plan = self.plan
         run_id = self.store.create_run(meta)
         self.meta = meta
         run_dir = self.artifacts_root / run_id
@@ -253,52 +291,31 @@ class Session:
         per_cell = plan.warmup + (plan.adaptive.min_reps if plan.adaptive is not None else plan.reps)
         self._planned = len(plan.models) * len(plan.workloads) * len(plan.contexts) * per_cell
         self.obs.total(self._planned)
-        try:
-            binary = self._binary()
-            staged = [self._stage_model(m, binary) for m in plan.models]
-            setup = {"bytes_pushed": self.pushed_bytes,
-                     "binary": binary.name if binary else self.adapter.host_command()}
-            if binary is not None:
-                setup["binary_info"] = {k: getattr(binary, k) for k in
-                                        ("name", "sha256", "abi", "variant", "cpu_features", "source") if getattr(binary, k)}
-            meta.settings.update(setup)
-            from devprof.energy import Meter
+        return run_id, run_dir
 
-            self.meter, meta.settings["energy"] = Meter.open(self.device, plan.energy, plan.energy_baseline_s,
-                                                             plan.timeout_s + 60, lambda m: click.echo(m, err=True))
-            self.store.update_run(run_id, settings=dict(meta.settings))
-            for context in plan.contexts:
-                for workload in plan.workloads:
-                    self._run_cell(run_id, run_dir, staged, workload, context)
-            if plan.soak_min > 0:
-                from devprof import soak
+    def _measure(self, meta: RunMeta, run_id: str, run_dir: Path) -> None:
+        """Stage the binary and models, open the energy meter, then every cell (and the soak)."""
+        plan = self.plan
+        binary = self._binary()
+        staged = [self._stage_model(m, binary) for m in plan.models]
+        setup = {"bytes_pushed": self.pushed_bytes,
+                 "binary": binary.name if binary else self.adapter.host_command()}
+        if binary is not None:
+            setup["binary_info"] = {k: getattr(binary, k) for k in
+                                    ("name", "sha256", "abi", "variant", "cpu_features", "source") if getattr(binary, k)}
+        meta.settings.update(setup)
+        from devprof.energy import Meter
 
-                soak.run(self, run_id, run_dir, staged[0])
-        except KeyboardInterrupt:
-            # Ctrl-C, or SIGTERM (a CI cancel), which the CLI turns into the same path: the
-            # device backend has already stopped the runtime; what was measured stays stored.
-            sig = stop_signal[0] if stop_signal else None
-            self._finish(run_id, "interrupted", f"stopped by {signal_name(sig)}" if sig
-                         else "stopped by the user (Ctrl-C)")
-            err = Interrupted(f"interrupted{' by ' + signal_name(sig) if sig else ''}: kept {self.kept} "
-                              f"finished repetition(s) in run {run_id}")
-            if sig:
-                err.exit_code = 128 + sig
-            raise err from None
-        except DeviceLost as e:
-            self._finish(run_id, "lost", e.message)
-            raise DeviceLost(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}") from None
-        except DevprofError as e:
-            self._finish_quietly(run_id, "failed", e.message)
-            err = type(e)(f"{e.message}; kept {self.kept} finished repetition(s) in run {run_id}")
-            err.exit_code = e.exit_code  # e.g. a bad path's 2 (errors.path_error)
-            raise err from None
-        except OSError as e:  # the artifacts' disk filled up or went away: the store keeps what it has
-            msg = f"cannot write the run's files under {run_dir}: {e.strerror or e}"
-            self._finish_quietly(run_id, "failed", msg)
-            raise DevprofError(f"{msg}; kept {self.kept} finished repetition(s) in run {run_id}") from None
-        self._finish(run_id, "complete", "")
-        return meta
+        self.meter, meta.settings["energy"] = Meter.open(self.device, plan.energy, plan.energy_baseline_s,
+                                                         plan.timeout_s + 60, lambda m: click.echo(m, err=True))
+        self.store.update_run(run_id, settings=dict(meta.settings))
+        for context in plan.contexts:
+            for workload in plan.workloads:
+                self._run_cell(run_id, run_dir, staged, workload, context)
+        if plan.soak_min > 0:
+            from devprof import soak
+
+            soak.run(self, run_id, run_dir, staged[0])
 
     def _finish_quietly(self, run_id: str, status: str, note: str) -> None:
         """Mark the run ended while already reporting an error: a store that cannot take even
@@ -445,21 +462,8 @@ class Session:
                    "extra_args": list(plan.runtime_args)},
         )
         argv = self._argv(s, inv)
-        if plan.cooldown_c is not None:
-            self._cool_down(plan.cooldown_c, plan.cooldown_timeout_s)
-        ready = None
-        if getattr(self, "ready_conds", None):
-            from devprof import readiness
-
-            ready = readiness.wait(dev, self.ready_conds, plan.ready_timeout_s, cancel=self.cancel,
-                                   progress=self.obs.stage)
-        if plan.cache == "cold" and s.native:
-            argv += s.evict_args
-            cache_state, cache_note = "cold", f"fadvise (the runner's {' '.join(s.evict_args)}, no root needed)"
-        elif plan.cache == "cold":
-            cache_state, cache_note = dev.drop_page_cache(s.weights_path)
-        else:
-            cache_state, cache_note = dev.cache_state(s.weights_path)
+        ready = self._settle()
+        cache_state, cache_note = self._set_cache(s, argv)
         thermal_before = dev.thermal()
         freqs_before = dev.cpu_freqs()
         meter = getattr(self, "meter", None)  # the battery's idle baseline, then sampling through the run
@@ -477,43 +481,72 @@ class Session:
         if ready is not None:
             conditions["ready"] = ready
         artifacts = _save_outputs(rdir, run_dir, outcome)
-        result = None
-        if outcome.status == "ok":
-            try:
-                result = self.adapter.parse(outcome.stdout, outcome.stderr)
-            except ParseError as e:
-                outcome.status, outcome.note = "failed", e.message
+        result = self._parse(outcome)
         if result is not None and s.native:
             # the runner's own status at exit: the peak can no longer fall between two samples
             memory.fold_runner_exit(outcome, result.extra.get("runner_status_kb"))
         if result is not None and s.native and plan.cache == "cold":
-            before = next((r for r in result.extra.get("residency", []) if r.get("stage") == "before_load"), None)
-            if before and before.get("resident_kb") is not None:
-                cache_note += f"; {before['resident_kb']} of {before['file_kb']} kB resident before load (mincore)"
-                if before["file_kb"] and before["resident_kb"] > 0.5 * before["file_kb"]:
-                    cache_state = "warm"  # pages mapped by another process cannot be dropped
+            cache_state, cache_note = _cold_residency(result, cache_state, cache_note)
         energy = meter.finish(power, outcome, result) if power is not None else {}
         if result is not None:
             result.extra.setdefault("cpu_freq_mhz_before", freqs_before)
             result.extra.setdefault("cpu_freq_mhz_after", freqs_after)
             (rdir / "stats.json").write_text(json.dumps(result.to_dict(), indent=1))
             artifacts["stats"] = str((rdir / "stats.json").relative_to(run_dir))
-        routing = None
-        if s.model.is_moe and outcome.status == "ok":
-            local_trace = rdir / "routing.npz"
-            if dev.pull(trace_dev, local_trace):
-                from devprof.routing import summarize
-
-                routing = summarize(local_trace)
-                artifacts["routing"] = str(local_trace.relative_to(run_dir))
-        if s.model.is_moe and outcome.status != "lost":
-            dev.discard(trace_dev)  # pulled or not, the trace does not pile up on the device
+        routing = self._routing(s, outcome, trace_dev, rdir, run_dir, artifacts)
         return Repetition(
             model=s.model.name, workload=workload, context=context, index=index, warmup=warm,
             result=result, outcome=outcome, cache_state=cache_state, cache_note=cache_note,
             routing=routing, thermal_before=thermal_before, thermal_after=thermal_after,
             artifacts=artifacts, conditions=conditions, energy=energy,
         )
+
+    def _settle(self) -> dict | None:
+        """Cool down and wait until the device is ready, as the plan asks; the readiness figures."""
+        plan = self.plan
+        if plan.cooldown_c is not None:
+            self._cool_down(plan.cooldown_c, plan.cooldown_timeout_s)
+        if not getattr(self, "ready_conds", None):
+            return None
+        from devprof import readiness
+
+        return readiness.wait(self.device, self.ready_conds, plan.ready_timeout_s, cancel=self.cancel,
+                              progress=self.obs.stage)
+
+    def _set_cache(self, s: _Staged, argv: list[str]) -> tuple[str, str]:
+        """Put the weights in the planned page-cache state (a native runner evicts them itself:
+        its arguments are appended to argv); the state and how it was reached."""
+        if self.plan.cache == "cold" and s.native:
+            argv += s.evict_args
+            return "cold", f"fadvise (the runner's {' '.join(s.evict_args)}, no root needed)"
+        if self.plan.cache == "cold":
+            return self.device.drop_page_cache(s.weights_path)
+        return self.device.cache_state(s.weights_path)
+
+    def _parse(self, outcome: ProcessOutcome):
+        """The runtime's figures of a finished run; a parse error marks the outcome failed."""
+        if outcome.status != "ok":
+            return None
+        try:
+            return self.adapter.parse(outcome.stdout, outcome.stderr)
+        except ParseError as e:
+            outcome.status, outcome.note = "failed", e.message
+            return None
+
+    def _routing(self, s: _Staged, outcome: ProcessOutcome, trace_dev: str, rdir: Path, run_dir: Path,
+                 artifacts: dict[str, str]):
+        """Pull and summarize an MoE model's routing trace, then remove it from the device."""
+        routing = None
+        if s.model.is_moe and outcome.status == "ok":
+            local_trace = rdir / "routing.npz"
+            if self.device.pull(trace_dev, local_trace):
+                from devprof.routing import summarize
+
+                routing = summarize(local_trace)
+                artifacts["routing"] = str(local_trace.relative_to(run_dir))
+        if s.model.is_moe and outcome.status != "lost":
+            self.device.discard(trace_dev)  # pulled or not, the trace does not pile up on the device
+        return routing
 
     def _argv(self, s: _Staged, inv: rt.Invocation) -> list[str]:
         if not s.command:
@@ -575,3 +608,14 @@ def _save_outputs(rdir: Path, run_dir: Path, outcome: ProcessOutcome) -> dict[st
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
+
+
+def _cold_residency(result, cache_state: str, cache_note: str) -> tuple[str, str]:
+    """A cold run's weights residency before load (the runner's mincore), added to the note; a run
+    whose pages mostly stayed resident (mapped by another process) was warm."""
+    before = next((r for r in result.extra.get("residency", []) if r.get("stage") == "before_load"), None)
+    if before and before.get("resident_kb") is not None:
+        cache_note += f"; {before['resident_kb']} of {before['file_kb']} kB resident before load (mincore)"
+        if before["file_kb"] and before["resident_kb"] > 0.5 * before["file_kb"]:
+            cache_state = "warm"  # pages mapped by another process cannot be dropped
+    return cache_state, cache_note
