@@ -256,11 +256,7 @@ class LocalDevice(Device):
 
     # -- running ---------------------------------------------------------------------------
     def run(self, req: RunRequest) -> ProcessOutcome:
-        argv = list(req.argv)
-        if req.cpu_mask:
-            if not shutil.which("taskset"):
-                raise DeviceError("--cpu-mask needs `taskset` (util-linux) on this host")
-            argv = ["taskset", req.cpu_mask, *argv]
+        argv = _pinned_argv(req)
         env = {**os.environ, **req.env}
         own_hwm = _own_vmhwm_kb()
         meminfo_before = _meminfo()
@@ -277,15 +273,7 @@ class LocalDevice(Device):
             sampler = StatusSampler(proc.pid, req.sample_ms, t0) if req.sample_ms > 0 else None
             if sampler:
                 sampler.start()
-            waited: dict = {}
-            done = threading.Event()
-
-            def _reap() -> None:
-                _, status, usage = os.wait4(proc.pid, 0)
-                waited.update(status=status, maxrss=usage.ru_maxrss, cpu_s=usage.ru_utime + usage.ru_stime)
-                done.set()
-
-            threading.Thread(target=_reap, daemon=True).start()
+            waited, done = _reap_in_background(proc.pid)
             status, note = wait_for_exit(done.wait, req, t0, 0.05)
             if status != "ok":
                 _kill_group(proc.pid, done)
@@ -299,14 +287,8 @@ class LocalDevice(Device):
             if raw_status is not None:
                 exit_code = os.waitstatus_to_exitcode(raw_status)
             proc.returncode = exit_code if exit_code is not None else -9  # we reaped it ourselves
-            if status == "ok" and exit_code is not None and exit_code < 0:
-                status, note = "failed", killed_by(-exit_code)
-                if exit_code == -signal.SIGKILL:
-                    evidence = oom_evidence(oom_files, oom_before, read_oom_counters(oom_files))
-                    if evidence:
-                        status, note = "oom", f"{note} by the kernel's OOM killer ({evidence})"
-            elif status == "ok" and exit_code not in (0, None):
-                status, note = "failed", f"exit code {exit_code}"
+            if status == "ok":
+                status, note = _exit_status(exit_code, oom_files, oom_before, note)
             out.seek(0)
             err.seek(0)
             stdout = out.read().decode("utf-8", "replace")
@@ -436,3 +418,43 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _pinned_argv(req: RunRequest) -> list[str]:
+    """The request's argv, under `taskset` when it asks for a CPU mask."""
+    argv = list(req.argv)
+    if req.cpu_mask:
+        if not shutil.which("taskset"):
+            raise DeviceError("--cpu-mask needs `taskset` (util-linux) on this host")
+        argv = ["taskset", req.cpu_mask, *argv]
+    return argv
+
+
+def _reap_in_background(pid: int) -> tuple[dict, threading.Event]:
+    """Wait for the child on a thread (wait4: its exit status, peak RSS and CPU time); the event
+    is set once it is reaped."""
+    waited: dict = {}
+    done = threading.Event()
+
+    def _reap() -> None:
+        _, status, usage = os.wait4(pid, 0)
+        waited.update(status=status, maxrss=usage.ru_maxrss, cpu_s=usage.ru_utime + usage.ru_stime)
+        done.set()
+
+    threading.Thread(target=_reap, daemon=True).start()
+    return waited, done
+
+
+def _exit_status(exit_code: int | None, oom_files, oom_before, note: str) -> tuple[str, str]:
+    """The status of a process that exited by itself: killed by a signal (by the OOM killer when
+    its counters moved), a non-zero exit code, or ok."""
+    if exit_code is not None and exit_code < 0:
+        status, note = "failed", killed_by(-exit_code)
+        if exit_code == -signal.SIGKILL:
+            evidence = oom_evidence(oom_files, oom_before, read_oom_counters(oom_files))
+            if evidence:
+                status, note = "oom", f"{note} by the kernel's OOM killer ({evidence})"
+        return status, note
+    if exit_code not in (0, None):
+        return "failed", f"exit code {exit_code}"
+    return "ok", note
