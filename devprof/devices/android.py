@@ -465,15 +465,7 @@ class AndroidDevice(Device):
         sampler = self._ensure_sampler()
         self._seq += 1
         base = f"{self._scratch}/run{self._seq}-{int(time.time() * 1000)}"
-        argv = list(req.argv)
-        if req.cpu_mask:
-            argv = ["taskset", req.cpu_mask, *argv]
-        if req.env:
-            argv = ["env", *[f"{k}={v}" for k, v in req.env.items()], *argv]
-        interval = f"{req.sample_ms / 1000:.3f}" if req.sample_ms > 0 else "0"
-        cmd = " ".join(shlex.quote(a) for a in ["sh", sampler, base, interval, *argv])
-        if req.cwd:
-            cmd = f"cd {shlex.quote(req.cwd)} && {cmd}"
+        cmd = _sampled_command(req, sampler, base)
         result: dict = {}
         v2 = self.shell_v2()
 
@@ -515,24 +507,14 @@ class AndroidDevice(Device):
         if "error" in result and status == "ok":
             return lost(f"lost contact with {self.serial} during the run: {error_line(result['error'])}")
         try:
-            stdout, stderr, mem = self._read(base + ".stdout"), self._read(base + ".stderr"), self._read(base + ".mem")
-            self.sh(["rm", "-f", base + ".stdout", base + ".stderr", base + ".mem", base + ".pid"], timeout=IO_TIMEOUT)
+            stdout, stderr, mem = self._collect(base)
         except DeviceLost as e:
             return lost(e.message)
         samples, dev_start_wall, end_rc = parse_sampler_output(mem)
         rc = result.get("rc", end_rc)
         exit_code = rc
-        if status == "ok" and rc is not None and 128 < rc < 128 + 65:
-            # the on-device shell reports a runtime killed by signal N as 128 + N
-            sig = rc - 128
-            exit_code = -sig
-            status, note = "failed", killed_by(sig)
-            if sig == 9:
-                evidence = self._lmk_evidence(sampler_pid(mem), samples)
-                if evidence:
-                    status, note = "oom", f"{note} by the low-memory killer ({evidence})"
-        elif status == "ok" and rc not in (0, None):
-            status, note = "failed", f"exit code {rc}"
+        if status == "ok":
+            exit_code, status, note = self._exit_status(rc, mem, samples, note)
         peak, parts = memory.android_peak(samples)
         from devprof.interference import sampler_cpu_seconds
 
@@ -543,6 +525,29 @@ class AndroidDevice(Device):
             note=note or (f"peak is {memory.PEAK_RULE} over the samples ({parts['won']} won)" if peak else ""),
             memory={"meminfo_before": memory.sampler_meminfo(mem), "peak": parts},
         )
+
+    def _collect(self, base: str) -> tuple[str, str, str]:
+        """The run's stdout, stderr and sampler output, removed from the device once read."""
+        stdout, stderr, mem = self._read(base + ".stdout"), self._read(base + ".stderr"), self._read(base + ".mem")
+        self.sh(["rm", "-f", base + ".stdout", base + ".stderr", base + ".mem", base + ".pid"], timeout=IO_TIMEOUT)
+        return stdout, stderr, mem
+
+    def _exit_status(self, rc: int | None, mem: str, samples: list[MemorySample],
+                     note: str) -> tuple[int | None, str, str]:
+        """Exit code, status and note of a runtime that exited by itself: killed by a signal (by the
+        low-memory killer when the device shows it), a non-zero exit code, or ok."""
+        if rc is not None and 128 < rc < 128 + 65:
+            # the on-device shell reports a runtime killed by signal N as 128 + N
+            sig = rc - 128
+            status, note = "failed", killed_by(sig)
+            if sig == 9:
+                evidence = self._lmk_evidence(sampler_pid(mem), samples)
+                if evidence:
+                    status, note = "oom", f"{note} by the low-memory killer ({evidence})"
+            return -sig, status, note
+        if rc not in (0, None):
+            return rc, "failed", f"exit code {rc}"
+        return rc, "ok", note
 
     def _lmk_evidence(self, pid: int | None, samples: list[MemorySample]) -> str:
         """The low-memory killer's record of killing ``pid`` (lmkd's lines in the main log,
@@ -581,3 +586,18 @@ def _mib(n: int) -> str:
 
 def _remote_name(name: str, p: Path) -> str:
     return p.name if name == "__binary__" else name
+
+
+def _sampled_command(req: RunRequest, sampler: str, base: str) -> str:
+    """The device shell command: the sampler script running the request's argv (under taskset
+    and env as asked) with its files at `base`, from the request's directory."""
+    argv = list(req.argv)
+    if req.cpu_mask:
+        argv = ["taskset", req.cpu_mask, *argv]
+    if req.env:
+        argv = ["env", *[f"{k}={v}" for k, v in req.env.items()], *argv]
+    interval = f"{req.sample_ms / 1000:.3f}" if req.sample_ms > 0 else "0"
+    cmd = " ".join(shlex.quote(a) for a in ["sh", sampler, base, interval, *argv])
+    if req.cwd:
+        cmd = f"cd {shlex.quote(req.cwd)} && {cmd}"
+    return cmd
