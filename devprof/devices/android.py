@@ -532,10 +532,8 @@ class AndroidDevice(Device):
         self.sh(["rm", "-f", base + ".stdout", base + ".stderr", base + ".mem", base + ".pid"], timeout=IO_TIMEOUT)
         return stdout, stderr, mem
 
-    def _exit_status(self, rc: int | None, mem: str, samples: list[MemorySample],
-                     note: str) -> tuple[int | None, str, str]:
-        """Exit code, status and note of a runtime that exited by itself: killed by a signal (by the
-        low-memory killer when the device shows it), a non-zero exit code, or ok."""
+    def _exit_status(self, rc: int | None, mem: str, samples: list[MemorySample], note: str) -> tuple[int | None, str, str]:
+        """Exit code, status and note of a runtime that exited by itself (signal, LMK, exit code, ok)."""
         if rc is not None and 128 < rc < 128 + 65:
             # the on-device shell reports a runtime killed by signal N as 128 + N
             sig = rc - 128
@@ -589,8 +587,7 @@ def _remote_name(name: str, p: Path) -> str:
 
 
 def _sampled_command(req: RunRequest, sampler: str, base: str) -> str:
-    """The device shell command: the sampler script running the request's argv (under taskset
-    and env as asked) with its files at `base`, from the request's directory."""
+    """The shell command: the sampler script running the request's argv, its files at `base`."""
     argv = list(req.argv)
     if req.cpu_mask:
         argv = ["taskset", req.cpu_mask, *argv]
