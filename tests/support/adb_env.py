@@ -515,17 +515,10 @@ class FakePhone:
 
     def _reap_orphans(self) -> None:
         d = self.sandbox / ".adbd" / "pgids"
-        if not d.is_dir():
-            return
-        for f in d.iterdir():
-            try:
-                os.killpg(int(f.name), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-            try:
-                f.unlink()
-            except OSError:
-                pass
+        if d.is_dir():
+            from tests.support.adbd import kill_recorded_groups
+
+            kill_recorded_groups(d)
 
     def log(self) -> str:
         try:

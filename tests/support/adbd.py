@@ -784,15 +784,7 @@ class Daemon:
                 os.killpg(p.pid, signal.SIGKILL)
             except OSError:
                 pass
-        for f in self.pgid_dir.glob("*"):
-            try:
-                os.killpg(int(f.name), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-            try:
-                f.unlink()
-            except OSError:
-                pass
+        kill_recorded_groups(self.pgid_dir)
 
     def shell_service(self, stream: Stream, cmd: str, v2: bool) -> None:
         try:
@@ -1178,6 +1170,20 @@ def group_alive(pgid: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
+
+
+def kill_recorded_groups(folder: Path) -> None:
+    """SIGKILL every process group recorded as a file named by its pgid in ``folder``, and forget it
+    (the daemon at shutdown; the test harness for a daemon that died without doing so)."""
+    for f in Path(folder).glob("*"):
+        try:
+            os.killpg(int(f.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        try:
+            f.unlink()
+        except OSError:
+            pass
 
 
 def main(argv=None) -> int:
