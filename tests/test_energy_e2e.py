@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from devprof import energy as E
 from devprof.cli import cli
 from tests.support.adb_env import AdbServer, FakePhone
 
@@ -150,3 +151,58 @@ def test_soak_on_this_host_says_when_there_are_no_thermal_zones(tmp_path):
     said = "this device exposes no thermal zones" in shown["soak"]["verdict"]["sentence"]
     assert said == (not zones) and said == all(p["hottest_c"] is None for p in pts)
     assert shown["energy"]["state"] == "off"  # not a phone: no energy, no noise about it
+
+
+def test_a_charge_counter_only_phone_gives_j_per_token_within_5_percent(adb, env, tmp_path):
+    need_qemu()
+    db = tmp_path / "s.db"
+    with FakePhone(adb) as phone:  # no current_now: a kernel with only charge_counter (1 µAh steps, every 20 ms)
+        conf = phone.battery(current_now=False, idle_ua=300_000, busy_ua=1_500_000, counter_update_ms=20,
+                             counter_step_uah=1)
+        res = invoke(*RUN, "--energy-baseline", "1.5", "--db", str(db))
+        assert res.exit_code == 0, res.output
+    assert "energy: no readable battery current; from the battery's charge counter (sysfs charge_counter)" in res.output
+    net_w = (conf["busy_ua"] - conf["idle_ua"]) * conf["voltage_uv"] / 1e12
+    con = sqlite3.connect(db)
+    rows = con.execute("select energy_json, result_json from repetitions where warmup = 0").fetchall()
+    assert len(rows) == 2
+    for energy_json, result_json in rows:
+        e, r = json.loads(energy_json), json.loads(result_json)
+        assert e["source"] == "sysfs-counter" and e["counter_unit"] == "µAh" and e["counter_direction"] == "falling"
+        assert e["resolution_uah"] >= 1 and 0 < e["update_ms"] < 1000
+        assert e["baseline_w"] == pytest.approx(conf["idle_ua"] * conf["voltage_uv"] / 1e12, rel=0.05)
+        stamps = r["extra"]["token_stamp_ms"]
+        true_decode = net_w * (stamps[-1] - stamps[0]) / 1000.0 / (len(stamps) - 1)
+        true_prefill = net_w * r["extra"]["prefill_wall_ms"] / 1000.0 / r["prompt_tokens"]
+        dec, pre = e["phases"]["decode"], e["phases"]["prefill"]
+        assert dec["j_per_token"] == pytest.approx(true_decode, rel=0.05), (e, r["extra"]["prefill_wall_ms"])
+        assert pre["j_per_token"] == pytest.approx(true_prefill, rel=0.05), (e, r["extra"]["prefill_wall_ms"])
+        for d in (dec, pre):  # marked coarse exactly when shorter than SLOW_UPDATES of the measured updates
+            assert d["slow_gauge"] == (d["s"] * 1000 < E.SLOW_UPDATES * e["update_ms"] or d["extrapolated"])
+    shown = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+    assert shown["energy"]["source"] == "sysfs-counter" and shown["energy"]["resolution_uah"] >= 1
+    text = invoke("show", "latest", "--db", str(db)).output
+    assert "Energy (battery charge_counter Δcharge × voltage_now (sysfs), counter steps of" in text
+
+
+def test_an_aosp_phone_uses_dumpsys_charge_counter_and_marks_a_phase_shorter_than_its_updates(adb, env, tmp_path):
+    need_qemu()
+    db = tmp_path / "s.db"
+    with FakePhone(adb) as phone:  # stock AOSP: no sysfs current or counter; dumpsys prints a 3 s counter
+        phone.battery(current_now=False, sysfs_counter=False, counter_update_ms=3000, counter_step_uah=50)
+        res = invoke(*RUN[:4], "32", "--new-tokens", "2", "--reps", "1", *RUN[9:], "--energy-baseline", "10",
+                     "--db", str(db))
+        assert res.exit_code == 0, res.output
+    assert "from the battery's charge counter (dumpsys battery's Charge counter)" in res.output
+    (energy_json,), = sqlite3.connect(db).execute("select energy_json from repetitions where warmup = 0").fetchall()
+    e = json.loads(energy_json)
+    assert e["source"] == "dumpsys-counter" and e["voltage_unit"] == "mV", e
+    assert e["resolution_uah"] >= 50 and e["resolution_uah"] % 50 == 0 and e["update_ms"] >= 2500
+    dec = e["phases"]["decode"]
+    assert dec["tokens"] == 1 and dec["s"] * 1000 < E.SLOW_UPDATES * e["update_ms"]  # one step: under 10 updates
+    assert dec["slow_gauge"] is True and dec["updates"] <= 3
+    shown = json.loads(invoke("show", "latest", "--json", "--db", str(db)).output)
+    decode = next(row for row in shown["energy"]["rows"] if row["phase"] == "decode")
+    assert shown["energy"]["source"] == "dumpsys-counter" and decode["slow_gauge"] is True
+    text = invoke("show", "latest", "--db", str(db)).output
+    assert "Energy (dumpsys battery Charge counter Δcharge × voltage, counter steps of" in text and "‡" in text

@@ -15,7 +15,7 @@ from typing import Any
 from devprof import energy as energy_mod
 from devprof import soak as soak_mod
 from devprof import stats
-from devprof.devices.power import SAMPLE_S
+from devprof.devices.power import sample_s
 
 h = html.escape
 SLOW_MARK = "‡"
@@ -46,10 +46,14 @@ def energy_lines(record) -> list[str]:
 
 
 def source_text(s: dict[str, Any]) -> str:
-    src = {"sysfs": "battery current_now × voltage_now (sysfs)", "dumpsys": "dumpsys battery current × voltage"}
+    src = {"sysfs": "battery current_now × voltage_now (sysfs)", "dumpsys": "dumpsys battery current × voltage",
+           "sysfs-counter": "battery charge_counter Δcharge × voltage_now (sysfs)",
+           "dumpsys-counter": "dumpsys battery Charge counter Δcharge × voltage"}
     text = src.get(s.get("source") or "", s.get("source") or "unknown source")
+    if s.get("resolution_uah"):
+        text += f", counter steps of {s['resolution_uah']:g} µAh"
     every = s.get("update_ms")
-    sample_ms = SAMPLE_S * 1000.0
+    sample_ms = sample_s(s.get("source")) * 1000.0
     if every and every <= 1.5 * sample_ms:
         text += f", reading changes at every {sample_ms:.0f} ms sample (the gauge may be faster)"
     elif every:
