@@ -163,9 +163,9 @@ def test_a_counter_in_mah_is_read_as_such():
     assert e["phases"]["decode"]["j_per_token"] == pytest.approx(net_w * 20.0 / 40, rel=0.1)
 
 
-def test_the_notice_says_the_source_and_asks_for_a_longer_baseline():
+def test_the_notice_says_the_source_and_how_long_the_idle_window_lasts():
     line = E.counter_notice("dumpsys-counter", 2.0)
     assert line.startswith("energy: no readable battery current; from the battery's charge counter "
                            "(dumpsys battery's Charge counter)")
-    assert "--energy-baseline 2 may be too short" in line and "‡" in line
-    assert "--energy-baseline" not in E.counter_notice("sysfs-counter", 90.0)
+    assert "lasts at least 2 s and until the counter updated 5 times" in line and "‡" in line
+    assert "(sysfs charge_counter)" in E.counter_notice("sysfs-counter", 90.0)

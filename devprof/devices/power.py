@@ -220,6 +220,16 @@ class PowerRecorder:
         self._thread = threading.Thread(target=go, daemon=True, name="power-sampler")
         self._thread.start()
 
+    def peek(self) -> PowerTrace:
+        """The trace so far, the sampler still running (empty when the phone does not answer)."""
+        from devprof.errors import DeviceLost
+
+        try:
+            _, text = self.dev.sh(["cat", self.out], timeout=20)
+        except DeviceLost:
+            return PowerTrace()
+        return parse_power_output(text)
+
     def stop(self) -> PowerTrace:
         from devprof.errors import DeviceLost
 

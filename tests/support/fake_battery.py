@@ -42,7 +42,7 @@ DEFAULTS = {
     "status": "Discharging", "plugged": "", "capacity": 78, "idle_ua": 350_000, "busy_ua": 1_250_000,
     "voltage_uv": 3_870_000, "jitter_ua": 2_000, "update_ms": 20, "sign": -1, "unit": "uA",
     "busy_match": "qemu-aarch64", "heat_c_per_s": 0.0, "throttle_c": 60.0, "throttle_share": 0.6,
-    "current_now": True, "sysfs_counter": True, "start_uah": 3_120_000, "counter_update_ms": 20,
+    "current_now": True, "sysfs_counter": True, "start_uah": 3_120_000, "counter_update_ms": 1000,
     "counter_step_uah": 1,
 }
 STATUS_CODES = {"Unknown": 1, "Charging": 2, "Discharging": 3, "Not charging": 4, "Full": 5}
@@ -102,6 +102,7 @@ class Gauge(threading.Thread):
         self.temp0: float | None = None
         self.heat = 0.0
         self.drained_uah, self.last_ua, self.counter = 0.0, 0.0, None
+        self.counter_written: tuple | None = None
         self.last_t = self.published_t = time.monotonic()
         self.write_state()
 
@@ -128,9 +129,8 @@ class Gauge(threading.Thread):
         if c["unit"] == "mA":
             value = int(round(value / 1000))
         _present(bat / "current_now", f"{value}\n" if c["current_now"] else None)
-        _present(bat / "charge_counter", f"{self.counter}\n" if c["sysfs_counter"] else None)
+        self.write_counter(bat)
         _write(bat / "voltage_now", f"{int(c['voltage_uv'])}\n")
-        _write(self.sandbox / ".adbd/dumpsys-battery.txt", self.dumpsys_text())
         _write(bat / "status", f"{c['status']}\n")
         _write(bat / "capacity", f"{int(c['capacity'])}\n")
         _write(self.sandbox / "sys/class/power_supply/usb/online", "1\n" if c["plugged"] else "0\n")
@@ -148,6 +148,15 @@ class Gauge(threading.Thread):
             step = max(1, int(self.conf["counter_step_uah"]))
             self.counter = int((float(self.conf["start_uah"]) - self.drained_uah) // step * step)
             self.published_t = now
+
+    def write_counter(self, bat: Path) -> None:
+        """The sysfs counter and the dumpsys text, only when they change (a slow counter costs no writes)."""
+        counter = f"{self.counter}\n" if self.conf["sysfs_counter"] else None
+        text = self.dumpsys_text()
+        if (counter, text) != self.counter_written:
+            _present(bat / "charge_counter", counter)
+            _write(self.sandbox / ".adbd/dumpsys-battery.txt", text)
+            self.counter_written = (counter, text)
 
     def dumpsys_text(self) -> str:
         """``dumpsys battery`` as stock AOSP prints it: a charge counter and a voltage, no current."""
