@@ -40,7 +40,7 @@ MV_BELOW = 100_000  # voltage below this: mV, not µV
 MAH_BELOW = 20_000  # charge counter median below this: mAh, not µAh (no phone battery holds under 20 mAh)
 SLOW_UPDATES = 10  # a charge-counter phase shorter than this many updates is coarse (docs/measurements.md)
 BASELINE_UPDATES = 3  # an idle baseline spanning fewer counter update intervals is coarse
-COUNTER_WAIT_S = 150.0  # the longest wait for a charge counter's updates, before a run and after it
+WAIT_S = 150.0  # the longest wait for the battery trace (a charge counter's updates), before a run and after it
 UAH_TO_C = 3.6e-3  # 1 µAh = 3.6 mC
 REFUSE_STATUS = {"Charging"}
 REFUSE_WHEN_PLUGGED = {"Full", "Not charging"}
@@ -264,9 +264,9 @@ def counter_notice(source: str, baseline_s: float) -> str:
     where = "sysfs charge_counter" if source == "sysfs-counter" else "dumpsys battery's Charge counter"
     return (f"energy: no readable battery current; from the battery's charge counter ({where}) × voltage: "
             f"its step and update interval are measured per repetition, and a phase shorter than {SLOW_UPDATES} "
-            f"counter updates is marked ‡ (coarse); the idle window before each repetition lasts at least "
+            f"counter updates is marked ‡ (coarse); the idle window before each repetition lasts "
             f"{baseline_s:g} s and until the counter updated {BASELINE_UPDATES + 2} times, and each repetition "
-            f"waits for one update after the run (each wait at most {COUNTER_WAIT_S:.0f} s: counters often "
+            f"waits for one update after the run (each wait at most {WAIT_S:.0f} s: counters often "
             "update every 10-40 s); only phases of minutes (more --new-tokens, a longer --context) give sharp figures")
 
 
@@ -322,10 +322,11 @@ def summary(record) -> dict[str, Any]:
 
 class Meter:
     """Energy for one session on one phone: ``open`` decides once (source, or why not), ``start``
-    begins sampling and waits the idle baseline, ``finish`` turns the trace into the figures.
+    begins sampling and waits the idle baseline (until the trace itself spans it: the sampler's adb
+    shell can start late on a loaded phone), ``finish`` turns the trace into the figures.
     With a charge counter the idle window lasts until the counter spanned :data:`BASELINE_UPDATES`
     update intervals and one more, and ``finish`` waits for one update after the process ended (each at most
-    :data:`COUNTER_WAIT_S`), so a phase's ends are interpolated rather than extrapolated."""
+    :data:`WAIT_S`), so a phase's ends are interpolated rather than extrapolated."""
 
     def __init__(self, dev, battery, script: str, baseline_s: float, max_s: float) -> None:
         self.dev, self.battery, self.script = dev, battery, script
@@ -368,7 +369,7 @@ class Meter:
 
         counter = self.battery.source in COUNTER_SOURCES
         rec = PowerRecorder(self.dev, self.battery, self.script,
-                            self.baseline_s + self.max_s + (2 * COUNTER_WAIT_S if counter else 0.0))
+                            self.baseline_s + self.max_s + (2 * WAIT_S if counter else WAIT_S))
         self.cancel = cancel
         rec.start()
         if cancel is not None and cancel.wait(self.baseline_s):
@@ -378,34 +379,38 @@ class Meter:
             import time
 
             time.sleep(self.baseline_s)
-        # one interval to spare, and the updates spanning the idle window (the sampler may start late)
-        if counter and not self.await_counter(rec, None, BASELINE_UPDATES + 2, self.baseline_s * 1000.0):
+        # the idle window spans most of --energy-baseline in the trace itself (the sampler's shell may
+        # start late); a counter's also BASELINE_UPDATES update intervals, and one to spare
+        if not self.await_trace(rec, None, BASELINE_UPDATES + 2 if counter else 2, 800.0 * self.baseline_s):
             rec.stop()
             raise KeyboardInterrupt
         return rec
 
-    def await_counter(self, rec, after_ms: float | None, need: int, span_ms: float = 0.0) -> bool:
-        """Poll the charge counter's trace (once a second, at most COUNTER_WAIT_S) until ``need`` of
-        its updates, spanning ``span_ms``, came after device wall ms ``after_ms`` (any time: None);
-        False on Ctrl-C."""
+    def await_trace(self, rec, after_ms: float | None, need: int, span_ms: float = 0.0) -> bool:
+        """Poll the battery trace (every 0.25 s, a counter's every 1 s; at most WAIT_S) until ``need``
+        of its points (a charge counter's updates, else samples), spanning ``span_ms``, came after
+        device wall ms ``after_ms`` (any time: None); False on Ctrl-C."""
         import time
 
-        end = time.monotonic() + COUNTER_WAIT_S
+        end, every = time.monotonic() + WAIT_S, 1.0 if self.battery.source in COUNTER_SOURCES else 0.25
         while time.monotonic() < end:
-            got = [t for t, _ in Counter(rec.peek()).pts if after_ms is None or t > after_ms]
+            tr = rec.peek()
+            pts = ([t for t, _ in Counter(tr).pts] if self.battery.source in COUNTER_SOURCES
+                   else [t for up, _, _ in tr.samples for t in [tr.wall_ms(up)] if t is not None])
+            got = [t for t in pts if after_ms is None or t > after_ms]
             if len(got) >= need and got[-1] - got[0] >= span_ms:
                 return True
-            if self.cancel is not None and self.cancel.wait(1.0):
+            if self.cancel is not None and self.cancel.wait(every):
                 return False
             if self.cancel is None:
-                time.sleep(1.0)
+                time.sleep(every)
         return True
 
     def finish(self, rec, outcome, result) -> dict[str, Any]:
         if outcome.status == "lost":  # nothing more is asked of a phone that stopped answering
             return {}
         if outcome.status == "ok" and self.battery.source in COUNTER_SOURCES:
-            self.await_counter(rec, outcome.start_wall_ms + outcome.wall_ms, 1)
+            self.await_trace(rec, outcome.start_wall_ms + outcome.wall_ms, 1)
         trace = rec.stop()
         if outcome.status != "ok":
             return {}
