@@ -316,7 +316,7 @@ def summary(record) -> dict[str, Any]:
     return {"state": state, "why": why,
             "source": setting.get("source"), "battery": setting.get("battery"),
             "update_ms": sorted(updates)[len(updates) // 2] if updates else None,
-            "resolution_uah": steps[len(steps) // 2] if steps else None,
+            **({"resolution_uah": steps[len(steps) // 2]} if steps else {}),  # a charge counter's step
             "refused_reps": sum(1 for r in reps if (r.energy or {}).get("refused")), "rows": rows}
 
 
