@@ -181,7 +181,9 @@ def test_energy_setting_in_words():
                                       "battery /sys/class/power_supply/battery, sampled every 50 ms, idle baseline 2 s")
     assert setting_text(_with_energy(rec, {"state": "off"})) == "off"
     why = "energy refused: the battery is charging (USB)"
-    assert setting_text(_with_energy(rec, {**MEASURED, "state": "refused", "why": why})) == f"refused: {why}"
+    assert setting_text(_with_energy(rec, {**MEASURED, "state": "refused", "why": why})) == why
+    assert setting_text(_with_energy(rec, {"state": "refused", "why": "the battery is full"})) == \
+        "refused: the battery is full"
     assert setting_text(_with_energy(rec, {"state": "unavailable", "why": "no readable battery current"})) == \
         "unavailable: no readable battery current"
     assert setting_text(rec) is None  # a run from before energy was measured
@@ -198,3 +200,8 @@ def test_setup_tables_show_the_energy_setting_readably():
     off = _with_energy(F.make_record(contexts=(1024,), new_tokens=16), {"state": "off"})
     assert "<th>energy</th><td>off</td>" in HTMLRenderer().render(off)
     assert "Energy setting: off" in TerminalRenderer(width=200).render(off)
+    why = "energy refused: the battery is charging on USB power"
+    refused = _with_energy(F.make_record(contexts=(1024,), new_tokens=16), {"state": "refused", "why": why})
+    assert f"<th>energy</th><td>{why}</td>" in HTMLRenderer().render(refused)
+    lines = TerminalRenderer(width=200).render(refused).splitlines()
+    assert "Energy setting: refused" in lines and lines.count(why) == 1  # the reason once, below

@@ -57,10 +57,11 @@ def source_text(s: dict[str, Any]) -> str:
     return text
 
 
-def setting_text(record) -> str | None:
+def setting_text(record, brief: bool = False) -> str | None:
     """The run's energy setting in words for the setup tables ("off", "on: <source>, <how often it
     changed>, sampled every 50 ms, idle baseline 2 s", "refused: <why>"); None for a run from before
-    energy was measured (no setting stored)."""
+    energy was measured (no setting stored). ``brief``: the state alone when not measured (the
+    terminal prints the reason in its energy lines)."""
     setting = (record.meta.settings or {}).get("energy")
     if not isinstance(setting, dict):
         return None
@@ -68,7 +69,10 @@ def setting_text(record) -> str | None:
     if state == "off":
         return "off"
     if state != "measured":
-        return f"{state}: {setting.get('why') or 'no reason recorded'}"
+        if brief:
+            return state
+        why = setting.get("why") or "no reason recorded"
+        return why if state in why.split(":")[0] else f"{state}: {why}"
     s = energy_mod.summary(record)
     parts = [source_text(s)]
     path = (setting.get("battery") or {}).get("path")

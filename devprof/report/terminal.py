@@ -126,7 +126,7 @@ class TerminalRenderer(Renderer):
         lines += [Text("Repetitions: " + x, style="dim") for x in adaptive_lines(m)]
         from devprof.report.soak_figures import setting_text
 
-        energy = setting_text(a.record)
+        energy = setting_text(a.record, brief=True)
         if energy is not None:
             lines.append(Text.assemble(("Energy setting: ", "bold"), energy))
         return Group(*lines)
