@@ -159,6 +159,8 @@ def test_perfetto_swap_pss_and_cumulative_major_faults(record):
     vals = [v for _, v in faults]
     assert len(vals) == len(ss) and vals == sorted(vals) and vals[-1] == memory.rep_memory(rep)["major_faults"] > 0
     assert [t for t, _ in faults] == [t for t, _ in counter("mem.rss", "MiB")]
+    merged = json.loads(perfetto.PerfettoRenderer().render(record))  # every repetition, validated
+    assert len({e["pid"] for e in merged["traceEvents"] if e["name"] == "faults.major"}) == len(record.repetitions)
     plain = F.make_record(contexts=(1024,), new_tokens=16)
     old = perfetto.perfetto_trace(plain, plain.measured()[0])
     assert not [e for e in old["traceEvents"] if e["name"] in ("mem.swap", "mem.pss", "faults.major")]
