@@ -113,10 +113,8 @@ def _headroom_row(model: str, workload: str, ctx: int, reps: list) -> dict[str, 
     }
 
 
-def _from_headroom(row: dict[str, Any] | None) -> dict[str, Any]:
+def _from_headroom(row: dict[str, Any]) -> dict[str, Any]:
     """The peak's parts and the headroom of one cell (MiB, rounded) from its :func:`headroom_rows` row."""
-    if row is None:
-        return dict.fromkeys(PEAK_KEYS + HEADROOM_KEYS)
     return {
         "peak_vmhwm_mb": rounded(_mb(row["hwm_kb"]), 2), "peak_rss_swap_mb": rounded(_mb(row["rss_swap_kb"]), 2),
         "peak_won": dict(row["won"]) or None,
