@@ -79,12 +79,15 @@ def test_j_per_token_matches_the_fake_batterys_true_energy(adb, env, tmp_path):
     assert shown["soak"] is None
     text = invoke("show", "latest", "--db", str(db)).output
     assert "Energy (battery current_now × voltage_now (sysfs), reading changes" in text and "decode:" in text
+    setting = next(ln for ln in text.splitlines() if ln.startswith("Energy setting: "))
+    assert setting.startswith("Energy setting: on: battery current_now × voltage_now (sysfs)") and "{" not in setting
     exported = json.loads(invoke("export", "latest", "--format", "json", "--db", str(db)).output)
     assert exported["energy"]["rows"] == en["rows"] and exported["repetitions"][0]["energy"]["phases"]
     html = tmp_path / "r.html"
     assert invoke("report", "latest", "--db", str(db), "--out", str(html)).exit_code == 0
     page = html.read_text()
     assert '<section id="energy">' in page and "J/token (median)" in page
+    assert "<th>energy</th><td>on: battery current_now × voltage_now (sysfs), reading changes" in page
 
 
 def test_charging_refuses_energy_with_a_clear_line(adb, env, tmp_path):
@@ -104,10 +107,13 @@ def test_charging_refuses_energy_with_a_clear_line(adb, env, tmp_path):
     assert shown["energy"]["state"] == "refused" and shown["energy"]["rows"] == []
     assert shown["energy"]["why"] == line
     assert "energy refused: the battery is charging" in invoke("show", "latest", "--db", str(db)).output
+    shown_text = invoke("show", "latest", "--db", str(db)).output
+    assert "Energy setting: refused" in [ln.rstrip() for ln in shown_text.splitlines()]
     html = tmp_path / "r.html"
     assert invoke("report", "latest", "--db", str(db), "--out", str(html)).exit_code == 0
     page = html.read_text()
     assert "energy-refused" in page and "No energy figures are shown." in page and "J/token (median)" not in page
+    assert f"<th>energy</th><td>{line}</td>" in page  # the setup table: the reason, not the raw setting
 
 
 def test_soak_records_speed_heat_and_clock_over_time(adb, env, tmp_path):

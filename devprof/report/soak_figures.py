@@ -61,6 +61,36 @@ def source_text(s: dict[str, Any]) -> str:
     return text
 
 
+def setting_text(record, brief: bool = False) -> str | None:
+    """The run's energy setting in words for the setup tables ("off", "on: <source>, <how often it
+    changed>, sampled every 50 ms, idle baseline 2 s", "refused: <why>"); None for a run from before
+    energy was measured (no setting stored). ``brief``: the state alone when not measured (the
+    terminal prints the reason in its energy lines)."""
+    setting = (record.meta.settings or {}).get("energy")
+    if not isinstance(setting, dict):
+        return None
+    state = setting.get("state") or "off"
+    if state == "off":
+        return "off"
+    if state != "measured":
+        if brief:
+            return state
+        why = setting.get("why") or "no reason recorded"
+        return why if state in why.split(":")[0] else f"{state}: {why}"
+    s = energy_mod.summary(record)
+    parts = [source_text(s)]
+    path = (setting.get("battery") or {}).get("path")
+    if path:
+        parts.append(f"battery {path}")
+    if setting.get("sample_s"):
+        parts.append(f"sampled every {setting['sample_s'] * 1000:.0f} ms")
+    if setting.get("baseline_s") is not None:
+        parts.append(f"idle baseline {setting['baseline_s']:g} s")
+    if s["refused_reps"]:
+        parts.append(f"refused for {s['refused_reps']} repetition(s)")
+    return "on: " + ", ".join(parts)
+
+
 def energy_section(page) -> str:
     rec = page.rec
     s = energy_mod.summary(rec)
