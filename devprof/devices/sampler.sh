@@ -37,6 +37,8 @@ if [ "$interval" != "0" ]; then
     if read -r st < "/proc/$pid/stat" 2>/dev/null; then
       set -- ${st##*) }
       [ $# -ge 13 ] && line="$line cpu:$(( ${12} + ${13} )) minflt:$8 majflt:${10}"
+    else
+      break  # the runtime exited (and was reaped) between the two reads: no partial sample
     fi
     # storage reads (page faults miss what readahead and MAP_POPULATE read in); kept as text: mksh's
     # arithmetic is 32-bit
