@@ -46,6 +46,7 @@ def test_factories_phone_run_is_realistic(record):
         assert stats.peak_rss_kb(rep) == max(m["peak"]["VmHWM"], m["peak"]["RSS+swap"])
         assert 0 < m["peak_swap_kb"] < m["peak_pss_kb"] < stats.peak_rss_kb(rep)
         assert 0 < m["major_faults"] < m["minor_faults"]
+        assert m["storage_read_kb"] >= max(s.file_kb for s in rep.outcome.samples)
         assert m["meminfo_at_peak"]["MemAvailable"] < m["meminfo_before"]["MemAvailable"]
     assert {m["peak"]["won"] for m in _mems(record, F.DENSE, "real")} == {"RSS+swap"}
     assert {m["peak"]["won"] for m in _mems(record, F.MOE, "real")} == {"VmHWM"}
@@ -64,6 +65,8 @@ def test_show_json_has_swap_pss_faults_peak_parts_and_headroom(record):
         lo, hi = r["peak_pss_mb_ci"]
         assert r["peak_pss_mb_min"] <= lo <= r["peak_pss_mb"] <= hi <= r["peak_pss_mb_max"]
         assert r["major_faults"] == sorted(m["major_faults"] for m in mems)[1]
+        assert r["storage_read_mb"] == pytest.approx(sorted(m["storage_read_kb"] for m in mems)[1] / MIB, abs=0.006)
+        assert r["storage_read_mb"] > r["peak_rss_file_mb"] * 0.9
         assert r["minor_faults_cv"] is not None and 0 <= r["minor_faults_cv"] < 0.05
         assert r["peak_rss_mb"] == pytest.approx(max(r["peak_vmhwm_mb"], r["peak_rss_swap_mb"]), abs=0.3)
         assert sum(r["peak_won"].values()) == r["n"] == 3

@@ -237,7 +237,7 @@ def test_json_keys_are_stable(record):
               "distinct_experts"):
         metric_keys += [m, f"{m}_ci", f"{m}_cv", f"{m}_min", f"{m}_max"]
     memory_keys = []
-    for m in ("peak_swap_mb", "peak_pss_mb", "major_faults", "minor_faults"):
+    for m in ("peak_swap_mb", "peak_pss_mb", "major_faults", "minor_faults", "storage_read_mb"):
         memory_keys += [m, f"{m}_ci", f"{m}_cv", f"{m}_min", f"{m}_max"]
     memory_keys += ["peak_vmhwm_mb", "peak_rss_swap_mb", "peak_won", "mem_total_mb", "swap_total_mb",
                     "mem_available_before_mb", "mem_available_at_peak_mb", "swap_free_at_peak_mb", "headroom_mb",

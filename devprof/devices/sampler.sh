@@ -24,6 +24,7 @@ echo "$pid" >"$out.pid"
 echo "start $up0 $wall0 $pid" >"$out.mem"
 echo "meminfo$mi" >>"$out.mem"
 last=""
+io=""
 smaps_next=0
 if [ "$interval" != "0" ]; then
   while kill -0 "$pid" 2>/dev/null; do
@@ -42,11 +43,14 @@ if [ "$interval" != "0" ]; then
     fi
     # storage reads (page faults miss what readahead and MAP_POPULATE read in); kept as text: mksh's
     # arithmetic is 32-bit
+    rb=""
     if [ -r "/proc/$pid/io" ]; then
       while read -r k v _; do
-        case "$k" in read_bytes:) line="$line read_bytes:$v" ;; esac
+        case "$k" in read_bytes:) rb=$v ;; esac
       done 2>/dev/null < "/proc/$pid/io"
     fi
+    # once read, a missing /proc/PID/io means the runtime was reaped since: no partial sample
+    if [ -n "$rb" ]; then line="$line read_bytes:$rb"; io=1; elif [ -n "$io" ]; then break; fi
     # uptime in centiseconds ("1${frac}" - 100 keeps a fraction like 07 from reading as octal)
     now=$(( ${up%.*} * 100 + 1${up#*.} - 100 ))
     if [ "$now" -ge "$smaps_next" ] && [ -r "/proc/$pid/smaps_rollup" ]; then

@@ -10,7 +10,8 @@ Shape (format 1)::
                   <metric>, <metric>_ci: [lo, hi], <metric>_cv, <metric>_min, <metric>_max
                   for metric in prefill_tok_s, decode_tok_s, ttft_ms, peak_rss_mb,
                   peak_rss_file_mb, peak_rss_anon_mb, distinct_experts, then inter_token_ms, then the
-                  same five for peak_swap_mb, peak_pss_mb, major_faults, minor_faults, then
+                  same five for peak_swap_mb, peak_pss_mb, major_faults, minor_faults,
+                  storage_read_mb (/proc/PID/io read_bytes), then
                   peak_vmhwm_mb, peak_rss_swap_mb, peak_won: {VmHWM|RSS+swap: n} (the parts of the
                   device's peak and how many repetitions each won), mem_total_mb, swap_total_mb,
                   mem_available_before_mb, mem_available_at_peak_mb, swap_free_at_peak_mb,

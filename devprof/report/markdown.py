@@ -76,7 +76,7 @@ def _memory_table(record: RunRecord) -> list[str]:
     if not memory_rows.any_recorded(cells):
         return []
     head = ["model", "workload", "context", "n", "peak won", "VmHWM MiB", "RSS+swap MiB", "swap MiB", "PSS MiB",
-            "major faults", "minor faults", "MemAvailable before MiB", "peak ÷ available", "headroom MiB",
+            "major faults", "minor faults", "read from storage MiB", "MemAvailable before MiB", "peak ÷ available", "headroom MiB",
             "MemAvailable at peak MiB", "SwapFree at peak MiB"]
     rows = []
     for (model, workload, context), cell in cells.items():

@@ -18,7 +18,7 @@ from devprof.report.base import rounded
 MIB = 1024.0
 
 #: per-repetition values summarised like the speed and RSS metrics: median, interval, CV, min, max
-MEMORY_METRICS: tuple[str, ...] = ("peak_swap_mb", "peak_pss_mb", "major_faults", "minor_faults")
+MEMORY_METRICS: tuple[str, ...] = ("peak_swap_mb", "peak_pss_mb", "major_faults", "minor_faults", "storage_read_mb")
 #: the parts of the device's peak (Android: max(VmHWM, RSS+swap)) and which one won
 PEAK_KEYS: tuple[str, ...] = ("peak_vmhwm_mb", "peak_rss_swap_mb", "peak_won")
 #: the device's /proc/meminfo before the repetition and at its peak, and the peak against it
@@ -61,6 +61,7 @@ def rep_fields(rep: Any) -> dict[str, Any]:
     return {
         "peak_swap_mb": _mb(m["peak_swap_kb"]), "peak_pss_mb": _mb(m["peak_pss_kb"]),
         "major_faults": m["major_faults"], "minor_faults": m["minor_faults"],
+        "storage_read_mb": _mb(m["storage_read_kb"]),
         "peak_vmhwm_mb": _mb(peak.get("VmHWM")), "peak_rss_swap_mb": _mb(peak.get("RSS+swap")),
         "peak_won": peak.get("won"),
         "mem_total_mb": _mb(before.get("MemTotal")), "swap_total_mb": _mb(before.get("SwapTotal")),

@@ -8,7 +8,7 @@ MiB, times in ms, speeds in tok/s; ``index`` is 0-based for measured repetitions
 warm-ups, as the store keeps it.
 
 After those columns, the memory a phone counts (``devprof.report.memory_rows``): ``peak_swap_mb``,
-``peak_pss_mb``, ``major_faults``, ``minor_faults`` (each with its interval columns), the parts of the
+``peak_pss_mb``, ``major_faults``, ``minor_faults``, ``storage_read_mb`` (each with its interval columns), the parts of the
 device's peak (``peak_vmhwm_mb``, ``peak_rss_swap_mb``, ``peak_won``: which was larger; a summary row
 says how many repetitions each won) and the device's headroom (MemTotal, SwapTotal, MemAvailable before
 the repetition and at its peak, SwapFree at its peak, MemAvailable before - peak, peak ÷ MemAvailable).

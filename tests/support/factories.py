@@ -189,7 +189,7 @@ def add_phone_memory(samples: list[MemorySample], model: str, sample_ms: int, se
     zram takes a growing share of the anonymous pages (more for the dense model's larger KV cache), so
     for it RSS + swap outgrows VmHWM; RssShmem is a small constant; faults are cumulative: a major one
     per 128 kB of weights paged in from storage (readahead), a minor one per anonymous or cached page
-    mapped; smaps_rollup (PSS, Swap, SwapPss) and /proc/meminfo are read every fifth sample, PSS a
+    mapped; storage reads follow RssFile's growth; smaps_rollup (PSS, Swap, SwapPss) and /proc/meminfo are read every fifth sample, PSS a
     little below RSS (the page cache shares the file pages), MemAvailable falling as the process grows.
     """
     rng = np.random.default_rng(_seed("phone", model, seed))
@@ -204,6 +204,7 @@ def add_phone_memory(samples: list[MemorySample], model: str, sample_ms: int, se
         top_file, top_anon = max(top_file, s.file_kb), max(top_anon, s.anon_kb)
         s.majflt = max(0, (top_file - 2_000) // 128)
         s.minflt = 3_000 + top_anon // 4 + top_file // 16
+        s.read_kb = top_file + 3_000  # /proc/PID/io read_bytes: the weights paged in, and the binary
         if i % 5 == 0:
             s.pss_file_kb = int(s.file_kb * 0.97)
             s.pss_anon_kb = s.anon_kb
