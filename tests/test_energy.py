@@ -87,11 +87,18 @@ def test_status_words_from_sysfs_and_dumpsys_codes():
         ["Charging", "Charging", "Not charging", "Not charging", "Full", "Unknown", "weird"]
 
 
-def _sampler(tmp_path: Path, mode: str, bat: Path, env=None) -> P.PowerTrace:
+def _sampler(tmp_path: Path, mode: str, bat: Path, env=None, samples: int = 5) -> P.PowerTrace:
+    """Run power_sampler.sh until it wrote ``samples`` sample lines (a loaded host forks slowly: a
+    fixed sleep may see none), then stop it with its stop file."""
     out, stop = tmp_path / f"{mode}.pow", tmp_path / f"{mode}.stop"
-    proc = subprocess.Popen(["sh", str(P.POWER_SAMPLER), str(out), "0.05", str(stop), "30", mode, str(bat)],
+    proc = subprocess.Popen(["sh", str(P.POWER_SAMPLER), str(out), "0.05", str(stop), "60", mode, str(bat)],
                             env=env)
-    time.sleep(0.6)
+    deadline = time.monotonic() + 50
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = out.read_text() if out.exists() else ""
+        if len(P.parse_power_output(text).samples) >= samples:
+            break
+        time.sleep(0.05)
     stop.touch()
     assert proc.wait(10) == 0
     return P.parse_power_output(out.read_text())
