@@ -64,10 +64,13 @@ class Battery:
                 **({"why": self.why} if self.why else {})}
 
 
+#: One line per supply. The group's ``2>/dev/null`` is in force before each ``< file`` is opened
+#: (``read -r x < f 2>/dev/null`` opens ``f`` first: its "cannot open" reaches the output, and
+#: adb's shell v2 interleaves stderr with stdout mid-line).
 PROBE_SCRIPT = r"""for d in {root}/sys/class/power_supply/*; do [ -d "$d" ] || continue
 t=""; o=""; s=""; c=""; v=""
-read -r t < "$d/type" 2>/dev/null; read -r o < "$d/online" 2>/dev/null; read -r s < "$d/status" 2>/dev/null
-read -r c < "$d/current_now" 2>/dev/null; read -r v < "$d/voltage_now" 2>/dev/null
+{ read -r t < "$d/type"; read -r o < "$d/online"; read -r s < "$d/status"
+  read -r c < "$d/current_now"; read -r v < "$d/voltage_now"; } 2>/dev/null
 echo "supply|$d|$t|$o|$s|$c|$v"; done"""
 
 
@@ -75,7 +78,7 @@ def parse_supplies(text: str) -> list[dict]:
     """The probe's ``supply|DIR|TYPE|ONLINE|STATUS|CURRENT|VOLTAGE`` lines as dicts."""
     out = []
     for line in text.splitlines():
-        parts = line.strip().split("|")
+        parts = line[line.rfind("supply|"):].strip().split("|")  # after any stderr text glued in front
         if len(parts) == 7 and parts[0] == "supply":
             _, d, t, o, s, c, v = parts
             out.append({"dir": d, "type": t.strip(), "online": o.strip() == "1", "status": s.strip(),
