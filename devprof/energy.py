@@ -206,6 +206,38 @@ def summary(record) -> dict[str, Any]:
             "refused_reps": sum(1 for r in reps if (r.energy or {}).get("refused")), "rows": rows}
 
 
+def probe(dev, tries: int = 2):
+    """``power.probe``, asked again when the phone does not answer in time (a busy phone's shell can
+    be slow); after that a Battery without a source that says why: energy is not worth failing the run."""
+    from devprof.devices import power
+    from devprof.errors import DeviceLost
+
+    for _ in range(tries):
+        try:
+            return power.probe(dev)
+        except DeviceLost as e:
+            why = e.message
+    return power.Battery(None, why=f"the battery probe got no answer ({why})")
+
+
+#: How much longer than the idle baseline ``Meter.start`` waits for a late battery sampler (s).
+START_GRACE_S = 30.0
+
+
+def sampled_s(rec) -> float:
+    """How many seconds of samples a running PowerRecorder has written so far: 0 before its second
+    sample, infinite when the phone does not answer (the run that follows finds out)."""
+    from devprof.devices.power import parse_power_output
+    from devprof.errors import DeviceLost
+
+    try:
+        _, text = rec.dev.sh(["cat", rec.out], timeout=20)
+    except DeviceLost:
+        return float("inf")
+    ups = [up for up, _, _ in parse_power_output(text).samples]
+    return ups[-1] - ups[0] if len(ups) > 1 else 0.0
+
+
 class Meter:
     """Energy for one session on one phone: ``open`` decides once (source, or why not), ``start``
     begins sampling and waits the idle baseline, ``finish`` turns the trace into the figures."""
@@ -227,7 +259,7 @@ class Meter:
             return None, setting
         from devprof.devices import power
 
-        bat = power.probe(dev)
+        bat = probe(dev)
         setting = {"battery": bat.to_dict(), "source": bat.source, "baseline_s": baseline_s,
                    "sample_s": power.SAMPLE_S, "sysroot": dev.sysroot}
         if bat.source is None:
@@ -244,18 +276,28 @@ class Meter:
         return cls(dev, bat, script, baseline_s, max_s), setting
 
     def start(self, cancel=None):
-        from devprof.devices.power import PowerRecorder
+        """Start the battery sampler and return once its samples span the idle baseline: counted
+        from its first sample, not from the request (a busy phone starts the sampler's shell late),
+        for at most :data:`START_GRACE_S` more; a sampler that never starts leaves the repetition
+        without figures (``rep_energy`` says why)."""
+        import time
 
-        rec = PowerRecorder(self.dev, self.battery, self.script, self.baseline_s + self.max_s)
+        from devprof.devices.power import SAMPLE_S, PowerRecorder
+
+        rec = PowerRecorder(self.dev, self.battery, self.script, self.baseline_s + START_GRACE_S + self.max_s)
         rec.start()
-        if cancel is not None and cancel.wait(self.baseline_s):
-            rec.stop()
-            raise KeyboardInterrupt
-        if cancel is None:
-            import time
-
-            time.sleep(self.baseline_s)
-        return rec
+        deadline = time.monotonic() + self.baseline_s + START_GRACE_S
+        wait = self.baseline_s
+        while True:
+            if cancel is not None and cancel.wait(wait):
+                rec.stop()
+                raise KeyboardInterrupt
+            if cancel is None:
+                time.sleep(wait)
+            left = self.baseline_s - sampled_s(rec)
+            if left <= 2 * SAMPLE_S or time.monotonic() >= deadline:
+                return rec
+            wait = min(max(left, 0.1), max(0.0, deadline - time.monotonic()))
 
     def finish(self, rec, outcome, result) -> dict[str, Any]:
         if outcome.status == "lost":  # nothing more is asked of a phone that stopped answering
