@@ -273,16 +273,17 @@ def test_ctrl_c_keeps_finished_repetitions(tmp_path):
 
 def test_timeout_kills_the_runtime_and_keeps_what_finished(tmp_path):
     db = tmp_path / "s.db"
-    env = register(tmp_path, "hang", "exec sleep 300", good=1)
+    env = register(tmp_path, "hang", "exec sleep 900", good=1)
     t0 = time.monotonic()
-    # the timeout must leave room for the first (real) repetition on a busy 2-core machine
-    rc, _, err = devprof("run", *TINY, "--reps", "2", "--binary", "hang", "--timeout", "20", "--db", str(db), env=env)
+    # the timeout must leave room for the first (real) repetition on a busy 2-core machine (a
+    # reference runtime process was seen alive after 25 s there under load)
+    rc, _, err = devprof("run", *TINY, "--reps", "2", "--binary", "hang", "--timeout", "60", "--db", str(db), env=env)
     line = error_line(err)
-    assert rc == 1 and "killed after the 20 s timeout" in line and "peak" not in line
+    assert rc == 1 and "killed after the 60 s timeout" in line and "peak" not in line
     status, n = stored(db)
     assert status == "failed" and n == kept(line) == 1
-    assert time.monotonic() - t0 < 20 + 60
-    left = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout.split()
+    assert time.monotonic() - t0 < 300  # a sanity bound: killed at the timeout, not after the 900 s sleep
+    left = subprocess.run(["pgrep", "-f", "sleep 900"], capture_output=True, text=True).stdout.split()
     hang_children = [p for p in left if str(tmp_path) in Path(f"/proc/{p}/cmdline").read_text(errors="replace")] \
         if left else []
     assert hang_children == []
@@ -497,7 +498,7 @@ def test_frozen_phone_is_lost_within_timeout_plus_grace(adb, tmp_path):
         took = time.monotonic() - t0
         line = error_line(err)
         assert rc == 1 and re.search(r"device lost|lost contact", line) and "stopped answering" in line, line
-        assert took < 60, took
+        assert took < 180, took  # a sanity bound (a loaded host is slow): far below the 900 s timeout
         status, n = stored(db)
         assert status == "lost" and n == kept(line) >= 1
     finally:
