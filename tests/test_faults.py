@@ -244,7 +244,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     wait_for(lambda: n_ok(db) >= 1, 240, "the first repetition", proc)
     wait_for(lambda: runtime_pids(str(tmp_path)), 120, "a running repetition", proc)
     proc.send_signal(signal.SIGTERM)
-    rc, _, err = finish(proc, 60)
+    rc, _, err = finish(proc)
     line = error_line(err)
     assert rc == 143, err
     assert "interrupted by SIGTERM" in line
@@ -259,7 +259,7 @@ def test_ctrl_c_keeps_finished_repetitions(tmp_path):
     proc = start(["run", *TINY, "--reps", "6", "--db", str(db)])
     wait_for(lambda: n_ok(db) >= 2, 240, "two repetitions", proc)
     proc.send_signal(signal.SIGINT)
-    rc, _, err = finish(proc, 60)
+    rc, _, err = finish(proc)
     line = error_line(err)
     assert rc == 130, err
     assert "interrupted: kept" in line
@@ -472,10 +472,11 @@ def test_unplug_mid_run_keeps_finished_repetitions(adb, tmp_path):
         wait_for(lambda: n_ok(db) >= 1, 240, "the first repetition", proc)
         phone.kill()
         t0 = time.monotonic()
-        rc, _, err = finish(proc, 120)
+        rc, _, err = finish(proc)
         line = error_line(err)
         assert rc == 1 and re.search(r"device lost|lost contact", line) and "unplugged" in line, line
-        assert time.monotonic() - t0 < 10
+        # noticed at once, not by the liveness checks (two silent ones of 15 s); with room for a loaded host
+        assert time.monotonic() - t0 < 25
         status, n = stored(db)
         assert status == "lost" and 1 <= n == kept(line) < 6
     finally:
@@ -619,7 +620,7 @@ def test_sigterm_stops_the_runtime_on_the_phone(adb, tmp_path):
         wait_for(lambda: n_ok(db) >= 1, 240, "the first repetition", proc)
         wait_for(lambda: runtime_pids(str(phone.sandbox)), 120, "a running repetition", proc)
         proc.send_signal(signal.SIGTERM)
-        rc, _, err = finish(proc, 60)
+        rc, _, err = finish(proc)
         line = error_line(err)
         assert rc == 143 and "interrupted by SIGTERM" in line
         status, n = stored(db)
@@ -639,7 +640,7 @@ def test_sigterm_stops_every_phone_of_device_all(adb, tmp_path):
         wait_for(lambda: runtime_pids(str(a.sandbox)) or runtime_pids(str(b.sandbox)), 120, "a running repetition",
                  proc)
         proc.send_signal(signal.SIGTERM)
-        rc, _, err = finish(proc, 90)
+        rc, _, err = finish(proc)
         line = error_line(err)
         assert rc == 143 and line.startswith("error: interrupted by SIGTERM: "), line
         assert a.serial in line and b.serial in line
