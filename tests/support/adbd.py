@@ -652,6 +652,7 @@ class Daemon:
         self.env = self._make_env()
         self.stopping = False
         self.commands: dict[int, str] = {}  # pid -> the command a live spawned shell runs
+        self.busy_pids: list[int] = []  # the programs busy() found last
         if args.sysfs:
             from fake_battery import Gauge
 
@@ -664,7 +665,12 @@ class Daemon:
         on a loaded host that moment is long enough to show in the idle baseline."""
         with self.procs_lock:
             sessions = {pid for pid, c in self.commands.items() if pattern.search(c)}
-        return bool(sessions) and session_runs(sessions, pattern)
+        if not sessions:
+            return False
+        if any(session_runs(sessions, pattern, [pid]) for pid in self.busy_pids):  # no /proc scan per tick
+            return True
+        self.busy_pids = session_runs(sessions, pattern)
+        return bool(self.busy_pids)
 
     def _make_env(self) -> dict:
         env = dict(os.environ)
@@ -1171,28 +1177,29 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def session_runs(sessions: set[int], pattern: "re.Pattern") -> bool:
-    """Whether a live process of one of ``sessions`` runs a program whose name matches ``pattern``."""
-    try:
-        entries = list(os.scandir("/proc"))
-    except OSError:
-        return False
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
+def session_runs(sessions: set[int], pattern: "re.Pattern", pids: list[int] | None = None) -> list[int]:
+    """The live processes of ``sessions`` (among ``pids``; default: all) whose program's name
+    matches ``pattern``."""
+    if pids is None:
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
+            pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+        except OSError:
+            return []
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
             # fields[0] = state, fields[3] = session
             if int(fields[3]) not in sessions or fields[0] == b"Z":
                 continue
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 program = f.read().split(b"\0", 1)[0].decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue
         if pattern.search(os.path.basename(program)):
-            return True
-    return False
+            found.append(pid)
+    return found
 
 
 # --------------------------------------------------------------------------------------------
