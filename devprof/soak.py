@@ -17,10 +17,13 @@ from typing import Any
 
 #: a fall of decode tok/s below this share of the first minute's counts as throttling
 THROTTLE_SHARE = 0.90
+#: a soak has at least a first and a last point, however long one generation takes
+MIN_POINTS = 2
 
 
 def run(session, run_id: str, run_dir, staged) -> list[dict[str, Any]]:
-    """Generate with ``staged`` (a session's _Staged subject) until ``plan.soak_min`` is over."""
+    """Generate with ``staged`` (a session's _Staged subject) until ``plan.soak_min`` is over
+    (and at least MIN_POINTS times)."""
     plan = session.plan
     workload, context = plan.workloads[0], min(plan.contexts)
     _, ppaths = session._stage_prompt(run_dir, workload, context)
@@ -32,7 +35,7 @@ def run(session, run_id: str, run_dir, staged) -> list[dict[str, Any]]:
     t0 = time.monotonic()
     total_s = plan.soak_min * 60.0
     try:
-        while time.monotonic() - t0 < total_s or not points:
+        while time.monotonic() - t0 < total_s or len(points) < MIN_POINTS:
             if session.cancel.is_set():
                 raise KeyboardInterrupt
             rep = session._one(run_dir, staged, workload, context, len(points), False, ppaths,

@@ -55,7 +55,8 @@ def _check_store(db: Path, metric: str) -> None:
         assert parts["won"] in ("VmHWM", "RSS+swap") and peak == max(parts["VmHWM"], parts["RSS+swap"])
     samples = con.execute("SELECT swap_kb, pss_kb, majflt, minflt, mem_available_kb FROM samples WHERE rep_id = ?",
                           (rep_id,)).fetchall()
-    assert samples and all(s[0] is not None and s[2] is not None and s[3] is not None for s in samples)
+    partial = [(i, s) for i, s in enumerate(samples) if None in (s[0], s[2], s[3])]
+    assert samples and not partial, (len(samples), partial)
     with_pss = [s for s in samples if s[1] is not None]
     assert with_pss and all(s[4] for s in with_pss) and len(with_pss) < len(samples)
 

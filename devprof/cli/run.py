@@ -78,7 +78,8 @@ from devprof.runtimes.base import default_runtime, get_adapter
 @click.option("--energy-baseline", type=click.FloatRange(0.2, 60), default=2.0, show_default=True,
               help="Idle window (s) measured right before each repetition and subtracted.")
 @click.option("--soak", "soak_min", type=click.FloatRange(0, 24 * 60), default=0.0, metavar="MINUTES",
-              help="After the plan, generate back to back this long: tok/s, hottest zone and big-core MHz over time.")
+              help="After the plan, generate back to back this long (and at least twice): tok/s, hottest zone and "
+                   "big-core MHz over time.")
 @adb_server_option
 @lab_option
 @devices_file_option

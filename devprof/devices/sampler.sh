@@ -36,6 +36,8 @@ if [ "$interval" != "0" ]; then
     if read -r st < "/proc/$pid/stat" 2>/dev/null; then
       set -- ${st##*) }
       [ $# -ge 13 ] && line="$line cpu:$(( ${12} + ${13} )) minflt:$8 majflt:${10}"
+    else
+      break  # the runtime exited (and was reaped) between the two reads: no partial sample
     fi
     # uptime in centiseconds ("1${frac}" - 100 keeps a fraction like 07 from reading as octal)
     now=$(( ${up%.*} * 100 + 1${up#*.} - 100 ))
