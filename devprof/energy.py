@@ -15,7 +15,17 @@ above that baseline over the phase, divided by the phase's tokens:
 Phase times are milliseconds from the process start: the native runner's token timestamps count from
 the prefill start, which follows the model load (``load_ms``); other runtimes' phase durations are laid
 end to end after the load. A fuel gauge that updates slower than a phase lasts cannot resolve it: such
-figures are kept and marked ``slow_gauge``. Charging (or Full / Not charging on external power) makes
+figures are kept and marked ``slow_gauge``.
+
+Where no current reads (stock AOSP/Pixel), the battery's charge counter does (``counter_energy``):
+the counter's updates are timed (midway between the last sample showing the old value and the first
+showing the new), the charge drained is interpolated linearly between updates (a constant current
+between them), and a phase's energy is Δcharge × its mean voltage; the idle baseline is the charge
+rate between the counter's updates before the process starts. The counter's resolution (its smallest
+step) and update interval are measured per repetition; a phase shorter than :data:`SLOW_UPDATES`
+updates (where the error can pass 5%: docs/measurements.md), one reaching past the last update
+(extrapolated), or one whose baseline spans fewer than :data:`BASELINE_UPDATES` update intervals, is
+kept and marked ``slow_gauge`` (coarse). Charging (or Full / Not charging on external power) makes
 the battery's current the charger's business, not the load's: energy is refused, never guessed.
 """
 
@@ -23,10 +33,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from devprof.devices.power import PowerTrace
+from devprof.devices.power import COUNTER_SOURCES, PowerTrace
 
 MA_BELOW = 20_000  # |current| median below this: the kernel reports mA, not µA
 MV_BELOW = 100_000  # voltage below this: mV, not µV
+MAH_BELOW = 20_000  # charge counter median below this: mAh, not µAh (no phone battery holds under 20 mAh)
+SLOW_UPDATES = 10  # a charge-counter phase shorter than this many updates is coarse (docs/measurements.md)
+BASELINE_UPDATES = 3  # an idle baseline spanning fewer counter update intervals is coarse
+WAIT_S = 150.0  # the longest wait for the battery trace (a charge counter's updates), before a run and after it
+UAH_TO_C = 3.6e-3  # 1 µAh = 3.6 mC
 REFUSE_STATUS = {"Charging"}
 REFUSE_WHEN_PLUGGED = {"Full", "Not charging"}
 
@@ -136,6 +151,8 @@ def rep_energy(trace: PowerTrace, start_wall_ms: float, result, source: str, plu
         why = refusal(st, plugged, serial)
         if why:
             return {"refused": why, "status": st}
+    if source in COUNTER_SOURCES:
+        return counter_energy(trace, start_wall_ms, result, source)
     ts, ws, units = to_watts(trace)
     if len(ts) < 3:
         return {"missing": "too few battery samples"}
@@ -160,6 +177,97 @@ def rep_energy(trace: PowerTrace, start_wall_ms: float, result, source: str, plu
                                 "tokens": n, "j_per_token": round(net / n, 8),
                                 "slow_gauge": upd is None or upd > (b - a)}
     return out
+
+
+class Counter:
+    """A charge counter's trace as drained charge over device wall time: the counter's updates
+    (timed midway between the samples around each change), its unit, step and update interval."""
+
+    def __init__(self, trace: PowerTrace) -> None:
+        rows = [(t, q, v) for up, q, v in trace.samples for t in [trace.wall_ms(up)] if t is not None]
+        self.times = [t for t, _, _ in rows]
+        qs = sorted(abs(q) for _, q, _ in rows) or [0]
+        volts = sorted(abs(v) for _, _, v in rows) or [0]
+        self.q_scale = 1000.0 if qs[len(qs) // 2] < MAH_BELOW else 1.0  # to µAh
+        self.v_scale = 1e-3 if volts[len(volts) // 2] < MV_BELOW else 1e-6  # to V
+        self.volts = [abs(v) * self.v_scale for _, _, v in rows]
+        falling = not rows or rows[-1][1] <= rows[0][1]  # the counter holds charge left: it falls on discharge
+        sign = -1.0 if falling else 1.0
+        self.pts: list[tuple[float, float]] = []  # (wall ms of an update, µAh drained since the first sample)
+        steps = []
+        for (t0, q0, _), (t1, q1, _) in zip(rows, rows[1:]):
+            if q1 != q0:
+                self.pts.append(((t0 + t1) / 2, sign * (q1 - rows[0][1]) * self.q_scale))
+                steps.append(abs(q1 - q0) * self.q_scale)
+        gaps = sorted(b[0] - a[0] for a, b in zip(self.pts, self.pts[1:]))
+        self.update_ms = gaps[len(gaps) // 2] if gaps else None
+        self.step_uah = min(steps) if steps else None
+        self.units = {"counter_unit": "mAh" if self.q_scale == 1000.0 else "µAh",
+                      "voltage_unit": "mV" if self.v_scale == 1e-3 else "µV",
+                      "counter_direction": "falling" if falling else "rising"}
+
+    def drained(self, t: float) -> tuple[float, bool]:
+        """(µAh drained at wall ms ``t``, whether it is extrapolated past the first or last update)."""
+        pts = self.pts
+        i = 1
+        while i < len(pts) - 1 and pts[i][0] < t:
+            i += 1
+        (ta, qa), (tb, qb) = pts[i - 1], pts[i]
+        return (qa + (qb - qa) * (t - ta) / (tb - ta) if tb > ta else qb), not pts[0][0] <= t <= pts[-1][0]
+
+    def volts_mean(self, a: float, b: float) -> float:
+        inside = [v for t, v in zip(self.times, self.volts) if a <= t <= b]
+        if inside:
+            return sum(inside) / len(inside)
+        return self.volts[min(range(len(self.times)), key=lambda i: abs(self.times[i] - (a + b) / 2))]
+
+    def updates_in(self, a: float, b: float) -> int:
+        return sum(1 for t, _ in self.pts if a <= t <= b)
+
+
+def counter_energy(trace: PowerTrace, start_wall_ms: float, result, source: str) -> dict[str, Any]:
+    """The energy figures of one repetition from a charge counter (see the module's docstring)."""
+    if len(trace.samples) < 3:
+        return {"missing": "too few battery samples"}
+    c = Counter(trace)
+    idle = [t for t, _ in c.pts if t <= start_wall_ms]
+    if len(c.pts) < 2 or len(idle) < 2:
+        every = f" (it updated every ~{c.update_ms / 1000:.1f} s)" if c.update_ms else ""
+        return {"missing": f"the battery's charge counter changed fewer than twice during the idle baseline{every}: "
+                           "use a longer --energy-baseline", "source": source,
+                "update_ms": round(c.update_ms, 1) if c.update_ms else None, "resolution_uah": c.step_uah}
+    q0, q1 = c.drained(idle[0])[0], c.drained(idle[-1])[0]
+    base_w = (q1 - q0) * UAH_TO_C / ((idle[-1] - idle[0]) / 1000.0) * c.volts_mean(idle[0], start_wall_ms)
+    base_slow = c.update_ms is None or idle[-1] - idle[0] < BASELINE_UPDATES * c.update_ms
+    out: dict[str, Any] = {"source": source, **c.units, "baseline_w": round(base_w, 6),
+                           "baseline_s": round((idle[-1] - idle[0]) / 1000.0, 3), "baseline_slow": base_slow,
+                           "update_ms": round(c.update_ms, 1) if c.update_ms else None,
+                           "resolution_uah": round(c.step_uah, 3) if c.step_uah else None,
+                           "n_samples": len(c.times), "status": trace.status_first, "phases": {}}
+    for phase, (a, b, n) in phase_windows(result).items():
+        (qa, xa), (qb, xb) = c.drained(start_wall_ms + a), c.drained(start_wall_ms + b)
+        if n <= 0 or b <= a:
+            out["phases"][phase] = {"missing": "an empty phase"}
+            continue
+        gross = (qb - qa) * UAH_TO_C * c.volts_mean(start_wall_ms + a, start_wall_ms + b)
+        net = gross - base_w * (b - a) / 1000.0
+        slow = base_slow or xa or xb or c.update_ms is None or (b - a) < SLOW_UPDATES * c.update_ms
+        out["phases"][phase] = {"j": round(net, 6), "j_gross": round(gross, 6), "s": round((b - a) / 1000.0, 4),
+                                "tokens": n, "j_per_token": round(net / n, 8), "slow_gauge": bool(slow),
+                                "updates": c.updates_in(start_wall_ms + a, start_wall_ms + b),
+                                "extrapolated": bool(xa or xb)}
+    return out
+
+
+def counter_notice(source: str, baseline_s: float) -> str:
+    """The line telling the user that energy comes from a charge counter, and what that costs."""
+    where = "sysfs charge_counter" if source == "sysfs-counter" else "dumpsys battery's Charge counter"
+    return (f"energy: no readable battery current; from the battery's charge counter ({where}) × voltage: "
+            f"its step and update interval are measured per repetition, and a phase shorter than {SLOW_UPDATES} "
+            f"counter updates is marked ‡ (coarse); the idle window before each repetition lasts "
+            f"{baseline_s:g} s and until the counter updated {BASELINE_UPDATES + 2} times, and each repetition "
+            f"waits for one update after the run (each wait at most {WAIT_S:.0f} s: counters often "
+            "update every 10-40 s); only phases of minutes (more --new-tokens, a longer --context) give sharp figures")
 
 
 def figures(reps) -> dict[tuple, dict[str, list]]:
@@ -197,12 +305,18 @@ def summary(record) -> dict[str, Any]:
                          "j_per_token": m.median, "ci": [m.ci_low, m.ci_high], "min": m.min, "max": m.max,
                          "slow_gauge": any(cell[phase + "_slow"])})
     updates = [e["update_ms"] for r in reps for e in [r.energy or {}] if e.get("update_ms")]
+    steps = sorted(e["resolution_uah"] for r in reps for e in [r.energy or {}] if e.get("resolution_uah"))
     state = setting.get("state") or ("measured" if rows else "off")
+    missing = sorted({(r.energy or {}).get("missing") for r in reps if (r.energy or {}).get("missing")})
+    why = setting.get("why") or (refused[0] if refused else "")
     if refused and not rows:
         state = "refused"
-    return {"state": state, "why": setting.get("why") or (refused[0] if refused else ""),
+    elif missing and not rows and state == "measured":
+        state, why = "unavailable", f"no energy figures: {missing[0]}"
+    return {"state": state, "why": why,
             "source": setting.get("source"), "battery": setting.get("battery"),
             "update_ms": sorted(updates)[len(updates) // 2] if updates else None,
+            **({"resolution_uah": steps[len(steps) // 2]} if steps else {}),  # a charge counter's step
             "refused_reps": sum(1 for r in reps if (r.energy or {}).get("refused")), "rows": rows}
 
 
@@ -220,31 +334,18 @@ def probe(dev, tries: int = 2):
     return power.Battery(None, why=f"the battery probe got no answer ({why})")
 
 
-#: How much longer than the idle baseline ``Meter.start`` waits for a late battery sampler (s).
-START_GRACE_S = 30.0
-
-
-def sampled_s(rec) -> float:
-    """How many seconds of samples a running PowerRecorder has written so far: 0 before its second
-    sample, infinite when the phone does not answer (the run that follows finds out)."""
-    from devprof.devices.power import parse_power_output
-    from devprof.errors import DeviceLost
-
-    try:
-        _, text = rec.dev.sh(["cat", rec.out], timeout=20)
-    except DeviceLost:
-        return float("inf")
-    ups = [up for up, _, _ in parse_power_output(text).samples]
-    return ups[-1] - ups[0] if len(ups) > 1 else 0.0
-
-
 class Meter:
     """Energy for one session on one phone: ``open`` decides once (source, or why not), ``start``
-    begins sampling and waits the idle baseline, ``finish`` turns the trace into the figures."""
+    begins sampling and waits the idle baseline (until the trace itself spans it: the sampler's adb
+    shell can start late on a loaded phone), ``finish`` turns the trace into the figures.
+    With a charge counter the idle window lasts until the counter spanned :data:`BASELINE_UPDATES`
+    update intervals and one more, and ``finish`` waits for one update after the process ended (each at most
+    :data:`WAIT_S`), so a phase's ends are interpolated rather than extrapolated."""
 
     def __init__(self, dev, battery, script: str, baseline_s: float, max_s: float) -> None:
         self.dev, self.battery, self.script = dev, battery, script
         self.baseline_s, self.max_s = baseline_s, max_s
+        self.cancel = None
 
     @classmethod
     def open(cls, dev, want: bool | None, baseline_s: float, max_s: float, say) -> tuple["Meter | None", dict]:
@@ -261,7 +362,7 @@ class Meter:
 
         bat = probe(dev)
         setting = {"battery": bat.to_dict(), "source": bat.source, "baseline_s": baseline_s,
-                   "sample_s": power.SAMPLE_S, "sysroot": dev.sysroot}
+                   "sample_s": power.sample_s(bat.source), "sysroot": dev.sysroot}
         if bat.source is None:
             setting.update(state="unavailable", why=f"no readable battery current: {bat.why}")
             say(f"energy: {setting['why']}")
@@ -273,35 +374,57 @@ class Meter:
             return None, setting
         script = dev.stage({"power_sampler.sh": power.POWER_SAMPLER}, "tools").paths["power_sampler.sh"]
         setting["state"] = "measured"
+        if bat.source in COUNTER_SOURCES:
+            say(counter_notice(bat.source, baseline_s))
         return cls(dev, bat, script, baseline_s, max_s), setting
 
     def start(self, cancel=None):
-        """Start the battery sampler and return once its samples span the idle baseline: counted
-        from its first sample, not from the request (a busy phone starts the sampler's shell late),
-        for at most :data:`START_GRACE_S` more; a sampler that never starts leaves the repetition
-        without figures (``rep_energy`` says why)."""
+        from devprof.devices.power import PowerRecorder
+
+        counter = self.battery.source in COUNTER_SOURCES
+        rec = PowerRecorder(self.dev, self.battery, self.script,
+                            self.baseline_s + self.max_s + (2 * WAIT_S if counter else WAIT_S))
+        self.cancel = cancel
+        rec.start()
+        if cancel is not None and cancel.wait(self.baseline_s):
+            rec.stop()
+            raise KeyboardInterrupt
+        if cancel is None:
+            import time
+
+            time.sleep(self.baseline_s)
+        # the idle window spans most of --energy-baseline in the trace itself (the sampler's shell may
+        # start late); a counter's also BASELINE_UPDATES update intervals, and one to spare
+        if not self.await_trace(rec, None, BASELINE_UPDATES + 2 if counter else 2, 800.0 * self.baseline_s):
+            rec.stop()
+            raise KeyboardInterrupt
+        return rec
+
+    def await_trace(self, rec, after_ms: float | None, need: int, span_ms: float = 0.0) -> bool:
+        """Poll the battery trace (every 0.25 s, a counter's every 1 s; at most WAIT_S) until ``need``
+        of its points (a charge counter's updates, else samples), spanning ``span_ms``, came after
+        device wall ms ``after_ms`` (any time: None); False on Ctrl-C."""
         import time
 
-        from devprof.devices.power import SAMPLE_S, PowerRecorder
-
-        rec = PowerRecorder(self.dev, self.battery, self.script, self.baseline_s + START_GRACE_S + self.max_s)
-        rec.start()
-        deadline = time.monotonic() + self.baseline_s + START_GRACE_S
-        wait = self.baseline_s
-        while True:
-            if cancel is not None and cancel.wait(wait):
-                rec.stop()
-                raise KeyboardInterrupt
-            if cancel is None:
-                time.sleep(wait)
-            left = self.baseline_s - sampled_s(rec)
-            if left <= 2 * SAMPLE_S or time.monotonic() >= deadline:
-                return rec
-            wait = min(max(left, 0.1), max(0.0, deadline - time.monotonic()))
+        end, every = time.monotonic() + WAIT_S, 1.0 if self.battery.source in COUNTER_SOURCES else 0.25
+        while time.monotonic() < end:
+            tr = rec.peek()
+            pts = ([t for t, _ in Counter(tr).pts] if self.battery.source in COUNTER_SOURCES
+                   else [t for up, _, _ in tr.samples for t in [tr.wall_ms(up)] if t is not None])
+            got = [t for t in pts if after_ms is None or t > after_ms]
+            if len(got) >= need and got[-1] - got[0] >= span_ms:
+                return True
+            if self.cancel is not None and self.cancel.wait(every):
+                return False
+            if self.cancel is None:
+                time.sleep(every)
+        return True
 
     def finish(self, rec, outcome, result) -> dict[str, Any]:
         if outcome.status == "lost":  # nothing more is asked of a phone that stopped answering
             return {}
+        if outcome.status == "ok" and self.battery.source in COUNTER_SOURCES:
+            self.await_trace(rec, outcome.start_wall_ms + outcome.wall_ms, 1)
         trace = rec.stop()
         if outcome.status != "ok":
             return {}

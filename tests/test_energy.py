@@ -62,9 +62,11 @@ SAMSUNG_DUMPSYS = """Current Battery Service state:
 
 def test_dumpsys_battery_parses_aosp_and_samsung_text():
     a = P.parse_dumpsys_battery(AOSP_DUMPSYS)
-    assert a == {"status": "Charging", "plugged": ["USB"], "voltage_mv": 4294, "current": None, "level": 87}
+    assert a == {"status": "Charging", "plugged": ["USB"], "voltage_mv": 4294, "current": None, "level": 87,
+                 "charge_counter": 3045000}
     s = P.parse_dumpsys_battery(SAMSUNG_DUMPSYS)
     assert s["status"] == "Discharging" and s["plugged"] == [] and s["current"] == 321 and s["voltage_mv"] == 4063
+    assert s["charge_counter"] is None  # Samsung prints "Charge counter: 0"
 
 
 def test_choose_battery_prefers_sysfs_then_a_dumpsys_current_else_says_why():
@@ -77,8 +79,11 @@ def test_choose_battery_prefers_sysfs_then_a_dumpsys_current_else_says_why():
                                                                "Discharging", ["Mains"])
     unreadable = P.parse_supplies("supply|/sys/class/power_supply/battery|Battery||Discharging||\n")
     assert P.choose_battery(unreadable, P.parse_dumpsys_battery(SAMSUNG_DUMPSYS)).source == "dumpsys"
-    none = P.choose_battery(unreadable, P.parse_dumpsys_battery(AOSP_DUMPSYS))
-    assert none.source is None and "prints no current" in none.why and none.status == "Charging"
+    counter = P.choose_battery(unreadable, P.parse_dumpsys_battery(AOSP_DUMPSYS))  # AOSP: a charge counter only
+    assert counter.source == "dumpsys-counter" and counter.status == "Charging" and counter.plugged == ["USB"]
+    no_counter = AOSP_DUMPSYS.replace("Charge counter: 3045000", "Charge counter: 0")
+    none = P.choose_battery(unreadable, P.parse_dumpsys_battery(no_counter))
+    assert none.source is None and "prints neither a current" in none.why and none.status == "Charging"
     assert P.choose_battery([], None).why == "no /sys/class/power_supply battery"
 
 
@@ -95,7 +100,7 @@ def test_the_battery_probe_prints_supply_lines_only(tmp_path):
     r = subprocess.run(["sh", "-c", P.PROBE_SCRIPT.replace("{root}", str(tmp_path))], capture_output=True,
                        text=True, timeout=60)
     assert (r.returncode, r.stderr) == (0, "")
-    assert r.stdout.splitlines() == [f"supply|{bat}|Battery||Discharging|-412000|3871000", f"supply|{usb}|USB|1|||"]
+    assert r.stdout.splitlines() == [f"supply|{bat}|Battery||Discharging|-412000|3871000|", f"supply|{usb}|USB|1||||"]
     # stderr glued in front of a line (a device whose shell still prints it) does not hide the supply
     glued = f"/bin/sh: 3: cannot open {bat}/online: No such file" + r.stdout.replace("\n", "\n\n", 1)
     assert P.parse_supplies(glued) == P.parse_supplies(r.stdout)

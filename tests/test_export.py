@@ -22,7 +22,8 @@ from devprof.report.markdown import to_markdown
 from devprof.report.rows import columns
 from devprof import stats
 from devprof.errors import DevprofError, UsageError
-from devprof.report.jsonout import result_dict
+from devprof.report.base import analyse
+from devprof.report.jsonout import result_dicts
 from devprof.results import RunRecord
 
 EVIL = "<b>x</b> | y"
@@ -66,7 +67,7 @@ def test_json_reads_back(record):
     moe = next(r for r in doc["repetitions"] if r["model"] == F.MOE and not r["warmup"])
     assert moe["routing"]["distinct_pairs"] == record.measured(F.MOE)[0].routing.distinct_pairs
     assert "cache_note" in moe and "thermal_before" in moe and moe["conditions"] == {}
-    assert doc["summary"] == json.loads(json.dumps([result_dict(r) for r in stats.summarize(record)]))
+    assert doc["summary"] == json.loads(json.dumps(result_dicts(analyse(record))))
     assert len(doc["ratios"]) == 12
 
 

@@ -1,10 +1,12 @@
 """Swap, PSS, page faults and meminfo headroom end to end: `devprof run --device s25` through the real
 adb server and the suite's phone daemon (the committed arm64 runner under qemu; the daemon runs on
 this host, so /proc is this host's, real), and `--device local` with the host build of the runner.
-The store keeps them, the report shows them, and the page renders in headless Chromium."""
+The store keeps them, the report shows them, and the page renders in headless Chromium; on the phone
+run `show --json` and the CSV and Perfetto exports carry them too."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sqlite3
@@ -74,6 +76,32 @@ def _check_report(db: Path, tmp_path: Path, metric: str) -> None:
     assert plot_divs(dom) and all(n > 0 for n in plot_divs(dom).values())
 
 
+def _check_exports(db: Path, tmp_path: Path) -> None:
+    """`show --json`, `export --format csv` and `--format perfetto` carry what the store keeps."""
+    res = invoke("show", "latest", "--json", "--db", str(db))
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.output)["results"]
+    assert row["peak_swap_mb"] == 0.0 and 0 < row["peak_pss_mb"] <= row["peak_rss_mb"]
+    assert row["major_faults"] is not None and row["minor_faults"] > 1000
+    assert row["peak_won"] in ({"VmHWM": 1}, {"RSS+swap": 1})
+    assert row["peak_rss_mb"] == pytest.approx(max(row["peak_vmhwm_mb"], row["peak_rss_swap_mb"]), abs=0.01)
+    assert row["mem_total_mb"] > row["mem_available_before_mb"] > row["peak_rss_mb"]
+    assert row["headroom_mb"] == pytest.approx(row["mem_available_before_mb"] - row["peak_rss_mb"], abs=0.02)
+    assert row["mem_available_at_peak_mb"] > 0 and row["swap_free_at_peak_mb"] is not None
+    csv_path = tmp_path / "run.csv"
+    res = invoke("export", "latest", "--format", "csv", "--out", str(csv_path), "--db", str(db))
+    assert res.exit_code == 0, res.output
+    (rep,) = [r for r in csv.DictReader(csv_path.open()) if r["kind"] == "repetition"]
+    assert float(rep["peak_pss_mb"]) == pytest.approx(row["peak_pss_mb"], abs=0.01)
+    assert int(rep["minor_faults"]) == row["minor_faults"] and rep["peak_won"] in row["peak_won"]
+    traces = tmp_path / "traces"
+    res = invoke("export", "latest", "--format", "perfetto", "--out", str(traces), "--db", str(db))
+    assert res.exit_code == 0, res.output
+    (trace,) = traces.glob("*.json")
+    names = {e["name"] for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "C"}
+    assert {"mem.rss", "mem.swap", "mem.pss", "faults.major"} <= names
+
+
 def test_s25_stores_and_reports_swap_pss_faults_and_headroom(adb, monkeypatch, tmp_path):
     if not shutil.which("qemu-aarch64-static"):
         pytest.fail("qemu-aarch64-static is not installed: run scripts/test-setup", pytrace=False)
@@ -88,6 +116,7 @@ def test_s25_stores_and_reports_swap_pss_faults_and_headroom(adb, monkeypatch, t
         assert res.exit_code == 0, res.output
         _check_store(db, memory.PEAK_RULE)
         _check_report(db, tmp_path, memory.PEAK_RULE)
+    _check_exports(db, tmp_path)
 
 
 def test_local_stores_and_reports_swap_pss_faults_and_headroom(tmp_path):

@@ -236,8 +236,14 @@ def test_json_keys_are_stable(record):
     for m in ("prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb", "peak_rss_file_mb", "peak_rss_anon_mb",
               "distinct_experts"):
         metric_keys += [m, f"{m}_ci", f"{m}_cv", f"{m}_min", f"{m}_max"]
+    memory_keys = []
+    for m in ("peak_swap_mb", "peak_pss_mb", "major_faults", "minor_faults"):
+        memory_keys += [m, f"{m}_ci", f"{m}_cv", f"{m}_min", f"{m}_max"]
+    memory_keys += ["peak_vmhwm_mb", "peak_rss_swap_mb", "peak_won", "mem_total_mb", "swap_total_mb",
+                    "mem_available_before_mb", "mem_available_at_peak_mb", "swap_free_at_peak_mb", "headroom_mb",
+                    "peak_share"]
     expected = ["model", "display", "kind", "workload", "context", "n", "n_failed", "cache_states",
-                "memory_metric", *metric_keys, "inter_token_ms"]
+                "memory_metric", *metric_keys, "inter_token_ms", *memory_keys]
     assert len(data["results"]) == 4
     for r in data["results"]:
         assert list(r) == expected
@@ -247,6 +253,7 @@ def test_json_keys_are_stable(record):
         assert r["prefill_tok_s_min"] <= lo and hi <= r["prefill_tok_s_max"]
         assert round(r["prefill_tok_s"], 2) == r["prefill_tok_s"]
         assert 0 <= r["decode_tok_s_cv"] < 0.2
+        assert all(r[k] is None for k in memory_keys)  # a run from before swap, PSS and faults were sampled
     dense = [r for r in data["results"] if r["kind"] == "dense"]
     assert all(r["distinct_experts"] is None and r["distinct_experts_ci"] is None for r in dense)
     moe_real = next(r for r in data["results"] if (r["kind"], r["workload"]) == ("moe", "real"))

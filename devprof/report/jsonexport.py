@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from devprof.report.base import Renderer, analyse
-from devprof.report.jsonout import finite_json, ratio_dict, result_dict, run_dict
+from devprof.report.jsonout import finite_json, ratio_dict, result_dicts, run_dict
 from devprof.report.rows import check_exportable, repetition_rows
 from devprof.results import RunRecord
 
@@ -27,7 +27,7 @@ def to_json(record: RunRecord) -> str:
         reps.append(d)
     from devprof.report.soak_figures import json_sections
 
-    doc = {"format": FORMAT, "run": run_dict(a), "repetitions": reps, "summary": [result_dict(r) for r in a.rows],
+    doc = {"format": FORMAT, "run": run_dict(a), "repetitions": reps, "summary": result_dicts(a),
            "ratios": [ratio_dict(r) for r in a.ratios], **json_sections(record)}
     return json.dumps(finite_json(doc), indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
 

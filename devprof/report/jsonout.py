@@ -9,7 +9,12 @@ Shape (format 1)::
      "results": [{model, display, kind, workload, context, n, n_failed, cache_states, memory_metric,
                   <metric>, <metric>_ci: [lo, hi], <metric>_cv, <metric>_min, <metric>_max
                   for metric in prefill_tok_s, decode_tok_s, ttft_ms, peak_rss_mb,
-                  peak_rss_file_mb, peak_rss_anon_mb, distinct_experts}],
+                  peak_rss_file_mb, peak_rss_anon_mb, distinct_experts, then inter_token_ms, then the
+                  same five for peak_swap_mb, peak_pss_mb, major_faults, minor_faults, then
+                  peak_vmhwm_mb, peak_rss_swap_mb, peak_won: {VmHWM|RSS+swap: n} (the parts of the
+                  device's peak and how many repetitions each won), mem_total_mb, swap_total_mb,
+                  mem_available_before_mb, mem_available_at_peak_mb, swap_free_at_peak_mb,
+                  headroom_mb, peak_share (the HTML's headroom table)}],
      "ratios": [{subject, baseline, workload, context, metric, label, ratio, ci: [lo, hi],
                  n_subject, n_baseline, verdict}],
      "energy": {state: measured|refused|unavailable|off, why, source, battery, update_ms, refused_reps,
@@ -30,6 +35,7 @@ from dataclasses import asdict
 from typing import Any
 
 from devprof import stats
+from devprof.report import memory_rows
 from devprof.report.base import Analysis, Renderer, analyse, rounded
 from devprof.report.soak_figures import json_sections
 from devprof.results import RunRecord
@@ -37,7 +43,9 @@ from devprof.results import RunRecord
 FORMAT = "devprof.show/1"
 
 
-def result_dict(row: stats.SummaryRow) -> dict[str, Any]:
+def result_dict(row: stats.SummaryRow, mem: dict[str, Any] | None) -> dict[str, Any]:
+    """One summary row; ``mem`` is its cell of ``memory_rows.result_fields`` (None: a cell without
+    measured repetitions, whose memory keys are then null)."""
     d: dict[str, Any] = {
         "model": row.model, "display": row.display, "kind": row.kind, "workload": row.workload,
         "context": row.context, "n": row.n, "n_failed": row.n_failed, "cache_states": list(row.cache_states),
@@ -52,7 +60,22 @@ def result_dict(row: stats.SummaryRow) -> dict[str, Any]:
         d[f"{name}_min"] = rounded(m.min, nd) if m else None
         d[f"{name}_max"] = rounded(m.max, nd) if m else None
     d["inter_token_ms"] = row.itl.to_dict() if row.itl is not None else None
+    for name in memory_rows.MEMORY_METRICS:
+        m = mem["metrics"][name] if mem else None
+        nd = memory_rows.decimals(name)
+        d[name] = rounded(m.median, nd) if m else None
+        d[f"{name}_ci"] = [rounded(m.ci_low, nd), rounded(m.ci_high, nd)] if m else None
+        d[f"{name}_cv"] = rounded(m.cv, 4) if m else None
+        d[f"{name}_min"] = rounded(m.min, nd) if m else None
+        d[f"{name}_max"] = rounded(m.max, nd) if m else None
+    d.update(mem["values"] if mem else dict.fromkeys(memory_rows.PEAK_KEYS + memory_rows.HEADROOM_KEYS))
     return d
+
+
+def result_dicts(a: Analysis) -> list[dict[str, Any]]:
+    """Every summary row of the analysis, with its swap, PSS, faults, peak parts and headroom."""
+    mem = memory_rows.result_fields(a.record)
+    return [result_dict(r, mem.get(r.key)) for r in a.rows]
 
 
 def ratio_dict(r: stats.RatioRow) -> dict[str, Any]:
@@ -85,7 +108,7 @@ class JSONRenderer(Renderer):
         return {
             "format": FORMAT,
             "run": run_dict(a),
-            "results": [result_dict(r) for r in a.rows],
+            "results": result_dicts(a),
             "ratios": [ratio_dict(r) for r in a.ratios],
             "verdict": a.headline,
             "noise": a.noise.to_dict() if a.noise is not None else None,

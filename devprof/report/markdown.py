@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from devprof import stats
+from devprof.memory import PEAK_RULE
+from devprof.report import memory_rows
 from devprof.report.base import Renderer, rep_label, when
 from devprof.report.rows import check_exportable, repetition_rows, summary_rows
 from devprof.results import RunRecord
@@ -18,7 +20,7 @@ def _md(text: Any) -> str:
 
 
 def _md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
-    right = ["---:" if h not in ("model", "workload", "status", "cache", "rep") else "---" for h in head]
+    right = ["---:" if h not in ("model", "workload", "status", "cache", "rep", "peak won") else "---" for h in head]
     out = ["| " + " | ".join(_md(h) for h in head) + " |", "| " + " | ".join(right) + " |"]
     out += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
     return out
@@ -51,6 +53,7 @@ def to_markdown(record: RunRecord) -> str:
                          + (f" ±{cv * 100:.1f}%" if cv is not None else ""))
         rows.append(cells)
     lines += _md_table(head, rows)
+    lines += _memory_table(record)
     lines += ["", "## Repetitions", ""]
     head = ["model", "workload", "context", "rep", "status", "cache"] + [
         f"{stats.METRIC_INFO[x].label} {stats.METRIC_INFO[x].unit}" for x in stats.METRICS] + ["wall s"]
@@ -64,6 +67,36 @@ def to_markdown(record: RunRecord) -> str:
         rows.append(cells)
     lines += _md_table(head, rows)
     return "\n".join(lines) + "\n"
+
+
+def _memory_table(record: RunRecord) -> list[str]:
+    """"## Memory": per cell the swap, PSS, faults, the peak's parts and the device's headroom (as the
+    HTML report's headroom table); nothing for a run that recorded none of them."""
+    cells = memory_rows.result_fields(record)
+    if not memory_rows.any_recorded(cells):
+        return []
+    head = ["model", "workload", "context", "n", "peak won", "VmHWM MiB", "RSS+swap MiB", "swap MiB", "PSS MiB",
+            "major faults", "minor faults", "MemAvailable before MiB", "peak ÷ available", "headroom MiB",
+            "MemAvailable at peak MiB", "SwapFree at peak MiB"]
+    rows = []
+    for (model, workload, context), cell in cells.items():
+        met, v = cell["metrics"], cell["values"]
+        share = v["peak_share"]
+        rows.append([model, workload, context, cell["n"], memory_rows.won_text(v["peak_won"], cell["n"]),
+                     _num(v["peak_vmhwm_mb"]), _num(v["peak_rss_swap_mb"]),
+                     *(_num(met[x].median if met[x] else None, 0 if x.endswith("faults") else 1)
+                       for x in memory_rows.MEMORY_METRICS),
+                     _num(v["mem_available_before_mb"]), None if share is None else f"{share * 100:.1f}%",
+                     _num(v["headroom_mb"]), _num(v["mem_available_at_peak_mb"]), _num(v["swap_free_at_peak_mb"])])
+    return ["", "## Memory", "",
+            "Medians over the measured repetitions, in MiB; peak won: which part of the device's peak was larger "
+            f"(on Android {PEAK_RULE}) in how many repetitions. peak ÷ available is the largest and headroom "
+            "(MemAvailable before the run − peak), MemAvailable and SwapFree at the peak the smallest of any "
+            "repetition.", "", *_md_table(head, rows)]
+
+
+def _num(v: float | None, nd: int = 1) -> str | None:
+    return None if v is None else f"{v:,.{nd}f}"
 
 
 class MarkdownRenderer(Renderer):

@@ -11,65 +11,19 @@
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
-from devprof import memory, stats
+from devprof import memory
 from devprof.analysis.phases import phase_spans, phase_spans_from_durations, rep_label, representative
 from devprof.report.html.page import C_ANON, C_FILE, SPAN_COLORS, h, t
 from devprof.report.html.plot import downsample
+from devprof.report.memory_rows import MIB, cell_reps, headroom_rows, won_text
 
 C_SWAP, C_PSS, C_FAULT, C_TOUCH = "#c92a2a", "#5f3dc4", "#495057", "#e8590c"
-MIB = 1024.0
 
 
 def _mib(kb: float | None) -> str:
     return "–" if kb is None else f"{kb / MIB:,.0f}"
-
-
-def _median(vals: list[float | None]) -> float | None:
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _cell_reps(rec: Any, model: str, workload: str, ctx: int) -> list:
-    return [r for r in rec.repetitions if (r.model, r.workload, r.context) == (model, workload, ctx)
-            and not r.warmup and r.outcome.status == "ok"]
-
-
-# ---- headroom ---------------------------------------------------------------------------------
-def headroom_rows(rec: Any) -> list[dict[str, Any]]:
-    """Per (model, workload, context) with measured repetitions: the memory summary the table shows."""
-    rows = []
-    for ctx in rec.contexts():
-        for model in rec.models():
-            for workload in rec.workloads():
-                reps = _cell_reps(rec, model, workload, ctx)
-                if not reps:
-                    continue
-                mems = [memory.rep_memory(r) for r in reps]
-                peaks = [stats.peak_rss_kb(r) for r in reps]
-                rooms = [memory.headroom(p, m["meminfo_before"]) for p, m in zip(peaks, mems)]
-                won = [m["peak"].get("won") for m in mems if m["peak"].get("won")]
-                rows.append({
-                    "model": model, "workload": workload, "context": ctx, "n": len(reps),
-                    "metric": "/".join(sorted({r.outcome.memory_metric for r in reps})),
-                    "peak_kb": _median(peaks),
-                    "won": {w: won.count(w) for w in sorted(set(won))},
-                    "swap_kb": _median([m["peak_swap_kb"] for m in mems]),
-                    "pss_kb": _median([m["peak_pss_kb"] for m in mems]),
-                    "major_faults": _median([m["major_faults"] for m in mems]),
-                    "available_kb": _median([m["meminfo_before"].get("MemAvailable") for m in mems]),
-                    "total_kb": _median([m["meminfo_before"].get("MemTotal") for m in mems]),
-                    "swap_total_kb": _median([m["meminfo_before"].get("SwapTotal") for m in mems]),
-                    "share": max((x["share"] for x in rooms if x), default=None),
-                    "headroom_kb": min((x["headroom_kb"] for x in rooms if x), default=None),
-                    "available_at_peak_kb": min((m["meminfo_at_peak"]["MemAvailable"] for m in mems
-                                                 if m["meminfo_at_peak"].get("MemAvailable") is not None), default=None),
-                    "swap_free_at_peak_kb": min((m["meminfo_at_peak"]["SwapFree"] for m in mems
-                                                 if m["meminfo_at_peak"].get("SwapFree") is not None), default=None),
-                })
-    return rows
 
 
 def headroom_sentence(rec: Any, rows: list[dict[str, Any]], display: dict[str, str]) -> str:
@@ -100,7 +54,7 @@ def headroom(page: Any) -> str:
             "<th>SwapFree at peak (MiB)</th></tr>")
     body = []
     for r in rows:
-        won = ", ".join(f"{k} {v}/{r['n']}" for k, v in r["won"].items()) or "–"
+        won = won_text(r["won"], r["n"]) or "–"
         faults = "–" if r["major_faults"] is None else f"{r['major_faults']:,.0f}"
         share = "–" if r["share"] is None else f"{r['share'] * 100:.0f}%"
         cells = [h(page.display.get(r["model"], r["model"])), h(r["workload"]), str(r["context"]), str(r["n"]),
@@ -156,7 +110,7 @@ def _line(name: str, ts: list[float], ys: list[float | None], color: str, yaxis:
 
 def faults_figure(page: Any, model: str, workload: str, ctx: int) -> str | None:
     """Swap, PSS and page faults over time with routing's first touches; None without such samples."""
-    pool = _cell_reps(page.rec, model, workload, ctx) or [
+    pool = cell_reps(page.rec, model, workload, ctx) or [
         r for r in page.rec.repetitions
         if (r.model, r.workload, r.context) == (model, workload, ctx) and not r.warmup and r.outcome.samples]
     pool = [r for r in pool if r.outcome.samples]

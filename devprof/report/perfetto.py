@@ -6,7 +6,9 @@ open it in ui.perfetto.dev or chrome://tracing). Times are microseconds since th
   timestamps (or placed from its durations, marked ``approximate``), and an ``i`` instant at the
   first token;
 - ``C`` counters ``mem.rss``, ``mem.rss.anon``, ``mem.rss.file``, ``mem.rss.watermark`` (VmHWM) in
-  MiB, one per memory sample (Perfetto's own names for these), and ``experts.distinct``: distinct
+  MiB, one per memory sample (Perfetto's own names for these); where the samples have them
+  ``mem.swap`` (VmSwap) and ``mem.pss`` (smaps_rollup's Pss, every few samples) in MiB and
+  ``faults.major``, the major page faults so far (cumulative); and ``experts.distinct``: distinct
   (layer, expert) pairs touched, with ``experts.touched`` MiB of expert blocks when their sizes are
   known -- each (layer, expert) pair placed in time at its first token as the join does (an
   approximation, see ``devprof.analysis.join``).
@@ -122,9 +124,11 @@ def perfetto_trace(record: RunRecord, rep: Repetition, pid: int = 1) -> dict[str
     for s in o.samples:
         ts = _us(s.t_ms / 1000.0)
         for name, v in (("mem.rss", s.rss_kb), ("mem.rss.anon", s.anon_kb), ("mem.rss.file", s.file_kb),
-                        ("mem.rss.watermark", s.hwm_kb)):
+                        ("mem.rss.watermark", s.hwm_kb), ("mem.swap", s.swap_kb), ("mem.pss", s.pss_kb)):
             if v is not None:
                 ev.append({"ph": "C", "name": name, "pid": pid, "ts": ts, "args": {"MiB": round(v / 1024.0, 3)}})
+        if s.majflt is not None:
+            ev.append({"ph": "C", "name": "faults.major", "pid": pid, "ts": ts, "args": {"faults": s.majflt}})
     for t, n, mib in _expert_counter(record, rep, spans):
         ev.append({"ph": "C", "name": "experts.distinct", "pid": pid, "ts": _us(t), "args": {"pairs": n}})
         if mib is not None:

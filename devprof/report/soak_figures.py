@@ -15,7 +15,7 @@ from typing import Any
 from devprof import energy as energy_mod
 from devprof import soak as soak_mod
 from devprof import stats
-from devprof.devices.power import SAMPLE_S
+from devprof.devices.power import sample_s
 
 h = html.escape
 SLOW_MARK = "‡"
@@ -46,15 +46,49 @@ def energy_lines(record) -> list[str]:
 
 
 def source_text(s: dict[str, Any]) -> str:
-    src = {"sysfs": "battery current_now × voltage_now (sysfs)", "dumpsys": "dumpsys battery current × voltage"}
+    src = {"sysfs": "battery current_now × voltage_now (sysfs)", "dumpsys": "dumpsys battery current × voltage",
+           "sysfs-counter": "battery charge_counter Δcharge × voltage_now (sysfs)",
+           "dumpsys-counter": "dumpsys battery Charge counter Δcharge × voltage"}
     text = src.get(s.get("source") or "", s.get("source") or "unknown source")
+    if s.get("resolution_uah"):
+        text += f", counter steps of {s['resolution_uah']:g} µAh"
     every = s.get("update_ms")
-    sample_ms = SAMPLE_S * 1000.0
+    sample_ms = sample_s(s.get("source")) * 1000.0
     if every and every <= 1.5 * sample_ms:
         text += f", reading changes at every {sample_ms:.0f} ms sample (the gauge may be faster)"
     elif every:
         text += f", reading changes every ~{every:.0f} ms"
     return text
+
+
+def setting_text(record, brief: bool = False) -> str | None:
+    """The run's energy setting in words for the setup tables ("off", "on: <source>, <how often it
+    changed>, sampled every 50 ms, idle baseline 2 s", "refused: <why>"); None for a run from before
+    energy was measured (no setting stored). ``brief``: the state alone when not measured (the
+    terminal prints the reason in its energy lines)."""
+    setting = (record.meta.settings or {}).get("energy")
+    if not isinstance(setting, dict):
+        return None
+    state = setting.get("state") or "off"
+    if state == "off":
+        return "off"
+    if state != "measured":
+        if brief:
+            return state
+        why = setting.get("why") or "no reason recorded"
+        return why if state in why.split(":")[0] else f"{state}: {why}"
+    s = energy_mod.summary(record)
+    parts = [source_text(s)]
+    path = (setting.get("battery") or {}).get("path")
+    if path:
+        parts.append(f"battery {path}")
+    if setting.get("sample_s"):
+        parts.append(f"sampled every {setting['sample_s'] * 1000:.0f} ms")
+    if setting.get("baseline_s") is not None:
+        parts.append(f"idle baseline {setting['baseline_s']:g} s")
+    if s["refused_reps"]:
+        parts.append(f"refused for {s['refused_reps']} repetition(s)")
+    return "on: " + ", ".join(parts)
 
 
 def energy_section(page) -> str:

@@ -124,6 +124,11 @@ class TerminalRenderer(Renderer):
                               f" · {m.new_tokens} new tokens")
         lines = [line1, line2, line3]
         lines += [Text("Repetitions: " + x, style="dim") for x in adaptive_lines(m)]
+        from devprof.report.soak_figures import setting_text
+
+        energy = setting_text(a.record, brief=True)
+        if energy is not None:
+            lines.append(Text.assemble(("Energy setting: ", "bold"), energy))
         return Group(*lines)
 
     def _summary(self, a: Analysis, cols: tuple[str, ...], stacked: bool = False) -> Table:

@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from devprof.catalog import get_model
+from devprof.memory import PEAK_RULE
 from devprof.results import (
     DeviceInfo, MemorySample, ProcessOutcome, Repetition, RoutingSummary, RunMeta, RunResult,
 )
@@ -182,11 +183,47 @@ def make_samples(model: str, context: int, new_tokens: int, prefill_ms: float, d
     return out, hwm
 
 
+def add_phone_memory(samples: list[MemorySample], model: str, sample_ms: int, seed: int = 0) -> dict:
+    """Fill in what the Android sampler reads beside VmRSS, and return the outcome's ``memory``.
+
+    zram takes a growing share of the anonymous pages (more for the dense model's larger KV cache), so
+    for it RSS + swap outgrows VmHWM; RssShmem is a small constant; faults are cumulative: a major one
+    per 128 kB of weights paged in from storage (readahead), a minor one per anonymous or cached page
+    mapped; smaps_rollup (PSS, Swap, SwapPss) and /proc/meminfo are read every fifth sample, PSS a
+    little below RSS (the page cache shares the file pages), MemAvailable falling as the process grows.
+    """
+    rng = np.random.default_rng(_seed("phone", model, seed))
+    zram = 0.16 if model == DENSE else 0.04
+    total, avail0, swap_total, swap_free0 = 11_878_400, 5_312_000 + int(rng.integers(0, 40_000)), 4_194_300, 3_950_000
+    rss0 = samples[0].rss_kb
+    top_file = top_anon = 0
+    for i, s in enumerate(samples):
+        frac = zram * min(1.0, s.t_ms / max(samples[-1].t_ms, 1.0))
+        s.swap_kb = int(s.anon_kb * frac)
+        s.shmem_kb = 1_024
+        top_file, top_anon = max(top_file, s.file_kb), max(top_anon, s.anon_kb)
+        s.majflt = max(0, (top_file - 2_000) // 128)
+        s.minflt = 3_000 + top_anon // 4 + top_file // 16
+        if i % 5 == 0:
+            s.pss_file_kb = int(s.file_kb * 0.97)
+            s.pss_anon_kb = s.anon_kb
+            s.pss_kb = s.pss_file_kb + s.pss_anon_kb + 512
+            s.smaps_swap_kb = s.swap_pss_kb = s.swap_kb
+            s.mem_available_kb = avail0 - (s.rss_kb - rss0) - s.swap_kb // 3
+            s.swap_free_kb = swap_free0 - s.swap_kb // 3
+    from devprof.memory import android_peak
+
+    _, parts = android_peak(samples)
+    return {"meminfo_before": {"MemTotal": total, "MemAvailable": avail0, "SwapTotal": swap_total,
+                               "SwapFree": swap_free0}, "peak": parts}
+
+
 def make_rep(model: str = MOE, workload: str = "real", context: int = 2048, index: int = 0, *,
              warmup: bool = False, new_tokens: int = 64, sample_ms: int = 10,
              start_wall_ms: float = BASE_EPOCH_MS, seed: int = 0, cache_state: str = "cold",
-             status: str = "ok", memory_metric: str = "VmHWM") -> Repetition:
-    """One repetition of ``model`` on ``workload``; ``status`` other than ok makes a failed one."""
+             status: str = "ok", memory_metric: str = "VmHWM", phone_memory: bool = False) -> Repetition:
+    """One repetition of ``model`` on ``workload``; ``status`` other than ok makes a failed one.
+    ``phone_memory`` adds what an Android phone's sampler records (:func:`add_phone_memory`)."""
     rng = np.random.default_rng(_seed("rep", model, workload, context, index, warmup, seed))
     speed = SPEEDS.get(model, SPEEDS[DENSE])
     wl_factor = 0.93 if workload.startswith("real") and get_model(model).is_moe else 1.0
@@ -198,6 +235,10 @@ def make_rep(model: str = MOE, workload: str = "real", context: int = 2048, inde
     routing = make_routing(workload, context + new_tokens, model, seed) if spec.is_moe else None
     samples, hwm = make_samples(model, context, new_tokens, prefill_ms, decode_ms, sample_ms, routing,
                                 seed=_seed(index, warmup, workload, seed))
+    phone = add_phone_memory(samples, model, sample_ms, seed=_seed("phone", index, warmup, workload, seed)) \
+        if phone_memory else {}
+    if phone:
+        hwm = max(hwm, phone["peak"]["RSS+swap"])
     s0 = start_wall_ms
     inf_start = s0 + LOAD_MS
     pe_end = inf_start + prefill_ms
@@ -214,7 +255,8 @@ def make_rep(model: str = MOE, workload: str = "real", context: int = 2048, inde
         outcome = ProcessOutcome(
             exit_code=-9 if status == "oom" else 139, stdout="", stderr="Segmentation fault (core dumped)\n",
             start_wall_ms=s0, wall_ms=cut[-1].t_ms + 5, samples=cut, peak_rss_kb=cut[-1].hwm_kb,
-            memory_metric=memory_metric, status=status, note=f"runtime {status} after {cut[-1].t_ms:.0f} ms")
+            memory_metric=memory_metric, status=status, note=f"runtime {status} after {cut[-1].t_ms:.0f} ms",
+            memory={"meminfo_before": phone["meminfo_before"]} if phone else {})
         return Repetition(model=model, workload=workload, context=context, index=index, warmup=warmup,
                           result=None, outcome=outcome, cache_state=cache_state,
                           cache_note="posix_fadvise(DONTNEED) on weights.bin", routing=None,
@@ -236,7 +278,7 @@ def make_rep(model: str = MOE, workload: str = "real", context: int = 2048, inde
     outcome = ProcessOutcome(
         exit_code=0, stdout="PyTorchObserver " + json.dumps(observer) + "\n",
         stderr=f"I loaded {model} in {LOAD_MS - 15:.0f} ms\n", start_wall_ms=s0, wall_ms=samples[-1].t_ms + 10,
-        samples=samples, peak_rss_kb=hwm, memory_metric=memory_metric, status="ok",
+        samples=samples, peak_rss_kb=hwm, memory_metric=memory_metric, status="ok", memory=phone,
     )
     return Repetition(
         model=model, workload=workload, context=context, index=index, warmup=warmup, result=result,
@@ -247,7 +289,8 @@ def make_rep(model: str = MOE, workload: str = "real", context: int = 2048, inde
     )
 
 
-def make_reps(meta: RunMeta, seed: int = 0, limit: int | None = None, fail: set[tuple] | None = None) -> list[Repetition]:
+def make_reps(meta: RunMeta, seed: int = 0, limit: int | None = None, fail: set[tuple] | None = None,
+              phone_memory: bool = False) -> list[Repetition]:
     """The repetitions of ``meta`` in session order (per context, per workload: warm-ups, then reps).
 
     ``limit`` stops after that many (an interrupted run); ``fail`` holds (model, workload, index)
@@ -266,22 +309,26 @@ def make_reps(meta: RunMeta, seed: int = 0, limit: int | None = None, fail: set[
                 status = "failed" if fail and (model, workload, index) in fail else "ok"
                 rep = make_rep(model, workload, context, index, warmup=warm, new_tokens=meta.new_tokens,
                                sample_ms=meta.sample_ms, start_wall_ms=clock, seed=seed, status=status,
-                               memory_metric=metric)
+                               memory_metric=metric, phone_memory=phone_memory)
                 reps.append(rep)
                 clock += rep.outcome.wall_ms + 2_000  # cool-down
     return reps
 
 
-def make_run(seed: int = 0, limit: int | None = None, fail: set[tuple] | None = None,
+def make_run(seed: int = 0, limit: int | None = None, fail: set[tuple] | None = None, phone_memory: bool = False,
              **meta_kw) -> tuple[RunMeta, list[Repetition]]:
+    if phone_memory and "device" not in meta_kw:
+        meta_kw["device"] = replace(make_device(), memory_metric=PEAK_RULE)
     meta = make_meta(**meta_kw)
-    return meta, make_reps(meta, seed=seed, limit=limit, fail=fail)
+    return meta, make_reps(meta, seed=seed, limit=limit, fail=fail, phone_memory=phone_memory)
 
 
 def make_record(seed: int = 0, limit: int | None = None, fail: set[tuple] | None = None, status: str = "complete",
-                run_id: str = "20260921-140507-beef", **meta_kw):
-    """A RunRecord as Store.load_run returns it (no store involved)."""
+                run_id: str = "20260921-140507-beef", phone_memory: bool = False, **meta_kw):
+    """A RunRecord as Store.load_run returns it (no store involved); ``phone_memory``: a current Android
+    run (peak = max(VmHWM, RSS+swap), with swap, PSS, page faults and the device's meminfo)."""
     from devprof.results import RunRecord
 
-    meta, reps = make_run(seed=seed, limit=limit, fail=fail, status=status, run_id=run_id, **meta_kw)
+    meta, reps = make_run(seed=seed, limit=limit, fail=fail, status=status, run_id=run_id,
+                          phone_memory=phone_memory, **meta_kw)
     return RunRecord(meta=meta, repetitions=reps)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from devprof import stats
 from devprof.report.base import adaptive_lines, fmt, fmt_cv, memory_metric_note, rep_label, reps_text, threads_used, when
 from devprof.report.html.page import GIB, h, kv_table, plain
+from devprof.report.soak_figures import setting_text
 
 
 class TableSections:
@@ -109,8 +110,8 @@ favour {h(s)}; "clear" when the interval excludes 1.00 as printed (the findings 
                     ("memory sampling", f"every {m.sample_ms} ms" if m.sample_ms else "off"),
                     ("artifacts", m.artifacts_dir or "—")]
         used = threads_used(self.rec)
-        run_rows += [(k, plain(v) if k != "threads" else (used or plain(v)))
-                     for k, v in m.settings.items() if k != "prompt_sources"]
+        shown = {"threads": used, "energy": setting_text(self.rec)}
+        run_rows += [(k, shown.get(k) or plain(v)) for k, v in m.settings.items() if k != "prompt_sources"]
         return (f'<div class="cols"><div><h3>Device</h3>{kv_table(dev_rows)}</div>'
                 f'<div><h3>Run</h3>{kv_table(run_rows)}</div></div>\n<h3>Models</h3>\n{self._models_table()}')
 
