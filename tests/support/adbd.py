@@ -652,25 +652,15 @@ class Daemon:
         self.env = self._make_env()
         self.stopping = False
         self.commands: dict[int, str] = {}  # pid -> the command a live spawned shell runs
-        self.busy_pids: list[int] = []  # the programs busy() found last
         if args.sysfs:
             from fake_battery import Gauge
 
             Gauge(self.sandbox, self.busy).start()
 
     def busy(self, pattern: "re.Pattern") -> bool:
-        """Whether a program matching ``pattern`` runs in a spawned command's session (the fake
-        battery's busy current). The program itself, not its shell: a shell spends a moment before
-        it starts the program (devprof's sampler reads the clock it counts phases from there), and
-        on a loaded host that moment is long enough to show in the idle baseline."""
+        """Whether a live spawned command matches ``pattern`` (the fake battery's busy current)."""
         with self.procs_lock:
-            sessions = {pid for pid, c in self.commands.items() if pattern.search(c)}
-        if not sessions:
-            return False
-        if any(session_runs(sessions, pattern, [pid]) for pid in self.busy_pids):  # no /proc scan per tick
-            return True
-        self.busy_pids = session_runs(sessions, pattern)
-        return bool(self.busy_pids)
+            return any(pattern.search(c) for c in self.commands.values())
 
     def _make_env(self) -> dict:
         env = dict(os.environ)
@@ -1175,31 +1165,6 @@ def group_alive(pgid: int) -> bool:
     except OSError:
         return True
     return False
-
-
-def session_runs(sessions: set[int], pattern: "re.Pattern", pids: list[int] | None = None) -> list[int]:
-    """The live processes of ``sessions`` (among ``pids``; default: all) whose program's name
-    matches ``pattern``."""
-    if pids is None:
-        try:
-            pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
-        except OSError:
-            return []
-    found = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            # fields[0] = state, fields[3] = session
-            if int(fields[3]) not in sessions or fields[0] == b"Z":
-                continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                program = f.read().split(b"\0", 1)[0].decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        if pattern.search(os.path.basename(program)):
-            found.append(pid)
-    return found
 
 
 # --------------------------------------------------------------------------------------------

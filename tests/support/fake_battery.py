@@ -8,9 +8,8 @@ Files (under the sandbox, which the daemon names as the sysroot in ``debug.devpr
     .adbd/bin/dumpsys            (``dumpsys battery`` prints .adbd/dumpsys-battery.txt: AOSP's format)
 
 A gauge thread rewrites ``current_now`` and ``voltage_now`` every ``update_ms`` (atomically: a
-reader sees one whole value): the current is ``busy_ua`` while a program matching ``busy_match``
-runs (the phone runs a native program: the daemon puts qemu-aarch64-static in front of it; the
-program's own lifetime, not that of the shell command that starts it) and
+reader sees one whole value): the current is ``busy_ua`` while a command matching ``busy_match``
+runs (the phone runs a native program: the daemon puts qemu-aarch64-static in front of it) and
 ``idle_ua`` otherwise, plus a ``jitter_ua`` ramp (-J, -J/2, 0, J/2, J: the reading changes at every update, as a real
 gauge's does, and averages out), at ``voltage_uv``; ``sign`` -1 reports a discharge as a
 negative current (Pixel), +1 positive (Samsung); ``unit`` "mA" divides by 1000 (some Samsung kernels).
@@ -90,7 +89,7 @@ def setup(sandbox: Path) -> Path:
 
 class Gauge(threading.Thread):
     """Rewrites the battery (and heat) files every update_ms from ``busy()`` (True while a matching
-    program runs in one of the daemon's spawned commands, see Daemon.busy)."""
+    command runs: the daemon's spawned commands, see Daemon.busy)."""
 
     def __init__(self, sandbox: Path, busy) -> None:
         super().__init__(daemon=True, name="fake-gauge")
