@@ -1,8 +1,8 @@
 """Process and device memory as the kernel reports it, and the peak rule for phones.
 
 Parsers for the /proc files the samplers read (``/proc/PID/status``, ``/proc/PID/smaps_rollup``,
-``/proc/PID/stat``, ``/proc/meminfo``), the cadence of the costly smaps_rollup reads, Pipette's
-peak rule for Android, and the per-repetition summary the store and the report use. No I/O here
+``/proc/PID/stat``, ``/proc/PID/io``, ``/proc/meminfo``), the cadence of the costly smaps_rollup
+reads, Pipette's peak rule for Android, and the per-repetition summary the store and the report use. No I/O here
 beyond what a caller passes in.
 
 Why more than VmHWM: Android compresses anonymous pages into zram swap, so a process can hold
@@ -14,6 +14,11 @@ report; it comes from smaps_rollup, which walks every page table of the process 
 thousands of times a status read (docs/measurements.md, "smaps_rollup cadence"), so it is read at
 most every :data:`SMAPS_MIN_S` and never sooner than :data:`SMAPS_BUDGET` times its own last cost
 after it (at most 1/SMAPS_BUDGET of a core).
+
+Page faults are not a measure of storage reads: a fault is major only when the page was not in
+the page cache at all, so a file that readahead or MAP_POPULATE pulls in (llama.cpp maps its GGUF
+with MAP_POPULATE) reads from storage with no major fault. What the process made the kernel read
+from storage is /proc/PID/io's read_bytes (docs/measurements.md, "Page faults and storage reads").
 """
 
 from __future__ import annotations
@@ -92,11 +97,27 @@ def parse_stat_faults(text: str | bytes) -> dict[str, int]:
     return {"minflt": int(rest[7]), "majflt": int(rest[9])}
 
 
+def parse_io(text: str | bytes) -> dict[str, int]:
+    """read_bytes from /proc/PID/io: bytes the process made the kernel read from storage so far
+    (its own reads, the readahead they and its page faults started, MAP_POPULATE's reads; not
+    what it found in the page cache). {} when absent (the file is the owner's or root's only)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    for line in text.splitlines():
+        k, sep, rest = line.partition(":")
+        if sep and k == "read_bytes" and rest.strip().isdigit():
+            return {"read_bytes": int(rest)}
+    return {}
+
+
 def sample_from(t_ms: float, vals: dict[str, int]) -> MemorySample | None:
     """A MemorySample from /proc field values (as the samplers name them); None without VmRSS."""
     if "VmRSS" not in vals:
         return None
-    return MemorySample(t_ms=t_ms, **{attr: vals[k] for k, attr in SAMPLE_FIELDS.items() if k in vals})
+    s = MemorySample(t_ms=t_ms, **{attr: vals[k] for k, attr in SAMPLE_FIELDS.items() if k in vals})
+    if "read_bytes" in vals:
+        s.read_kb = vals["read_bytes"] // 1024
+    return s
 
 
 def sampler_meminfo(text: str) -> dict[str, int]:
@@ -201,11 +222,26 @@ def rep_memory(rep: Any) -> dict[str, Any]:
         "peak_shmem_kb": _max(samples, "shmem_kb", ex.get("RssShmem")),
         "major_faults": _max(samples, "majflt", ex.get("majflt")),
         "minor_faults": _max(samples, "minflt", ex.get("minflt")),
+        "storage_read_kb": _max(samples, "read_kb"),
+        "weights_read_in_kb": weights_read_in(rep),
         "peak": mem.get("peak") or {},
         "meminfo_before": mem.get("meminfo_before") or {},
         "meminfo_at_peak": meminfo_near(samples, _peak_time(samples, mem)),
     }
     return out
+
+
+def weights_read_in(rep: Any) -> int | None:
+    """kB of the weights file that came into the page cache during the run, from the native runner's
+    mincore residency (the most resident at any stage minus before the load); None without it."""
+    stages = ((rep.result.extra or {}).get("residency") or []) if rep.result is not None else []
+    kbs = {r.get("stage"): r["resident_kb"] for r in stages
+           if isinstance(r, dict) and isinstance(r.get("resident_kb"), int)}
+    before = kbs.get("before_load")
+    later = [v for k, v in kbs.items() if k != "before_load"]
+    if before is None or not later:
+        return None
+    return max(0, max(later) - before)
 
 
 def _peak_time(samples: list[MemorySample], mem: dict[str, Any]) -> float | None:

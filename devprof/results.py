@@ -58,12 +58,15 @@ class MemorySample:
     pss_file_kb: int | None = None
     smaps_swap_kb: int | None = None
     swap_pss_kb: int | None = None
-    # /proc/PID/stat: page faults so far (major: had to read from storage)
+    # /proc/PID/stat: page faults so far (major: the faulting access found no page in the page cache;
+    # a file pulled in by readahead or MAP_POPULATE is minor faults: docs/measurements.md)
     majflt: int | None = None
     minflt: int | None = None
     # the device's /proc/meminfo, read beside smaps_rollup
     mem_available_kb: int | None = None
     swap_free_kb: int | None = None
+    # /proc/PID/io read_bytes so far (kB): what the process made the kernel read from storage
+    read_kb: int | None = None
 
 
 @dataclass

@@ -17,7 +17,7 @@ around migrations, and run ids made unique by the primary key: a generated id an
 first is drawn again. psycopg's errors become StoreError (exit 1) at this boundary; a bad URL is a
 UsageError (exit 2).
 
-Schema (version 4)::
+Schema (version 5)::
 
     schema_version(version)
     runs(run_id PK, created, status, note, finished, device_kind, device_serial, device_name,
@@ -29,10 +29,12 @@ Schema (version 4)::
                 thermal_after_json, artifacts_json, created,
                 conditions_json,  -- version 2: interference and readiness around the repetition
                 energy_json,  -- version 3: battery J/token per phase (devprof.energy)
-                peak_swap_kb, peak_pss_kb, major_faults, minor_faults, mem_available_kb)  -- version 4
+                peak_swap_kb, peak_pss_kb, major_faults, minor_faults, mem_available_kb,  -- version 4
+                storage_read_kb)  -- version 5: /proc/PID/io read_bytes at the last sample, kB
     samples(rep_id FK, t_ms, rss_kb, anon_kb, file_kb, hwm_kb, footprint_kb,
             shmem_kb, swap_kb, pss_kb, pss_anon_kb, pss_file_kb, smaps_swap_kb, swap_pss_kb, majflt, minflt,
-            mem_available_kb, swap_free_kb)  -- in sampling order; the second line since version 4
+            mem_available_kb, swap_free_kb,  -- in sampling order; the second line since version 4
+            read_kb)  -- version 5
     routing(rep_id PK/FK, n_tokens, distinct_pairs, summary_json)
     soak_points(run_id FK, seq, t_s, model, point_json) -- version 3: --soak, PK (run_id, seq)
 
@@ -314,6 +316,7 @@ class Store:
             conditions_json=_json(rep.conditions or {}), energy_json=_json(rep.energy or {}),
             peak_swap_kb=mem["peak_swap_kb"], peak_pss_kb=mem["peak_pss_kb"], major_faults=mem["major_faults"],
             minor_faults=mem["minor_faults"], mem_available_kb=mem["meminfo_before"].get("MemAvailable"),
+            storage_read_kb=mem["storage_read_kb"],
         )
         with self._write() as c:
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:

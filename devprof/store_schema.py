@@ -92,6 +92,9 @@ MIGRATIONS: list[tuple[int, str]] = [
         "majflt", "minflt", "mem_available_kb", "swap_free_kb")] + [
         f"ALTER TABLE repetitions ADD COLUMN {c} INTEGER" for c in (
             "peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb")])),
+    # 4 -> 5: storage reads (/proc/PID/io read_bytes, kB): page faults miss what readahead reads in
+    (5, "ALTER TABLE samples ADD COLUMN read_kb INTEGER;"
+        "ALTER TABLE repetitions ADD COLUMN storage_read_kb INTEGER"),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 assert [v for v, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -117,11 +120,12 @@ _REP_COLS = ("run_id", "model", "workload", "context", "idx", "warmup", "status"
              "peak_rss_kb", "peak_file_kb", "peak_anon_kb", "distinct_pairs", "start_wall_ms", "wall_ms",
              "n_samples", "result_json", "outcome_json", "note", "thermal_before_json",
              "thermal_after_json", "artifacts_json", "created", "conditions_json", "energy_json",
-             "peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb")
+             "peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb",
+             "storage_read_kb")
 #: the samples table's columns after rep_id, as MemorySample names them (insertion order is sample order)
 _SAMPLE_COLS = ("t_ms", "rss_kb", "anon_kb", "file_kb", "hwm_kb", "footprint_kb", "shmem_kb", "swap_kb", "pss_kb",
                 "pss_anon_kb", "pss_file_kb", "smaps_swap_kb", "swap_pss_kb", "majflt", "minflt",
-                "mem_available_kb", "swap_free_kb")
+                "mem_available_kb", "swap_free_kb", "read_kb")
 _INSERT_SAMPLES = (f"INSERT INTO samples (rep_id, {', '.join(_SAMPLE_COLS)}) "
                    f"VALUES ({', '.join('?' for _ in range(len(_SAMPLE_COLS) + 1))})")
 # RunMeta fields kept in their own columns, not in meta_json

@@ -52,6 +52,11 @@ def _check_store(db: Path, metric: str) -> None:
     status = json.loads(result_json)["extra"]["runner_status_kb"]
     assert set(status) == EXIT_KEYS  # the runner's own exit report: status, smaps_rollup, getrusage
     assert status["Pss"] > 0 and status["minflt"] > 0 and minflt >= status["minflt"] * 0.5
+    # a cold run: llama.cpp's MAP_POPULATE reads the evicted GGUF in with few or no major faults, and
+    # the storage reads (/proc/PID/io) show it all the same
+    before_load = next(r for r in json.loads(result_json)["extra"]["residency"] if r["stage"] == "before_load")
+    read_kb = con.execute("SELECT storage_read_kb FROM repetitions").fetchone()[0]
+    assert read_kb >= 0.9 * (before_load["file_kb"] - before_load["resident_kb"]) > 0
     if metric == memory.PEAK_RULE:
         parts = o["memory"]["peak"]
         assert parts["won"] in ("VmHWM", "RSS+swap") and peak == max(parts["VmHWM"], parts["RSS+swap"])
@@ -70,6 +75,7 @@ def _check_report(db: Path, tmp_path: Path, metric: str) -> None:
     text = html.read_text()
     assert "Device memory headroom" in text and "MemAvailable before the run: it fits" in text
     assert "Swap, PSS and page faults beside routing" in text and "expert first touched (layer)" in text
+    assert "read from storage (MiB)" in text and "read from storage so far (" in text
     assert f"{metric}" in text
     dom, errors = render_in_chromium(html)
     assert errors == []

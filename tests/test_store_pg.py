@@ -82,10 +82,11 @@ def test_two_writer_processes_lose_nothing_and_never_collide(pg_url, tmp_path):
 
 
 # ---- migration from an older schema ----------------------------------------------------------------
-V4_COLUMNS = {  # what version 4 added (devprof.memory)
+V4_COLUMNS = {  # what versions 4 (devprof.memory) and 5 (storage reads) added
     "samples": ("shmem_kb", "swap_kb", "pss_kb", "pss_anon_kb", "pss_file_kb", "smaps_swap_kb", "swap_pss_kb",
-                "majflt", "minflt", "mem_available_kb", "swap_free_kb"),
-    "repetitions": ("peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb"),
+                "majflt", "minflt", "mem_available_kb", "swap_free_kb", "read_kb"),
+    "repetitions": ("peak_swap_kb", "peak_pss_kb", "major_faults", "minor_faults", "mem_available_kb",
+                    "storage_read_kb"),
 }
 
 
@@ -106,7 +107,7 @@ def test_migrates_a_version_1_store_forward(engine, tmp_path, request):
                     c.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
             c.execute("UPDATE schema_version SET version = 1")
     with Store(target) as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION == 5
         got = s.load_run(run_id).repetitions
         assert len(got) == 1 and got[0].conditions == {} and got[0].outcome.samples == rep.outcome.samples
         assert got[0].energy == {} and s.load_run(run_id).soak == []

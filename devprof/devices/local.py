@@ -122,12 +122,13 @@ class StatusSampler(threading.Thread):
 
 
 class _ExtraFiles:
-    """The sampler's other reads: /proc/PID/stat (page faults) every sample; /proc/PID/smaps_rollup
-    and /proc/meminfo on devprof.memory's cadence (smaps_rollup walks the page tables: costly)."""
+    """The sampler's other reads: /proc/PID/stat (page faults) and /proc/PID/io (storage reads) every
+    sample; /proc/PID/smaps_rollup and /proc/meminfo on devprof.memory's cadence (smaps_rollup walks
+    the page tables: costly)."""
 
     def __init__(self, pid: int) -> None:
         self.fds: dict[str, int] = {}
-        for name, path in (("stat", f"/proc/{pid}/stat"), ("meminfo", "/proc/meminfo")):
+        for name, path in (("stat", f"/proc/{pid}/stat"), ("io", f"/proc/{pid}/io"), ("meminfo", "/proc/meminfo")):
             try:
                 self.fds[name] = os.open(path, os.O_RDONLY)
             except OSError:
@@ -146,6 +147,8 @@ class _ExtraFiles:
     def fill(self, s: MemorySample) -> None:
         f = memory.parse_stat_faults(self._read("stat", 2048))
         s.minflt, s.majflt = f.get("minflt"), f.get("majflt")
+        io = memory.parse_io(self._read("io", 1024))
+        s.read_kb = io["read_bytes"] // 1024 if io else None
         t = time.monotonic()
         if not self.cadence.due(t):
             return

@@ -1,8 +1,8 @@
 """The report's memory figures beyond VmRSS: swap, PSS, page faults beside routing, and headroom.
 
 - :func:`headroom` -- one table per run: for each model, workload and context the peak (and which
-  part of Android's peak rule won), swap, PSS, major faults, and the device's MemAvailable before
-  the run and at the peak; the sentence above it answers "would it fit?" on that device.
+  part of Android's peak rule won), swap, PSS, major faults, storage reads, and the device's
+  MemAvailable before the run and at the peak; the sentence above it answers "would it fit?" on that device.
 - :func:`faults_figure` -- per (model, workload, context), the representative repetition: RssFile,
   RssAnon, swap and PSS over time (top), and below on the same time axis the major page faults so
   far beside the experts first touched per layer (each dot: one (layer, expert) pair's first token,
@@ -19,7 +19,7 @@ from devprof.report.html.page import C_ANON, C_FILE, SPAN_COLORS, h, t
 from devprof.report.html.plot import downsample
 from devprof.report.memory_rows import MIB, cell_reps, headroom_rows, won_text
 
-C_SWAP, C_PSS, C_FAULT, C_TOUCH = "#c92a2a", "#5f3dc4", "#495057", "#e8590c"
+C_SWAP, C_PSS, C_FAULT, C_TOUCH, C_READ = "#c92a2a", "#5f3dc4", "#495057", "#e8590c", "#1971c2"
 
 
 def _mib(kb: float | None) -> str:
@@ -49,7 +49,8 @@ def headroom(page: Any) -> str:
     if not rows:
         return ""
     head = ("<tr><th>model</th><th>workload</th><th>context</th><th>n</th><th>peak (MiB)</th><th>won</th>"
-            "<th>swap (MiB)</th><th>PSS (MiB)</th><th>major faults</th><th>MemAvailable before (MiB)</th>"
+            "<th>swap (MiB)</th><th>PSS (MiB)</th><th>major faults</th><th>read from storage (MiB)</th>"
+            "<th>MemAvailable before (MiB)</th>"
             "<th>peak ÷ available</th><th>headroom (MiB)</th><th>MemAvailable at peak (MiB)</th>"
             "<th>SwapFree at peak (MiB)</th></tr>")
     body = []
@@ -59,19 +60,30 @@ def headroom(page: Any) -> str:
         share = "–" if r["share"] is None else f"{r['share'] * 100:.0f}%"
         cells = [h(page.display.get(r["model"], r["model"])), h(r["workload"]), str(r["context"]), str(r["n"]),
                  f"{_mib(r['peak_kb'])} <small>{h(r['metric'])}</small>", h(won), _mib(r["swap_kb"]),
-                 _mib(r["pss_kb"]), faults, _mib(r["available_kb"]), share, _mib(r["headroom_kb"]),
-                 _mib(r["available_at_peak_kb"]), _mib(r["swap_free_at_peak_kb"])]
+                 _mib(r["pss_kb"]), faults, _storage_cell(r), _mib(r["available_kb"]), share,
+                 _mib(r["headroom_kb"]), _mib(r["available_at_peak_kb"]), _mib(r["swap_free_at_peak_kb"])]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     sentence = headroom_sentence(page.rec, rows, page.display)
     note = ("Medians over the measured repetitions; peak ÷ available is the largest and headroom "
             "(MemAvailable before the run − peak) the smallest of any repetition. Peak: the device's metric "
             f"(on Android {memory.PEAK_RULE}; \"won\" says which part was larger); swap: the largest VmSwap "
             "(anonymous pages compressed into zram on a phone); PSS: the largest proportional set size "
-            "(smaps_rollup, read every few samples); major faults: pages the process had to wait for storage "
-            "for, at its end. MemAvailable/SwapFree at peak: the device's /proc/meminfo read nearest the peak.")
+            "(smaps_rollup, read every few samples); major faults: page faults that found the page in no cache "
+            "(/proc/PID/stat majflt): readahead and MAP_POPULATE bring a file in as minor faults, so a cold load "
+            "can read every weight from storage with 0 major faults; read from storage: /proc/PID/io read_bytes "
+            "(or, marked mincore, how much of the weights file the native runner saw come into the page cache). "
+            "MemAvailable/SwapFree at peak: the device's /proc/meminfo read nearest the peak.")
     return (f'<h3 id="headroom">Device memory headroom</h3>\n<p class="headroom">{h(sentence)}</p>\n'
             f'<table class="headroom"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>\n'
             f"<p><small>{h(note)}</small></p>")
+
+
+def _storage_cell(r: dict[str, Any]) -> str:
+    if r["read_kb"] is not None:
+        return _mib(r["read_kb"])
+    if r["read_in_kb"] is not None:
+        return f"{_mib(r['read_in_kb'])} <small>mincore</small>"
+    return "–"
 
 
 # ---- swap, PSS, faults beside routing ---------------------------------------------------------
@@ -118,7 +130,7 @@ def faults_figure(page: Any, model: str, workload: str, ctx: int) -> str | None:
         return None
     rep = representative(pool)
     ss = rep.outcome.samples
-    if all(s.majflt is None and s.swap_kb is None and s.pss_kb is None for s in ss):
+    if all(s.majflt is None and s.swap_kb is None and s.pss_kb is None and s.read_kb is None for s in ss):
         return None  # a store from before these were sampled, or iOS
     ts = [s.t_ms / 1000.0 for s in ss]
     mp = page.r.max_points
@@ -128,6 +140,8 @@ def faults_figure(page: Any, model: str, workload: str, ctx: int) -> str | None:
         _line("swap (VmSwap)", ts, [s.swap_kb / MIB if s.swap_kb is not None else None for s in ss], C_SWAP, "y", mp),
         _line("PSS (smaps_rollup)", ts, [s.pss_kb / MIB if s.pss_kb is not None else None for s in ss], C_PSS, "y",
               mp, dash="dot"),
+        _line("read from storage so far (/proc/PID/io)", ts,
+              [s.read_kb / MIB if s.read_kb is not None else None for s in ss], C_READ, "y", mp, dash="dash"),
         _line("major faults so far", ts, [s.majflt for s in ss], C_FAULT, "y2", mp),
     ) if d is not None]
     spans = phase_spans(rep) or phase_spans_from_durations(rep)
@@ -157,11 +171,12 @@ def faults_figure(page: Any, model: str, workload: str, ctx: int) -> str | None:
     cap = [f"Shown: {h(rep_label(rep))} (the median peak of {len(pool)}), cache {h(rep.cache_state)}.",
            "Top: file-backed (RssFile: weights paged in) and anonymous (RssAnon: activations, KV cache) resident "
            "memory, swapped-out anonymous memory (VmSwap) and the proportional set size (PSS, read every few "
-           "samples because smaps_rollup is costly).",
+           "samples because smaps_rollup is costly) and what the process has read from storage so far.",
            f"Bottom: major page faults so far ({faults[-1]:,} at the last sample)" if faults else
            "Bottom: no page-fault counts were sampled",
            ("beside each (layer, expert) pair's first touch, placed in time from the routing trace "
             "(a memory-mapped MoE runtime faults an expert's weights in at its first token: a cold cache shows "
-            "major faults where new experts appear)." if touches is not None else
+            "major faults where new experts appear, unless readahead or MAP_POPULATE read them in first: then "
+            "only the storage reads above show them)." if touches is not None else
             "(no routing trace for this repetition: a dense model, or a runtime that writes none).")]
     return page.figure(data, layout, " ".join(cap), height=520)
