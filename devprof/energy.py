@@ -320,6 +320,20 @@ def summary(record) -> dict[str, Any]:
             "refused_reps": sum(1 for r in reps if (r.energy or {}).get("refused")), "rows": rows}
 
 
+def probe(dev, tries: int = 2):
+    """``power.probe``, asked again when the phone does not answer in time (a busy phone's shell can
+    be slow); after that a Battery without a source that says why: energy is not worth failing the run."""
+    from devprof.devices import power
+    from devprof.errors import DeviceLost
+
+    for _ in range(tries):
+        try:
+            return power.probe(dev)
+        except DeviceLost as e:
+            why = e.message
+    return power.Battery(None, why=f"the battery probe got no answer ({why})")
+
+
 class Meter:
     """Energy for one session on one phone: ``open`` decides once (source, or why not), ``start``
     begins sampling and waits the idle baseline (until the trace itself spans it: the sampler's adb
@@ -346,7 +360,7 @@ class Meter:
             return None, setting
         from devprof.devices import power
 
-        bat = power.probe(dev)
+        bat = probe(dev)
         setting = {"battery": bat.to_dict(), "source": bat.source, "baseline_s": baseline_s,
                    "sample_s": power.sample_s(bat.source), "sysroot": dev.sysroot}
         if bat.source is None:

@@ -118,7 +118,7 @@ def test_shell_v1_and_exec(server, phone):
                        input=data, capture_output=True, env=server.env, timeout=10)
     assert r.returncode == 0, r.stderr
     dst = phone.host_path("/data/local/tmp/in.bin")
-    assert wait_until(lambda: dst.exists() and dst.read_bytes() == data, 3)
+    assert wait_until(lambda: dst.exists() and dst.read_bytes() == data, 30)
 
 
 def test_paths_are_rewritten_into_the_sandbox(server, phone):
@@ -273,7 +273,7 @@ def test_two_phones_at_once(server, phone):
         for t in threads:
             t.start()
         for t in threads:
-            t.join(10)
+            t.join(60)
         assert results[phone.serial].stdout == "SM-S931B\n35\n"
         assert results[other.serial].stdout == "Pixel 9 Pro\n34\n"
         assert phone.host_path("/data/local/tmp/mine").exists()
@@ -282,7 +282,7 @@ def test_two_phones_at_once(server, phone):
         # a clean stop (SIGTERM) takes the phone's running processes with it
         conn = other.device().shell("echo $$ > /data/local/tmp/bg.pid; sleep 30", stream=True)
         pidfile = other.host_path("/data/local/tmp/bg.pid")
-        assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 5)
+        assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30)
         pgid = int(pidfile.read_text())
         other.stop()
         conn.close()
@@ -311,17 +311,18 @@ def test_killed_daemon_makes_device_go_away(server):
             [server.adb_path, "-s", p.serial, "shell", "echo $$ > /data/local/tmp/run.pid; sleep 30"],
             env=server.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         pidfile = p.host_path("/data/local/tmp/run.pid")
-        assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 5)
+        assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30)
         pgid = int(pidfile.read_text())
         t0 = time.monotonic()
         p.kill()
         assert p.returncode == -signal.SIGKILL
-        state = server.wait_for_state(p.serial, ["offline", None], timeout=5)
-        assert state in ("offline", None) and time.monotonic() - t0 < 5
+        # a sanity bound (a loaded host is slow): the point is that it goes away, not how fast
+        state = server.wait_for_state(p.serial, ["offline", None], timeout=20)
+        assert state in ("offline", None) and time.monotonic() - t0 < 20
         # The host side of the interrupted shell ends; it does not hang. NB adb 29.0.6 exits 0
         # when the transport drops before the shell's exit packet (later adbs may differ), so a
         # vanished device is not visible in `adb shell`'s exit code, only in the missing output.
-        running.wait(5)
+        running.wait(30)
         running.communicate()
         with pytest.raises(Exception):
             p.device().shell("true")
@@ -342,17 +343,18 @@ def test_long_shell_is_killed_when_client_goes_away(server, phone):
                                     env=server.env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-            assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 5)
+            assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30)
             pgid = int(pidfile.read_text())
             assert group_members(pgid), "shell not running"
             proc.send_signal(signal.SIGINT)  # Ctrl-C on the host
-            proc.wait(5)
+            proc.wait(30)
         else:
             conn = phone.device().shell(cmd, stream=True)
-            assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 5)
+            assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30)
             pgid = int(pidfile.read_text())
             assert group_members(pgid), "shell not running"
             conn.close()
-        assert wait_until(lambda: not group_members(pgid), 3), f"{how}: {group_members(pgid)} still alive"
+        # well inside the shell's 30 s sleep: a leaked shell is still caught on a loaded host
+        assert wait_until(lambda: not group_members(pgid), 15), f"{how}: {group_members(pgid)} still alive"
     # the phone is still fine afterwards
     assert phone.device().shell("echo ok") == "ok"

@@ -87,16 +87,43 @@ def test_choose_battery_prefers_sysfs_then_a_dumpsys_current_else_says_why():
     assert P.choose_battery([], None).why == "no /sys/class/power_supply battery"
 
 
+def test_the_battery_probe_prints_supply_lines_only(tmp_path):
+    """A phone's supplies lack some of the files read (a battery has no ``online``, a USB supply no
+    ``current_now``): the probe says nothing on stderr, which adb's shell v2 would interleave with
+    its lines (the test daemon's fake battery showed 6 % of probes without a battery under load)."""
+    bat, usb = tmp_path / "sys/class/power_supply/battery", tmp_path / "sys/class/power_supply/usb"
+    for d, files in ((bat, {"type": "Battery", "status": "Discharging", "current_now": "-412000",
+                            "voltage_now": "3871000"}), (usb, {"type": "USB", "online": "1"})):
+        d.mkdir(parents=True)
+        for name, value in files.items():
+            (d / name).write_text(value + "\n")
+    r = subprocess.run(["sh", "-c", P.PROBE_SCRIPT.replace("{root}", str(tmp_path))], capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout.splitlines() == [f"supply|{bat}|Battery||Discharging|-412000|3871000|", f"supply|{usb}|USB|1||||"]
+    # stderr glued in front of a line (a device whose shell still prints it) does not hide the supply
+    glued = f"/bin/sh: 3: cannot open {bat}/online: No such file" + r.stdout.replace("\n", "\n\n", 1)
+    assert P.parse_supplies(glued) == P.parse_supplies(r.stdout)
+    assert P.choose_battery(P.parse_supplies(glued), None) == P.Battery("sysfs", str(bat), "Discharging", ["USB"])
+
+
 def test_status_words_from_sysfs_and_dumpsys_codes():
     assert [P.normal_status(x) for x in ("Charging", "2", "Notcharging", "Not charging", "5", "", "weird")] == \
         ["Charging", "Charging", "Not charging", "Not charging", "Full", "Unknown", "weird"]
 
 
-def _sampler(tmp_path: Path, mode: str, bat: Path, env=None) -> P.PowerTrace:
+def _sampler(tmp_path: Path, mode: str, bat: Path, env=None, samples: int = 5) -> P.PowerTrace:
+    """Run power_sampler.sh until it wrote ``samples`` sample lines (a loaded host forks slowly: a
+    fixed sleep may see none), then stop it with its stop file."""
     out, stop = tmp_path / f"{mode}.pow", tmp_path / f"{mode}.stop"
-    proc = subprocess.Popen(["sh", str(P.POWER_SAMPLER), str(out), "0.05", str(stop), "30", mode, str(bat)],
+    proc = subprocess.Popen(["sh", str(P.POWER_SAMPLER), str(out), "0.05", str(stop), "60", mode, str(bat)],
                             env=env)
-    time.sleep(0.6)
+    deadline = time.monotonic() + 50
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = out.read_text() if out.exists() else ""
+        if len(P.parse_power_output(text).samples) >= samples:
+            break
+        time.sleep(0.05)
     stop.touch()
     assert proc.wait(10) == 0
     return P.parse_power_output(out.read_text())

@@ -97,7 +97,8 @@ def test_charging_refuses_energy_with_a_clear_line(adb, env, tmp_path):
         phone.battery(status="Charging", plugged="USB")
         res = invoke(*RUN[:8], "1", *RUN[9:], "--db", str(db))
         assert res.exit_code == 0, res.output
-    line = next(ln for ln in res.output.splitlines() if ln.startswith("energy refused"))
+    line = next((ln for ln in res.output.splitlines() if ln.startswith("energy refused")), None)
+    assert line, res.output
     # the fake phone is reached over TCP (wireless debugging, as far as adb knows) yet its USB supply is online
     assert line == ("energy refused: the battery is charging on USB power, so its current says nothing about the "
                     f"load; unplug the USB cable: devprof already reaches {phone.serial} over wireless debugging")
@@ -217,3 +218,53 @@ def test_an_aosp_phone_uses_dumpsys_charge_counter_and_marks_a_phase_shorter_tha
     assert shown["energy"]["source"] == "dumpsys-counter" and decode["slow_gauge"] is True
     text = invoke("show", "latest", "--db", str(db)).output
     assert "Energy (dumpsys battery Charge counter Δcharge × voltage, counter steps of" in text and "‡" in text
+
+
+def test_the_idle_baseline_counts_from_a_late_samplers_first_sample(adb, env):
+    """A busy phone may start the battery sampler's shell seconds late: the baseline still spans
+    (most of) its length of samples before the run would start."""
+    from devprof.devices import android
+    from devprof.energy import Meter
+
+    with FakePhone(adb) as phone:
+        dev = android.resolve(phone.serial)[0]
+        meter, setting = Meter.open(dev, None, 1.0, 60, lambda m: None)
+        assert meter is not None and setting["state"] == "measured", setting
+        late = "/data/local/tmp/late_power_sampler.sh"
+        phone.host_path(late).write_text(f'sleep 3\nexec sh {phone.host_path(meter.script)} "$@"\n')
+        meter.script = late
+        trace = meter.start().stop()
+    ups = [up for up, _, _ in trace.samples]
+    assert ups and ups[-1] - ups[0] >= 0.8 * 1.0, trace  # most of the baseline: Meter.start's criterion
+
+
+def test_a_battery_probe_without_answer_is_asked_again_then_named(adb, env):
+    from devprof.devices import android
+    from devprof.energy import Meter
+    from devprof.errors import DeviceLost
+
+    class Unanswered:
+        """The phone, whose shell gives no answer to the first ``fail`` commands."""
+
+        def __init__(self, dev, fail: int) -> None:
+            self._dev, self.fail = dev, fail
+
+        def sh(self, cmd, timeout=20):
+            if self.fail:
+                self.fail -= 1
+                raise DeviceLost("lost contact with the phone: timed out")
+            return self._dev.sh(cmd, timeout)
+
+        def __getattr__(self, name):
+            return getattr(self._dev, name)
+
+    with FakePhone(adb) as phone:
+        dev = android.resolve(phone.serial)[0]
+        dev.sysroot  # noqa: B018 - read once: the probe is what is asked again
+        meter, setting = Meter.open(Unanswered(dev, 1), None, 1.0, 60, lambda m: None)
+        assert meter is not None and setting["state"] == "measured" and setting["source"] == "sysfs"
+        said: list[str] = []
+        meter, setting = Meter.open(Unanswered(dev, 2), None, 1.0, 60, said.append)
+    assert meter is None and setting["state"] == "unavailable"
+    assert said == ["energy: no readable battery current: the battery probe got no answer "
+                    "(lost contact with the phone: timed out)"]

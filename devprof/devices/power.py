@@ -81,11 +81,13 @@ class Battery:
                 **({"why": self.why} if self.why else {})}
 
 
+#: One line per supply. The group's ``2>/dev/null`` is in force before each ``< file`` is opened
+#: (``read -r x < f 2>/dev/null`` opens ``f`` first: its "cannot open" reaches the output, and
+#: adb's shell v2 interleaves stderr with stdout mid-line).
 PROBE_SCRIPT = r"""for d in {root}/sys/class/power_supply/*; do [ -d "$d" ] || continue
 t=""; o=""; s=""; c=""; v=""; q=""
-read -r t < "$d/type" 2>/dev/null; read -r o < "$d/online" 2>/dev/null; read -r s < "$d/status" 2>/dev/null
-read -r c < "$d/current_now" 2>/dev/null; read -r v < "$d/voltage_now" 2>/dev/null
-read -r q < "$d/charge_counter" 2>/dev/null
+{ read -r t < "$d/type"; read -r o < "$d/online"; read -r s < "$d/status"
+  read -r c < "$d/current_now"; read -r v < "$d/voltage_now"; read -r q < "$d/charge_counter"; } 2>/dev/null
 echo "supply|$d|$t|$o|$s|$c|$v|$q"; done"""
 
 
@@ -94,7 +96,7 @@ def parse_supplies(text: str) -> list[dict]:
     (a charge counter of 0 is none: Samsung's kernels print 0)."""
     out = []
     for line in text.splitlines():
-        parts = line.strip().split("|")
+        parts = line[line.rfind("supply|"):].strip().split("|")  # after any stderr text glued in front
         if len(parts) in (7, 8) and parts[0] == "supply":
             _, d, t, o, s, c, v = parts[:7]
             q = _int(parts[7]) if len(parts) == 8 else None
