@@ -19,7 +19,7 @@ figures are kept and marked ``slow_gauge``.
 
 Where no current reads (stock AOSP/Pixel), the battery's charge counter does (``counter_energy``):
 the counter's updates are timed (midway between the last sample showing the old value and the first
-showing the new), the charge drained is interpolated linearly between updates (a constant current
+showing the new; at the reading itself when the counter changes at every sample), the charge drained is interpolated linearly between updates (a constant current
 between them), and a phase's energy is Δcharge × its mean voltage; the idle baseline is the charge
 rate between the counter's updates before the process starts. The counter's resolution (its smallest
 step) and update interval are measured per repetition; a phase shorter than :data:`SLOW_UPDATES`
@@ -181,7 +181,8 @@ def rep_energy(trace: PowerTrace, start_wall_ms: float, result, source: str, plu
 
 class Counter:
     """A charge counter's trace as drained charge over device wall time: the counter's updates
-    (timed midway between the samples around each change), its unit, step and update interval."""
+    (timed midway between the samples around each change, or at the reading when the counter changes
+    at every sample), its unit, step and update interval."""
 
     def __init__(self, trace: PowerTrace) -> None:
         rows = [(t, q, v) for up, q, v in trace.samples for t in [trace.wall_ms(up)] if t is not None]
@@ -195,9 +196,14 @@ class Counter:
         sign = -1.0 if falling else 1.0
         self.pts: list[tuple[float, float]] = []  # (wall ms of an update, µAh drained since the first sample)
         steps = []
-        for (t0, q0, _), (t1, q1, _) in zip(rows, rows[1:]):
+        for i, ((t0, q0, _), (t1, q1, _)) in enumerate(zip(rows, rows[1:])):
             if q1 != q0:
-                self.pts.append(((t0 + t1) / 2, sign * (q1 - rows[0][1]) * self.q_scale))
+                # A counter slower than the sampling changed once somewhere between the two readings:
+                # midway. One that also changed at the reading before updates at least once per sample
+                # gap, so the value read at t1 is the charge up to (nearly) t1: midway would date every
+                # update half a sample gap early and shift energy out of a phase's end.
+                every_sample = i > 0 and rows[i - 1][1] != q0
+                self.pts.append((t1 if every_sample else (t0 + t1) / 2, sign * (q1 - rows[0][1]) * self.q_scale))
                 steps.append(abs(q1 - q0) * self.q_scale)
         gaps = sorted(b[0] - a[0] for a, b in zip(self.pts, self.pts[1:]))
         self.update_ms = gaps[len(gaps) // 2] if gaps else None

@@ -169,3 +169,20 @@ def test_the_notice_says_the_source_and_how_long_the_idle_window_lasts():
                            "(dumpsys battery's Charge counter)")
     assert "lasts 2 s and until the counter updated 5 times" in line and "‡" in line
     assert "(sysfs charge_counter)" in E.counter_notice("sysfs-counter", 90.0)
+
+
+def test_a_counter_faster_than_the_sampling_is_dated_at_the_reading():
+    """A counter that changes at every 50 ms reading (it updates faster) is dated at the reading, not
+    half a sample gap early: at a phase boundary (prefill at 2000 µAh/s, then decode at 400 µAh/s)
+    the charge drained is the true one within a step; midway dating moves 25 ms of the next phase's
+    rate into this one (10 µAh here)."""
+    rate_a, rate_b, end_s = 2000.0, 400.0, 2.0
+    samples = []
+    for i in range(61):  # 3 s, one reading every 50 ms
+        t = i * 0.05
+        q = rate_a * min(t, end_s) + rate_b * max(0.0, t - end_s)
+        samples.append((100.0 + t, int(round(3_000_000 - q)), 3_900_000))
+    c = E.Counter(P.PowerTrace(start_uptime_s=100.0, start_wall_ms=0.0, samples=samples))
+    drained, extrapolated = c.drained(end_s * 1000.0)
+    assert not extrapolated
+    assert drained == pytest.approx(rate_a * end_s, abs=2.0)
