@@ -67,6 +67,13 @@ def test_auto_runs_end_by_precision_count_and_time(tmp_path):
                       "--reps-target", "0.1")
     assert [(c["rounds"], c["stopped"]) for c in doc["run"]["settings"]["adaptive"]["cells"]] == [(3, "count cap")]
     assert doc["results"][0]["n"] == 3 and "count cap of 3 reached" in shown
+    # the report counts what was measured against the planned minimum, and says the rule in words
+    html = tmp_path / "r.html"
+    assert CliRunner().invoke(cli, ["report", "latest", "--db", str(db), "--out", str(html)]).exit_code == 0
+    page = html.read_text()
+    assert "3 measured repetitions (2 planned at least)" in page and " of 2 measured" not in page
+    row = page[page.index("<th>adaptive</th>"):][:400]
+    assert "auto reps (2–3 a cell" in row and "count cap of 3 reached" in row and "{" not in row, row
     doc, _ = _run(db, "--baseline", "none", "--reps", "auto", "--reps-min", "2", "--reps-time", "0",
                   "--reps-target", "0.1")
     assert [(c["rounds"], c["stopped"]) for c in doc["run"]["settings"]["adaptive"]["cells"]] == [(2, "time cap")]

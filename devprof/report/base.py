@@ -115,6 +115,14 @@ def reps_text(meta) -> str:
     return f"{meta.reps} reps"
 
 
+def reps_count_text(measured: int, planned: int) -> str:
+    """"12 of 12 measured repetitions"; with --reps auto a run may measure more than the planned
+    minimum: "32 measured repetitions (20 planned at least)"."""
+    if measured > planned:
+        return f"{measured} measured repetitions ({planned} planned at least)"
+    return f"{measured} of {planned} measured repetitions"
+
+
 def threads_used(record: RunRecord) -> str | None:
     """The CPU threads the runtime reported using ("2", "2–4" when it varied), with what was asked when that
     was the runtime's default (-1); None when no repetition says."""

@@ -5,7 +5,7 @@ Mixed into ``report.html._Page`` (``self.a``: the Analysis, ``self.rec``, ``self
 from __future__ import annotations
 
 from devprof import stats
-from devprof.report.base import adaptive_lines, fmt, fmt_cv, memory_metric_note, rep_label, reps_text, threads_used, when
+from devprof.report.base import adaptive_lines, fmt, fmt_cv, memory_metric_note, rep_label, reps_count_text, reps_text, threads_used, when
 from devprof.report.html.page import GIB, h, kv_table, plain
 from devprof.report.soak_figures import setting_text
 
@@ -26,7 +26,7 @@ class TableSections:
 <h1>{models} on {h(d.name or d.serial)}</h1>
 <p class="meta">Run <code>{h(m.run_id)}</code> · {h(when(m.created))} ·
 <span class="status {status_class}">{h(m.status)}</span> · runtime {h(m.runtime)} ·
-{self.a.measured} of {self.a.planned} measured repetitions
+{h(reps_count_text(self.a.measured, self.a.planned))}
 ({h(reps_text(m))} per model, workload and context, after {m.warmup} warm-up)</p>
 {"".join(f'<p class="meta adaptive">Repetitions: {h(x)}</p>' for x in adaptive_lines(m))}
 {banner}
@@ -110,7 +110,8 @@ favour {h(s)}; "clear" when the interval excludes 1.00 as printed (the findings 
                     ("memory sampling", f"every {m.sample_ms} ms" if m.sample_ms else "off"),
                     ("artifacts", m.artifacts_dir or "—")]
         used = threads_used(self.rec)
-        shown = {"threads": used, "energy": setting_text(self.rec)}
+        shown = {"threads": used, "energy": setting_text(self.rec),
+                 "adaptive": "; ".join([reps_text(m), *adaptive_lines(m)]) if m.settings.get("adaptive") else None}
         run_rows += [(k, shown.get(k) or plain(v)) for k, v in m.settings.items() if k != "prompt_sources"]
         return (f'<div class="cols"><div><h3>Device</h3>{kv_table(dev_rows)}</div>'
                 f'<div><h3>Run</h3>{kv_table(run_rows)}</div></div>\n<h3>Models</h3>\n{self._models_table()}')
