@@ -18,6 +18,7 @@ import pytest
 from devprof import energy as E
 from devprof.devices import power as P
 from devprof.results import RunResult
+from tests.support.fake_battery import run_power_sampler
 
 AOSP_DUMPSYS = """Current Battery Service state:
   AC powered: false
@@ -112,30 +113,13 @@ def test_status_words_from_sysfs_and_dumpsys_codes():
         ["Charging", "Charging", "Not charging", "Not charging", "Full", "Unknown", "weird"]
 
 
-def _sampler(tmp_path: Path, mode: str, bat: Path, env=None, samples: int = 5) -> P.PowerTrace:
-    """Run power_sampler.sh until it wrote ``samples`` sample lines (a loaded host forks slowly: a
-    fixed sleep may see none), then stop it with its stop file."""
-    out, stop = tmp_path / f"{mode}.pow", tmp_path / f"{mode}.stop"
-    proc = subprocess.Popen(["sh", str(P.POWER_SAMPLER), str(out), "0.05", str(stop), "60", mode, str(bat)],
-                            env=env)
-    deadline = time.monotonic() + 50
-    while time.monotonic() < deadline and proc.poll() is None:
-        text = out.read_text() if out.exists() else ""
-        if len(P.parse_power_output(text).samples) >= samples:
-            break
-        time.sleep(0.05)
-    stop.touch()
-    assert proc.wait(10) == 0
-    return P.parse_power_output(out.read_text())
-
-
 def test_power_sampler_reads_sysfs_files_with_builtins(tmp_path):
     bat = tmp_path / "battery"
     bat.mkdir()
     (bat / "current_now").write_text("-412000\n")
     (bat / "voltage_now").write_text("3871000\n")
     (bat / "status").write_text("Not charging\n")
-    tr = _sampler(tmp_path, "sysfs", bat)
+    tr = run_power_sampler(tmp_path, "sysfs", bat)
     assert len(tr.samples) >= 5 and {s[1:] for s in tr.samples} == {(-412000, 3871000)}
     assert tr.status_first == tr.status_last == "Not charging"
     assert abs(tr.start_wall_ms - time.time() * 1000) < 60_000
@@ -149,7 +133,7 @@ def test_power_sampler_falls_back_to_dumpsys(tmp_path):
     (bindir / "dumpsys").write_text(f"#!/bin/sh\ncat <<'X'\n{SAMSUNG_DUMPSYS}X\n")
     (bindir / "dumpsys").chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    tr = _sampler(tmp_path, "dumpsys", Path("-"), env=env)
+    tr = run_power_sampler(tmp_path, "dumpsys", Path("-"), env=env)
     assert tr.samples and {s[1:] for s in tr.samples} == {(321, 4063)}
     assert tr.status_first == "Discharging"
 

@@ -6,8 +6,6 @@ measured step and update interval, coarse phases marked). End to end: tests/test
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from devprof import energy as E
 from devprof.devices import power as P
 from devprof.results import RunResult
+from tests.support.fake_battery import run_power_sampler
 
 # `adb shell dumpsys battery` on a Pixel 8 (Android 14) on battery: a charge counter, no current
 PIXEL_DUMPSYS = """Current Battery Service state:
@@ -64,22 +63,13 @@ def test_sources_in_order_current_then_counter_sysfs_before_dumpsys():
     assert P.sample_s("dumpsys-counter") == P.DUMPSYS_COUNTER_SAMPLE_S and P.sample_s("sysfs-counter") == P.SAMPLE_S
 
 
-def _run_sampler(tmp_path: Path, mode: str, bat: Path, env=None, interval="0.05") -> P.PowerTrace:
-    out, stop = tmp_path / f"{mode}.pow", tmp_path / f"{mode}.stop"
-    proc = subprocess.Popen(["sh", str(P.POWER_SAMPLER), str(out), interval, str(stop), "30", mode, str(bat)], env=env)
-    time.sleep(0.6)
-    stop.touch()
-    assert proc.wait(10) == 0
-    return P.parse_power_output(out.read_text())
-
-
 def test_power_sampler_reads_the_sysfs_charge_counter(tmp_path):
     bat = tmp_path / "battery"
     bat.mkdir()
     (bat / "charge_counter").write_text("3561000\n")
     (bat / "voltage_now").write_text("4012000\n")
     (bat / "status").write_text("Discharging\n")
-    tr = _run_sampler(tmp_path, "sysfs-counter", bat)
+    tr = run_power_sampler(tmp_path, "sysfs-counter", bat)
     assert len(tr.samples) >= 5 and {s[1:] for s in tr.samples} == {(3561000, 4012000)}
     assert tr.status_first == tr.status_last == "Discharging"
 
@@ -90,7 +80,7 @@ def test_power_sampler_reads_aosp_dumpsys_charge_counter(tmp_path):
     (bindir / "dumpsys").write_text(f"#!/bin/sh\ncat <<'X'\n{PIXEL_DUMPSYS}X\n")
     (bindir / "dumpsys").chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    tr = _run_sampler(tmp_path, "dumpsys-counter", Path("-"), env=env, interval="0.1")
+    tr = run_power_sampler(tmp_path, "dumpsys-counter", Path("-"), env=env, samples=2, interval="0.1")
     assert tr.samples and {s[1:] for s in tr.samples} == {(3561000, 4012)}
     assert tr.status_first == "Discharging"
 

@@ -34,9 +34,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
+
+from devprof.devices import power as P
 
 DEFAULTS = {
     "status": "Discharging", "plugged": "", "capacity": 78, "idle_ua": 350_000, "busy_ua": 1_250_000,
@@ -215,3 +218,22 @@ def configure(sandbox: Path, **changes) -> dict:
             pass
         time.sleep(0.02)
     return cur
+
+
+def run_power_sampler(tmp_path: Path, mode: str, bat: Path, env=None, samples: int = 5,
+                      interval: str = "0.05") -> P.PowerTrace:
+    """Run power_sampler.sh until it wrote ``samples`` sample lines (a loaded host forks slowly: a
+    fixed sleep may see none), then stop it with its stop file."""
+    out, stop = tmp_path / f"{mode}.pow", tmp_path / f"{mode}.stop"
+    proc = subprocess.Popen(["sh", str(P.POWER_SAMPLER), str(out), interval, str(stop), "60", mode, str(bat)],
+                            env=env)
+    deadline = time.monotonic() + 50
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = out.read_text() if out.exists() else ""
+        if len(P.parse_power_output(text).samples) >= samples:
+            break
+        time.sleep(0.05)
+    stop.touch()
+    assert proc.wait(10) == 0
+    return P.parse_power_output(out.read_text())
+
